@@ -1,0 +1,176 @@
+//! Wiring: config → credentials → lanes → consumer thread, and a clean exit on SIGTERM/SIGINT.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::time::Duration;
+
+use tokio::sync::mpsc::unbounded_channel;
+use tracing::{error, info, warn};
+
+use crate::aws;
+use crate::config::{Config, default_session_name};
+use crate::pipeline::batch::{BatchLimits, Batcher};
+use crate::pipeline::lane::{Backoff, Lane};
+use crate::pipeline::partition_key::PartitionKeys;
+use crate::pipeline::{Budget, Halt, Stats};
+use crate::sink::kinesis::KinesisSink;
+use crate::source::{self, SourceExit, SourceParts};
+
+/// Exit codes, documented in the README.
+pub mod exit {
+    /// Stopped on request; everything fetched was delivered and committed.
+    pub const CLEAN: u8 = 0;
+    /// Could not start (Kafka client, AWS set-up) or an internal error.
+    pub const FAILURE: u8 = 1;
+    /// The configuration is invalid (also used for command-line mistakes).
+    pub const CONFIG: u8 = 2;
+    /// Shutdown timed out with records undelivered; they were not committed and will be re-sent.
+    pub const UNDELIVERED: u8 = 3;
+    /// The pipeline halted (gave up retrying, or a record it must not drop could not be sent);
+    /// nothing from that record on was committed.
+    pub const HALTED: u8 = 4;
+}
+
+/// Runs doka until a signal or a halt. Returns the process exit code.
+pub async fn run(config: Config, profile: Option<String>) -> u8 {
+    match run_inner(config, profile).await {
+        Ok(code) => code,
+        Err(e) => {
+            error!("{e:#}");
+            exit::FAILURE
+        }
+    }
+}
+
+async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8> {
+    let session_name = config
+        .aws
+        .session_name
+        .clone()
+        .unwrap_or_else(|| default_session_name(profile.as_deref()));
+    let access = aws::kinesis_access(&config.aws, &config.kinesis, session_name).await?;
+    let target = describe_target(&config, &access.region);
+    match aws::check_credentials(&access.credentials).await {
+        Ok(expiry) => info!(
+            session = access.session_name.as_deref().unwrap_or("-"),
+            "credentials for {target} obtained; they {expiry}"
+        ),
+        Err(e) => error!(
+            "cannot obtain credentials for {target}: {e}. doka keeps retrying; check the source identity \
+             (AWS_ROLE_ARN/AWS_WEB_IDENTITY_TOKEN_FILE or other chain), aws.role_arn, aws.external_id and \
+             the role's trust policy"
+        ),
+    }
+    let (stream_name, stream_arn) = config.stream_target();
+    let sink = Arc::new(KinesisSink::new(
+        access.client,
+        stream_name.map(str::to_owned),
+        stream_arn.map(str::to_owned),
+        target.clone(),
+    ));
+
+    let budget = Arc::new(Budget::new(
+        config.pipeline.max_in_flight_records,
+        config.pipeline.max_in_flight_bytes,
+    ));
+    let halt = Arc::new(Halt::default());
+    let stats = Arc::new(Stats::default());
+    let limits = BatchLimits {
+        max_records: config.batch.max_records as usize,
+        max_bytes: config.batch.max_bytes as usize,
+        linger: Duration::from_millis(config.batch.linger_ms),
+    };
+    let backoff = Backoff {
+        initial: Duration::from_millis(config.retry.initial_backoff_ms),
+        max: Duration::from_millis(config.retry.max_backoff_ms),
+        max_attempts: config.retry.max_attempts,
+    };
+    let mut senders = Vec::new();
+    let mut lanes = Vec::new();
+    for id in 0..config.pipeline.lanes as usize {
+        let (tx, rx) = unbounded_channel();
+        senders.push(tx);
+        let lane = Lane {
+            id,
+            batcher: Batcher::new(rx, limits),
+            sink: sink.clone(),
+            backoff,
+            ordering: config.pipeline.ordering,
+            budget: budget.clone(),
+            halt: halt.clone(),
+            stats: stats.clone(),
+        };
+        lanes.push(tokio::spawn(lane.run()));
+    }
+
+    let shutdown = Arc::new(AtomicBool::new(false));
+    tokio::spawn(watch_signals(shutdown.clone()));
+
+    let parts = SourceParts {
+        lanes: senders,
+        budget: budget.clone(),
+        halt: halt.clone(),
+        stats: stats.clone(),
+        keys: PartitionKeys::new(config.partition_key.rule, config.partition_key.prefix.as_deref()),
+        max_record_bytes: config.kinesis.max_record_bytes as usize,
+        commit_interval: config.pipeline.commit_interval(),
+        drain_timeout: config.pipeline.rebalance_drain_timeout(),
+        shutdown_timeout: config.pipeline.shutdown_timeout(),
+        shutdown,
+    };
+    info!("delivering {:?} to {target}", config.kafka.topics);
+    let kafka = config.kafka.clone();
+    let source_exit = tokio::task::spawn_blocking(move || source::run(&kafka, parts)).await??;
+
+    // The consumer has dropped the lane senders: lanes end once their queues are delivered. If
+    // shutdown timed out they may still be retrying; their records are uncommitted, so stop them.
+    for lane in &lanes {
+        lane.abort();
+    }
+    info!("summary: {}", stats.summary());
+    Ok(match source_exit {
+        SourceExit::Clean => exit::CLEAN,
+        SourceExit::Undelivered(_) => exit::UNDELIVERED,
+        SourceExit::Halted => {
+            error!(
+                "halted: {}",
+                halt.reason().unwrap_or_else(|| "unknown reason".into())
+            );
+            exit::HALTED
+        }
+    })
+}
+
+fn describe_target(config: &Config, region: &str) -> String {
+    let via = match &config.aws.role_arn {
+        Some(role) => format!("via role {role}"),
+        None => "with the source credentials".into(),
+    };
+    format!("stream `{}` (region {region}, {via})", config.kinesis.stream)
+}
+
+/// First SIGTERM/SIGINT: graceful shutdown. Second: exit at once (nothing uncommitted is lost,
+/// records in flight are sent again after restart).
+async fn watch_signals(shutdown: Arc<AtomicBool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        warn!("cannot install signal handlers");
+        return;
+    };
+    for n in 0.. {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        if n == 0 {
+            info!("signal received: stopping (send it again to exit at once)");
+            shutdown.store(true, AtomicOrdering::SeqCst);
+        } else {
+            warn!("second signal: exiting without waiting; uncommitted records will be sent again");
+            std::process::exit(130);
+        }
+    }
+}

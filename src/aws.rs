@@ -1,0 +1,111 @@
+//! AWS identity: source credentials from the standard chain, then AssumeRole into the target
+//! account, refreshed by the SDK before expiry while records keep flowing.
+
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::identity::IdentityCache;
+use aws_config::retry::RetryConfig;
+use aws_config::sts::AssumeRoleProvider;
+use aws_config::timeout::TimeoutConfig;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_types::SdkConfig;
+use aws_types::region::Region;
+
+use crate::config::{AwsConfig, KinesisConfig};
+
+/// Everything needed to talk to the target stream.
+pub struct KinesisAccess {
+    pub client: aws_sdk_kinesis::Client,
+    pub credentials: SharedCredentialsProvider,
+    pub region: String,
+    pub session_name: Option<String>,
+}
+
+/// Loads the SDK's default configuration (region, credential chain, `AWS_ENDPOINT_URL_*`), with
+/// the region from the config file when set.
+pub async fn base_config(aws: &AwsConfig) -> SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(region) = &aws.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    loader.load().await
+}
+
+/// Builds the Kinesis client whose credentials come from AssumeRole (when `aws.role_arn` is set).
+pub async fn kinesis_access(
+    aws: &AwsConfig,
+    kinesis: &KinesisConfig,
+    session_name: String,
+) -> anyhow::Result<KinesisAccess> {
+    let base = base_config(aws).await;
+    let Some(region) = base.region().map(|r| r.to_string()) else {
+        anyhow::bail!("no AWS region: set aws.region in the config (or AWS_REGION)");
+    };
+    let Some(source) = base.credentials_provider() else {
+        anyhow::bail!("no AWS credential chain could be set up");
+    };
+    let (credentials, session_name) = match &aws.role_arn {
+        Some(role) => {
+            // The STS client gets its own endpoint: in private subnets (and with emulators) STS
+            // and Kinesis are reached at different addresses.
+            let mut sts_config = base.clone();
+            if let Some(endpoint) = &aws.sts_endpoint {
+                sts_config = sts_config.into_builder().endpoint_url(endpoint).build();
+            }
+            let mut builder = AssumeRoleProvider::builder(role)
+                .session_name(&session_name)
+                .session_length(Duration::from_secs(aws.session_duration_secs))
+                .configure(&sts_config);
+            if let Some(id) = &aws.external_id {
+                builder = builder.external_id(id.expose());
+            }
+            let provider = builder.build_from_provider(source).await;
+            (SharedCredentialsProvider::new(provider), Some(session_name))
+        }
+        None => (source, None),
+    };
+
+    let request_timeout = Duration::from_millis(kinesis.request_timeout_ms);
+    let mut builder = aws_sdk_kinesis::config::Builder::from(&base)
+        .credentials_provider(credentials.clone())
+        .identity_cache(
+            IdentityCache::lazy()
+                .buffer_time(Duration::from_secs(aws.credential_refresh_margin_secs))
+                .build(),
+        )
+        // doka retries itself, entry by entry, with its own backoff and accounting.
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .operation_timeout(request_timeout)
+                .connect_timeout(request_timeout.min(Duration::from_secs(10)))
+                .build(),
+        );
+    if let Some(endpoint) = &aws.kinesis_endpoint {
+        builder = builder.endpoint_url(endpoint);
+    }
+    Ok(KinesisAccess {
+        client: aws_sdk_kinesis::Client::from_conf(builder.build()),
+        credentials,
+        region,
+        session_name,
+    })
+}
+
+/// Resolves the target credentials once, to report a broken chain at start-up. Returns the access
+/// key id's first characters and the expiry (never the secret).
+pub async fn check_credentials(credentials: &SharedCredentialsProvider) -> Result<String, String> {
+    match tokio::time::timeout(Duration::from_secs(30), credentials.provide_credentials()).await {
+        Ok(Ok(c)) => {
+            let expiry = c
+                .expiry()
+                .and_then(|t| t.duration_since(std::time::SystemTime::now()).ok())
+                .map(|d| format!("expire in {}s", d.as_secs()))
+                .unwrap_or_else(|| "do not expire".into());
+            Ok(expiry)
+        }
+        Ok(Err(e)) => Err(aws_smithy_types::error::display::DisplayErrorContext(&e).to_string()),
+        Err(_) => Err("timed out after 30 s".into()),
+    }
+}

@@ -1,0 +1,768 @@
+//! Configuration: one YAML file with a base section and named profiles, plus environment variables.
+//!
+//! Layers, later ones win: built-in defaults → the file's top-level keys → `profiles.<name>` from the
+//! same file → `DOKA_<SECTION>__<KEY>` environment variables (`__` separates levels, e.g.
+//! `DOKA_KAFKA__GROUP_ID`, `DOKA_BATCH__LINGER_MS`). Every mistake stops start-up with an error that
+//! names the file, the key and what is expected.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Yaml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::pipeline::partition_key::{KeyRule, MAX_PARTITION_KEY_CHARS};
+
+/// Kinesis' PutRecords entry limit.
+pub const MAX_PUT_RECORDS_ENTRIES: u32 = 500;
+/// Kinesis' largest possible request (streams default to 5 MiB behaviour in many accounts).
+pub const MAX_PUT_RECORDS_BYTES: u64 = 10 * 1024 * 1024;
+/// The largest record size a stream can be configured for.
+pub const MAX_STREAM_RECORD_BYTES: u64 = 10 * 1024 * 1024;
+
+const ENV_PREFIX: &str = "DOKA_";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub aws: AwsConfig,
+    pub kinesis: KinesisConfig,
+    #[serde(default)]
+    pub partition_key: PartitionKeyConfig,
+    #[serde(default)]
+    pub batch: BatchConfig,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Named overlays; read when the file is loaded, not part of the effective config.
+    #[serde(default, skip_serializing)]
+    pub profiles: BTreeMap<String, serde_yaml::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers: a list, or one comma-separated string.
+    #[serde(deserialize_with = "string_list")]
+    pub brokers: Vec<String>,
+    pub group_id: String,
+    #[serde(deserialize_with = "string_list")]
+    pub topics: Vec<String>,
+    /// Where a group without committed offsets starts.
+    #[serde(default)]
+    pub start_from: StartFrom,
+    /// Extra librdkafka properties, e.g. `security.protocol: SSL`. Values whose name suggests a
+    /// secret are redacted when the config is printed.
+    #[serde(default, deserialize_with = "flat_properties")]
+    pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartFrom {
+    #[default]
+    Earliest,
+    Latest,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsConfig {
+    /// Region of the target stream; falls back to the AWS SDK's own lookup (AWS_REGION, profile).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// STS endpoint override (local emulator, VPC endpoint). `AWS_ENDPOINT_URL_STS` works too.
+    #[serde(default)]
+    pub sts_endpoint: Option<String>,
+    /// Kinesis endpoint override. `AWS_ENDPOINT_URL_KINESIS` works too.
+    #[serde(default)]
+    pub kinesis_endpoint: Option<String>,
+    /// Role in the target account to assume. Without it the source credentials write directly.
+    #[serde(default)]
+    pub role_arn: Option<String>,
+    #[serde(default)]
+    pub external_id: Option<Secret>,
+    /// Defaults to `doka-<profile>-<random suffix>`.
+    #[serde(default)]
+    pub session_name: Option<String>,
+    #[serde(default = "defaults::session_duration_secs")]
+    pub session_duration_secs: u64,
+    /// Assumed-role credentials are renewed this long before they expire.
+    #[serde(default = "defaults::credential_refresh_margin_secs")]
+    pub credential_refresh_margin_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KinesisConfig {
+    /// Stream name, or its ARN (the ARN pins the account and region).
+    pub stream: String,
+    /// The stream's maximum record size (data + partition key); 1 MiB unless raised on the stream.
+    #[serde(default = "defaults::max_record_bytes")]
+    pub max_record_bytes: u64,
+    /// Time limit of one PutRecords call, including connecting.
+    #[serde(default = "defaults::request_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionKeyConfig {
+    #[serde(default)]
+    pub rule: KeyRule,
+    /// Required for `prefix_random`, refused otherwise.
+    #[serde(default)]
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    #[serde(default = "defaults::max_records")]
+    pub max_records: u32,
+    /// Request size limit (data + partition keys). 5 MiB is safe on every stream.
+    #[serde(default = "defaults::max_bytes")]
+    pub max_bytes: u64,
+    /// How long a partly filled batch waits for more records.
+    #[serde(default = "defaults::linger_ms")]
+    pub linger_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Independent send lanes = PutRecords requests in flight at once. A partition key always uses
+    /// the same lane, so its records keep their order.
+    #[serde(default = "defaults::lanes")]
+    pub lanes: u32,
+    /// When this many records are fetched but not yet delivered, fetching pauses.
+    #[serde(default = "defaults::max_in_flight_records")]
+    pub max_in_flight_records: u64,
+    /// When this many bytes are fetched but not yet delivered, fetching pauses.
+    #[serde(default = "defaults::max_in_flight_bytes")]
+    pub max_in_flight_bytes: u64,
+    #[serde(default)]
+    pub ordering: Ordering,
+    #[serde(default = "defaults::commit_interval_ms")]
+    pub commit_interval_ms: u64,
+    /// How long a revoked partition's records in flight may take before the rebalance goes on.
+    #[serde(default = "defaults::rebalance_drain_timeout_ms")]
+    pub rebalance_drain_timeout_ms: u64,
+    /// How long shutdown waits for records in flight before giving up (uncommitted, redelivered).
+    #[serde(default = "defaults::shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
+}
+
+/// What happens to the order of a key's records when some entries of a request fail.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ordering {
+    /// Resend a failed entry together with every later entry of the same partition key in its
+    /// request, so the last copy of each record is in Kafka order (see docs/ORDERING.md).
+    #[default]
+    PerKey,
+    /// Resend only the failed entries: fewer duplicates, a retried record may land after later
+    /// records of its key.
+    None,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    #[serde(default = "defaults::initial_backoff_ms")]
+    pub initial_backoff_ms: u64,
+    #[serde(default = "defaults::max_backoff_ms")]
+    pub max_backoff_ms: u64,
+    /// Attempts per batch before doka stops (without committing it). 0 = never give up.
+    #[serde(default)]
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `doka=debug,rdkafka=warn`. `RUST_LOG` wins when set.
+    #[serde(default = "defaults::log_level")]
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+mod defaults {
+    pub fn session_duration_secs() -> u64 {
+        3600
+    }
+    pub fn credential_refresh_margin_secs() -> u64 {
+        300
+    }
+    pub fn max_record_bytes() -> u64 {
+        1024 * 1024
+    }
+    pub fn request_timeout_ms() -> u64 {
+        30_000
+    }
+    pub fn max_records() -> u32 {
+        500
+    }
+    pub fn max_bytes() -> u64 {
+        5 * 1024 * 1024
+    }
+    pub fn linger_ms() -> u64 {
+        20
+    }
+    pub fn lanes() -> u32 {
+        8
+    }
+    pub fn max_in_flight_records() -> u64 {
+        50_000
+    }
+    pub fn max_in_flight_bytes() -> u64 {
+        32 * 1024 * 1024
+    }
+    pub fn commit_interval_ms() -> u64 {
+        1000
+    }
+    pub fn rebalance_drain_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn shutdown_timeout_ms() -> u64 {
+        30_000
+    }
+    pub fn initial_backoff_ms() -> u64 {
+        100
+    }
+    pub fn max_backoff_ms() -> u64 {
+        10_000
+    }
+    pub fn log_level() -> String {
+        "info".into()
+    }
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_records: defaults::max_records(),
+            max_bytes: defaults::max_bytes(),
+            linger_ms: defaults::linger_ms(),
+        }
+    }
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            lanes: defaults::lanes(),
+            max_in_flight_records: defaults::max_in_flight_records(),
+            max_in_flight_bytes: defaults::max_in_flight_bytes(),
+            ordering: Ordering::default(),
+            commit_interval_ms: defaults::commit_interval_ms(),
+            rebalance_drain_timeout_ms: defaults::rebalance_drain_timeout_ms(),
+            shutdown_timeout_ms: defaults::shutdown_timeout_ms(),
+        }
+    }
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            initial_backoff_ms: defaults::initial_backoff_ms(),
+            max_backoff_ms: defaults::max_backoff_ms(),
+            max_attempts: 0,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::default(),
+            level: defaults::log_level(),
+        }
+    }
+}
+
+impl PipelineConfig {
+    pub fn commit_interval(&self) -> Duration {
+        Duration::from_millis(self.commit_interval_ms)
+    }
+    pub fn rebalance_drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.rebalance_drain_timeout_ms)
+    }
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+/// A value that must never be printed: `Debug`, `Display` and serialisation show `<redacted>`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+/// A configuration problem, told the way a user can fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ConfigError {
+    message: String,
+}
+
+impl ConfigError {
+    fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+}
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub file: PathBuf,
+    pub profile: Option<String>,
+}
+
+impl Source {
+    fn describe(&self) -> String {
+        match &self.profile {
+            Some(p) => format!("{} (profile `{p}`)", self.file.display()),
+            None => self.file.display().to_string(),
+        }
+    }
+}
+
+/// Loads, merges and validates the configuration from `file`, its `profile` and the environment.
+pub fn load(file: &Path, profile: Option<&str>) -> Result<Config, ConfigError> {
+    load_with_env(file, profile, Env::prefixed(ENV_PREFIX))
+}
+
+fn load_with_env(file: &Path, profile: Option<&str>, env: Env) -> Result<Config, ConfigError> {
+    let source = Source {
+        file: file.to_path_buf(),
+        profile: profile.map(str::to_owned),
+    };
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        ConfigError::new(format!(
+            "cannot read config file {}: {e}. Pass an existing file with --config (or DOKA_CONFIG).",
+            file.display()
+        ))
+    })?;
+    // Parse once up front so that a YAML syntax error is reported with its line and column.
+    let document: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| {
+        ConfigError::new(format!("{} is not valid YAML: {e}", file.display()))
+    })?;
+    if !matches!(document, serde_yaml::Value::Mapping(_) | serde_yaml::Value::Null) {
+        return Err(ConfigError::new(format!(
+            "{}: the top level must be a mapping of sections (kafka, aws, kinesis, ...)",
+            file.display()
+        )));
+    }
+
+    let file_layer = Figment::from(Yaml::file_exact(file));
+    let mut figment = Figment::new().merge(file_layer.clone());
+    if let Some(name) = profile {
+        let available: Vec<String> = document
+            .get("profiles")
+            .and_then(|p| p.as_mapping())
+            .map(|m| m.keys().filter_map(|k| k.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        if !available.iter().any(|p| p == name) {
+            return Err(ConfigError::new(format!(
+                "profile `{name}` is not defined in {}: add it under `profiles:` (defined: {})",
+                file.display(),
+                if available.is_empty() { "none".to_owned() } else { available.join(", ") }
+            )));
+        }
+        figment = figment.merge(file_layer.focus(&format!("profiles.{name}")));
+    }
+    let env = env.split("__").ignore(&["profile", "config"]);
+    figment = figment.merge(env);
+
+    let config: Config = figment
+        .extract()
+        .map_err(|e| ConfigError::new(describe_figment_error(e, &source)))?;
+    config
+        .validate()
+        .map_err(|(key, problem)| ConfigError::new(describe_invalid(&figment, &source, &key, &problem)))?;
+    Ok(config)
+}
+
+fn env_var_for(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.replace('.', "__").to_uppercase())
+}
+
+/// Where the value of `key` was set, for error messages.
+fn origin_of(figment: &Figment, source: &Source, key: &str) -> String {
+    match figment.find_metadata(key) {
+        Some(meta) if meta.name.contains("environment") => {
+            format!("environment variable {}", env_var_for(key))
+        }
+        _ => source.describe(),
+    }
+}
+
+fn describe_invalid(figment: &Figment, source: &Source, key: &str, problem: &str) -> String {
+    format!(
+        "invalid config in {}: key `{key}`: {problem}",
+        origin_of(figment, source, key)
+    )
+}
+
+fn describe_figment_error(errors: figment::Error, source: &Source) -> String {
+    use figment::error::Kind;
+    let mut lines = Vec::new();
+    for e in errors {
+        let origin = match &e.metadata {
+            Some(meta) if meta.name.contains("environment") => {
+                format!("environment variable {}", env_var_for(&e.path.join(".")))
+            }
+            _ => source.describe(),
+        };
+        let line = match &e.kind {
+            Kind::MissingField(field) => {
+                let mut path = e.path.clone();
+                path.push(field.to_string());
+                let key = path.join(".");
+                format!(
+                    "missing config key `{key}`: set it in {} or in the environment variable {}",
+                    source.describe(),
+                    env_var_for(&key)
+                )
+            }
+            Kind::UnknownField(field, expected) => {
+                let mut path = e.path.clone();
+                if path.last().map(String::as_str) != Some(field.as_str()) {
+                    path.push(field.clone());
+                }
+                format!(
+                    "unknown config key `{}` in {origin}: expected one of {}",
+                    path.join("."),
+                    expected.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ")
+                )
+            }
+            Kind::UnknownVariant(value, expected) => format!(
+                "invalid value `{value}` for config key `{}` in {origin}: expected one of {}",
+                e.path.join("."),
+                expected.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ")
+            ),
+            Kind::InvalidType(actual, expected) => format!(
+                "wrong type for config key `{}` in {origin}: found {actual}, expected {expected}",
+                e.path.join(".")
+            ),
+            other => format!("invalid config key `{}` in {origin}: {other}", e.path.join(".")),
+        };
+        lines.push(line);
+    }
+    lines.join("\n")
+}
+
+impl Config {
+    /// Semantic checks serde cannot express. Returns the offending key and what is expected.
+    fn validate(&self) -> Result<(), (String, String)> {
+        fn bad(key: &str, problem: impl Into<String>) -> Result<(), (String, String)> {
+            Err((key.to_owned(), problem.into()))
+        }
+        fn range<T: PartialOrd + fmt::Display>(
+            key: &str,
+            value: T,
+            min: T,
+            max: T,
+        ) -> Result<(), (String, String)> {
+            if value < min || value > max {
+                return bad(key, format!("{value} is out of range: expected {min} to {max}"));
+            }
+            Ok(())
+        }
+
+        if self.kafka.brokers.is_empty() || self.kafka.brokers.iter().any(|b| b.trim().is_empty()) {
+            return bad("kafka.brokers", "expected at least one broker as host:port");
+        }
+        for b in &self.kafka.brokers {
+            if !b.contains(':') {
+                return bad("kafka.brokers", format!("`{b}` has no port: expected host:port"));
+            }
+        }
+        if self.kafka.group_id.trim().is_empty() {
+            return bad("kafka.group_id", "expected a non-empty consumer group id");
+        }
+        if self.kafka.topics.is_empty() || self.kafka.topics.iter().any(|t| t.trim().is_empty()) {
+            return bad("kafka.topics", "expected at least one topic name");
+        }
+        for reserved in ["group.id", "enable.auto.commit", "enable.auto.offset.store", "bootstrap.servers"] {
+            if self.kafka.properties.contains_key(reserved) {
+                return bad(
+                    &format!("kafka.properties.{reserved}"),
+                    "doka sets this property itself (it decides when offsets are committed); remove it",
+                );
+            }
+        }
+
+        if let Some(region) = &self.aws.region {
+            let ok = !region.is_empty()
+                && region.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            if !ok {
+                return bad("aws.region", format!("`{region}` is not a region name like eu-west-1"));
+            }
+        }
+        for key in ["sts_endpoint", "kinesis_endpoint"] {
+            let value = if key == "sts_endpoint" { &self.aws.sts_endpoint } else { &self.aws.kinesis_endpoint };
+            if let Some(url) = value
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return bad(&format!("aws.{key}"), format!("`{url}` is not a URL: expected http(s)://host[:port]"));
+            }
+        }
+        if let Some(arn) = &self.aws.role_arn
+            && !is_role_arn(arn)
+        {
+            return bad(
+                "aws.role_arn",
+                format!("`{arn}` is not an IAM role ARN: expected arn:aws:iam::<12-digit account>:role/<name>"),
+            );
+        }
+        if self.aws.external_id.is_some() && self.aws.role_arn.is_none() {
+            return bad("aws.external_id", "is only used with aws.role_arn: set the role or remove the external id");
+        }
+        if let Some(id) = &self.aws.external_id {
+            range("aws.external_id (length)", id.expose().len(), 2, 1224)?;
+        }
+        if let Some(name) = &self.aws.session_name {
+            let ok = (2..=64).contains(&name.len())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c));
+            if !ok {
+                return bad(
+                    "aws.session_name",
+                    format!("`{name}`: expected 2 to 64 characters of letters, digits and +=,.@_-"),
+                );
+            }
+        }
+        range("aws.session_duration_secs", self.aws.session_duration_secs, 900, 43_200)?;
+        if self.aws.credential_refresh_margin_secs >= self.aws.session_duration_secs {
+            return bad(
+                "aws.credential_refresh_margin_secs",
+                "must be shorter than aws.session_duration_secs",
+            );
+        }
+
+        if !is_stream_name(&self.kinesis.stream) && !is_stream_arn(&self.kinesis.stream) {
+            return bad(
+                "kinesis.stream",
+                format!(
+                    "`{}` is neither a stream name (1-128 of a-z A-Z 0-9 _ . -) nor a stream ARN (arn:aws:kinesis:<region>:<account>:stream/<name>)",
+                    self.kinesis.stream
+                ),
+            );
+        }
+        range("kinesis.max_record_bytes", self.kinesis.max_record_bytes, 1024, MAX_STREAM_RECORD_BYTES)?;
+        range("kinesis.request_timeout_ms", self.kinesis.request_timeout_ms, 100, 600_000)?;
+
+        match (self.partition_key.rule, &self.partition_key.prefix) {
+            (KeyRule::PrefixRandom, None) => {
+                return bad("partition_key.prefix", "rule prefix_random needs a prefix");
+            }
+            (KeyRule::PrefixRandom, Some(p)) => {
+                range("partition_key.prefix (characters)", p.chars().count(), 1, MAX_PARTITION_KEY_CHARS - 32)?;
+            }
+            (_, Some(_)) => {
+                return bad("partition_key.prefix", "is only used with rule prefix_random: remove it or change the rule");
+            }
+            _ => {}
+        }
+
+        range("batch.max_records", self.batch.max_records, 1, MAX_PUT_RECORDS_ENTRIES)?;
+        range("batch.max_bytes", self.batch.max_bytes, 1024, MAX_PUT_RECORDS_BYTES)?;
+        if self.batch.max_bytes < self.kinesis.max_record_bytes {
+            return bad(
+                "batch.max_bytes",
+                format!(
+                    "{} is smaller than kinesis.max_record_bytes ({}): a maximum-size record could never be sent",
+                    self.batch.max_bytes, self.kinesis.max_record_bytes
+                ),
+            );
+        }
+        range("batch.linger_ms", self.batch.linger_ms, 0, 60_000)?;
+
+        range("pipeline.lanes", self.pipeline.lanes, 1, 1024)?;
+        range("pipeline.max_in_flight_records", self.pipeline.max_in_flight_records, 1, 10_000_000)?;
+        range(
+            "pipeline.max_in_flight_bytes",
+            self.pipeline.max_in_flight_bytes,
+            self.kinesis.max_record_bytes,
+            16 * 1024 * 1024 * 1024,
+        )?;
+        range("pipeline.commit_interval_ms", self.pipeline.commit_interval_ms, 10, 600_000)?;
+        range("pipeline.rebalance_drain_timeout_ms", self.pipeline.rebalance_drain_timeout_ms, 0, 600_000)?;
+        range("pipeline.shutdown_timeout_ms", self.pipeline.shutdown_timeout_ms, 0, 3_600_000)?;
+
+        range("retry.initial_backoff_ms", self.retry.initial_backoff_ms, 1, 60_000)?;
+        range("retry.max_backoff_ms", self.retry.max_backoff_ms, self.retry.initial_backoff_ms, 600_000)?;
+
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return bad("log.level", format!("`{}` is not a log filter ({e}): try info or doka=debug", self.log.level));
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as YAML, with every secret replaced by `<redacted>`.
+    pub fn to_redacted_yaml(&self) -> String {
+        let mut shown = self.clone();
+        for (name, value) in shown.kafka.properties.iter_mut() {
+            if is_secret_property(name) {
+                *value = "<redacted>".into();
+            }
+        }
+        serde_yaml::to_string(&shown).expect("config serialises")
+    }
+
+    /// The stream as (name, arn): exactly one is set.
+    pub fn stream_target(&self) -> (Option<&str>, Option<&str>) {
+        if is_stream_arn(&self.kinesis.stream) {
+            (None, Some(&self.kinesis.stream))
+        } else {
+            (Some(&self.kinesis.stream), None)
+        }
+    }
+}
+
+/// librdkafka properties whose values are credentials.
+pub fn is_secret_property(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    ["password", "secret", "sasl.jaas", "ssl.key.pem", "oauthbearer.config", "token"]
+        .iter()
+        .any(|s| n.contains(s))
+}
+
+fn is_role_arn(arn: &str) -> bool {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    parts.len() == 6
+        && parts[0] == "arn"
+        && parts[1].starts_with("aws")
+        && parts[2] == "iam"
+        && parts[3].is_empty()
+        && parts[4].len() == 12
+        && parts[4].chars().all(|c| c.is_ascii_digit())
+        && parts[5].strip_prefix("role/").is_some_and(|name| {
+            !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || "+=,.@_-/".contains(c))
+        })
+}
+
+fn is_stream_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+fn is_stream_arn(arn: &str) -> bool {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    parts.len() == 6
+        && parts[0] == "arn"
+        && parts[1].starts_with("aws")
+        && parts[2] == "kinesis"
+        && !parts[3].is_empty()
+        && parts[4].len() == 12
+        && parts[4].chars().all(|c| c.is_ascii_digit())
+        && parts[5].strip_prefix("stream/").is_some_and(is_stream_name)
+}
+
+/// Accepts `[a, b]` or `"a,b"` (the natural form in an environment variable).
+fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s.split(',').map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect(),
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// librdkafka property names contain dots; the environment layer turns dots into nesting, so
+/// nested maps are flattened back into `a.b.c` names. Scalars become strings.
+fn flat_properties<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    use serde::de::Error;
+    fn flatten<E: Error>(prefix: &str, value: serde_yaml::Value, out: &mut BTreeMap<String, String>) -> Result<(), E> {
+        use serde_yaml::Value;
+        match value {
+            Value::Mapping(map) => {
+                for (k, v) in map {
+                    let k = match k {
+                        Value::String(s) => s,
+                        Value::Number(n) => n.to_string(),
+                        Value::Bool(b) => b.to_string(),
+                        _ => return Err(E::custom("property names must be strings")),
+                    };
+                    let name = if prefix.is_empty() { k } else { format!("{prefix}.{k}") };
+                    flatten(&name, v, out)?;
+                }
+            }
+            Value::String(s) => {
+                out.insert(prefix.to_owned(), s);
+            }
+            Value::Number(n) => {
+                out.insert(prefix.to_owned(), n.to_string());
+            }
+            Value::Bool(b) => {
+                out.insert(prefix.to_owned(), b.to_string());
+            }
+            Value::Null | Value::Sequence(_) | Value::Tagged(_) => {
+                return Err(E::custom(format!(
+                    "property `{prefix}` must be a string, number or boolean"
+                )));
+            }
+        }
+        Ok(())
+    }
+    let value = serde_yaml::Value::deserialize(d)?;
+    let mut out = BTreeMap::new();
+    flatten::<D::Error>("", value, &mut out)?;
+    Ok(out)
+}
+
+/// A profile for logs and the default session name.
+pub fn default_session_name(profile: Option<&str>) -> String {
+    let suffix: u32 = rand::random();
+    let profile: String = profile
+        .unwrap_or("default")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(*c))
+        .take(40)
+        .collect();
+    format!("doka-{profile}-{suffix:08x}")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,225 @@
+//! A lane: one request in flight at a time, retried until every entry is delivered.
+//!
+//! Records of a partition key always share a lane and a lane never starts a batch before the
+//! previous one is fully delivered, so without failures a key's records reach the stream in Kafka
+//! order. What retries can do to that order is spelled out in docs/ORDERING.md and decided here.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering as AtomicOrdering;
+use std::time::Duration;
+
+use tracing::{debug, error, warn};
+
+use super::batch::Batcher;
+use super::{Budget, Halt, Record, Stats};
+use crate::config::Ordering;
+use crate::sink::{RequestError, Sink};
+
+/// Exponential backoff with full jitter.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+    /// Attempts per batch before the pipeline halts; 0 = unlimited.
+    pub max_attempts: u32,
+}
+
+impl Backoff {
+    /// The pause after the `failures`-th consecutive failed attempt (1-based): a random time up to
+    /// `initial * 2^(failures-1)`, capped at `max`, and never less than a tenth of that cap so a
+    /// throttled lane cannot spin.
+    pub fn delay(&self, failures: u32) -> Duration {
+        let exp = self.initial.saturating_mul(1u32 << failures.saturating_sub(1).min(20));
+        let cap = exp.min(self.max);
+        let floor = cap / 10;
+        floor + (cap - floor).mul_f64(rand::random::<f64>())
+    }
+}
+
+pub struct Lane<S> {
+    pub id: usize,
+    pub batcher: Batcher,
+    pub sink: Arc<S>,
+    pub backoff: Backoff,
+    pub ordering: Ordering,
+    pub budget: Arc<Budget>,
+    pub halt: Arc<Halt>,
+    pub stats: Arc<Stats>,
+}
+
+impl<S: Sink> Lane<S> {
+    pub async fn run(mut self) {
+        while let Some(batch) = self.batcher.next_batch().await {
+            let bytes: u64 = batch.iter().map(|r| r.size() as u64).sum();
+            let delivered = self.deliver(&batch).await;
+            if delivered {
+                for r in &batch {
+                    r.progress.ack(r.offset);
+                }
+                self.stats
+                    .delivered
+                    .fetch_add(batch.len() as u64, AtomicOrdering::Relaxed);
+            }
+            self.budget.release(batch.len() as u64, bytes);
+            if !delivered || self.halt.is_halted() {
+                break;
+            }
+        }
+        // Halted: whatever is still queued here is neither delivered nor acknowledged, so its
+        // offsets are never committed. Give the memory back so shutdown does not wait for it.
+        let rest = self.batcher.close_and_drain();
+        let bytes: u64 = rest.iter().map(|r| r.size() as u64).sum();
+        self.budget.release(rest.len() as u64, bytes);
+    }
+
+    /// Sends `batch` until every entry is accepted. False when the pipeline halted first.
+    async fn deliver(&self, batch: &[Record]) -> bool {
+        let mut todo: Vec<usize> = (0..batch.len()).collect();
+        let mut failures = 0u32;
+        loop {
+            let request: Vec<&Record> = todo.iter().map(|&i| &batch[i]).collect();
+            self.stats.requests.fetch_add(1, AtomicOrdering::Relaxed);
+            let outcome = self.sink.put(&request).await;
+            let next = match outcome {
+                Ok(failed) if failed.is_empty() => return true,
+                Ok(failed) => {
+                    let throttled = failed.iter().filter(|f| f.throttled).count();
+                    self.stats
+                        .throttled_entries
+                        .fetch_add(throttled as u64, AtomicOrdering::Relaxed);
+                    let failed_positions: Vec<usize> = failed.iter().map(|f| f.index).collect();
+                    let next = retry_set(&request, &failed_positions, self.ordering);
+                    let msg = format!(
+                        "{} of {} entries failed (first: {}; {} throttled); resending {}",
+                        failed.len(),
+                        request.len(),
+                        failed[0].code,
+                        throttled,
+                        next.len()
+                    );
+                    if failures == 0 {
+                        warn!(lane = self.id, "{msg}");
+                    } else {
+                        debug!(lane = self.id, "{msg}");
+                    }
+                    next.into_iter().map(|p| todo[p]).collect()
+                }
+                Err(e) => {
+                    self.stats.failed_requests.fetch_add(1, AtomicOrdering::Relaxed);
+                    match &e {
+                        RequestError::Configuration(_) | RequestError::Credentials(_) => {
+                            error!(lane = self.id, entries = request.len(), "{e}")
+                        }
+                        _ if failures == 0 => {
+                            warn!(lane = self.id, entries = request.len(), "request failed, retrying: {e}")
+                        }
+                        _ => debug!(lane = self.id, entries = request.len(), "request failed again: {e}"),
+                    }
+                    todo.clone()
+                }
+            };
+            self.stats
+                .retried_entries
+                .fetch_add(next.len() as u64, AtomicOrdering::Relaxed);
+            todo = next;
+            failures += 1;
+            if self.backoff.max_attempts != 0 && failures >= self.backoff.max_attempts {
+                let first = &batch[todo[0]];
+                self.halt.halt(format!(
+                    "gave up after {failures} attempts (retry.max_attempts) with {} records undelivered, \
+                     the first {}[{}] offset {}; nothing from there on is committed",
+                    todo.len(),
+                    first.progress.topic,
+                    first.progress.partition,
+                    first.offset
+                ));
+                return false;
+            }
+            if self.halt.is_halted() {
+                return false;
+            }
+            tokio::time::sleep(self.backoff.delay(failures)).await;
+        }
+    }
+}
+
+/// Which entries of `request` to send again after the entries at `failed` were rejected.
+///
+/// With [`Ordering::PerKey`] a failed entry is resent together with every later entry of the same
+/// partition key in the request, even those that were accepted: the copies written last are then
+/// in Kafka order. With [`Ordering::None`] only the failed entries are resent. Positions are
+/// returned in request order.
+pub fn retry_set(request: &[&Record], failed: &[usize], ordering: Ordering) -> Vec<usize> {
+    let mut failed_sorted = failed.to_vec();
+    failed_sorted.sort_unstable();
+    failed_sorted.dedup();
+    if ordering == Ordering::None {
+        return failed_sorted;
+    }
+    let mut failed_iter = failed_sorted.into_iter().peekable();
+    let mut broken_keys: HashSet<&str> = HashSet::new();
+    let mut out = Vec::new();
+    for (pos, record) in request.iter().enumerate() {
+        let this_failed = failed_iter.next_if_eq(&pos).is_some();
+        if this_failed {
+            broken_keys.insert(&record.partition_key);
+            out.push(pos);
+        } else if broken_keys.contains(record.partition_key.as_str()) {
+            out.push(pos);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::offsets::PartitionProgress;
+
+    fn rec(key: &str, offset: i64) -> Record {
+        Record {
+            partition_key: key.into(),
+            data: vec![],
+            progress: PartitionProgress::new("t".into(), 0),
+            offset,
+        }
+    }
+
+    #[test]
+    fn per_key_resends_later_entries_of_a_failed_key() {
+        let records = [rec("a", 0), rec("b", 1), rec("a", 2), rec("c", 3), rec("b", 4), rec("a", 5)];
+        let refs: Vec<&Record> = records.iter().collect();
+        // "a"@0 failed: "a"@2 and "a"@5 go again, "b" and "c" do not.
+        assert_eq!(retry_set(&refs, &[0], Ordering::PerKey), vec![0, 2, 5]);
+        // "a"@2 failed: only later "a" entries follow it.
+        assert_eq!(retry_set(&refs, &[2], Ordering::PerKey), vec![2, 5]);
+        // Two keys failed.
+        assert_eq!(retry_set(&refs, &[4, 1], Ordering::PerKey), vec![1, 4]);
+        assert_eq!(retry_set(&refs, &[3, 0], Ordering::PerKey), vec![0, 2, 3, 5]);
+    }
+
+    #[test]
+    fn ordering_none_resends_only_failed_entries() {
+        let records = [rec("a", 0), rec("a", 1), rec("a", 2)];
+        let refs: Vec<&Record> = records.iter().collect();
+        assert_eq!(retry_set(&refs, &[1, 0], Ordering::None), vec![0, 1]);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+            max_attempts: 0,
+        };
+        for _ in 0..100 {
+            let d1 = b.delay(1);
+            assert!(d1 >= Duration::from_millis(10) && d1 <= Duration::from_millis(100));
+            let d4 = b.delay(4);
+            assert!(d4 >= Duration::from_millis(80) && d4 <= Duration::from_millis(800));
+            let d40 = b.delay(40);
+            assert!(d40 >= Duration::from_millis(200) && d40 <= Duration::from_secs(2));
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! From fetched Kafka record to acknowledged Kinesis entry: lanes, batches, retries, memory bound.
+//!
+//! The consumer thread turns each Kafka message into a [`Record`], registers its offset with the
+//! partition's [`offsets::PartitionProgress`], reserves room in the [`Budget`] and hands it to one
+//! of the lanes, chosen by partition key. Each lane batches its records and has at most one request
+//! in flight, so records of a key leave in Kafka order; the lanes together pipeline requests. A
+//! record is acknowledged to its partition only when Kinesis has accepted it.
+
+pub mod batch;
+pub mod lane;
+pub mod offsets;
+pub mod partition_key;
+
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use offsets::PartitionProgress;
+
+/// One Kafka record on its way to Kinesis.
+#[derive(Debug)]
+pub struct Record {
+    pub partition_key: String,
+    /// The Kafka value, byte for byte (empty for a tombstone).
+    pub data: Vec<u8>,
+    pub progress: Arc<PartitionProgress>,
+    pub offset: i64,
+}
+
+impl Record {
+    /// The size Kinesis counts against its record and request limits.
+    pub fn size(&self) -> usize {
+        self.data.len() + self.partition_key.len()
+    }
+}
+
+/// The lane for a partition key: the same key always takes the same lane.
+pub fn lane_of(partition_key: &str, lanes: usize) -> usize {
+    let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(partition_key);
+    (hash % lanes as u64) as usize
+}
+
+/// Records and bytes fetched but not yet delivered. Fetching pauses at the limits, so memory stays
+/// bounded whatever Kinesis does.
+#[derive(Debug)]
+pub struct Budget {
+    used: Mutex<Usage>,
+    changed: Condvar,
+    max_records: u64,
+    max_bytes: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub records: u64,
+    pub bytes: u64,
+}
+
+impl Budget {
+    pub fn new(max_records: u64, max_bytes: u64) -> Self {
+        Self {
+            used: Mutex::new(Usage::default()),
+            changed: Condvar::new(),
+            max_records,
+            max_bytes,
+        }
+    }
+
+    /// Reserves room for one record. Never blocks: the caller pauses fetching when [`Self::full`].
+    pub fn take(&self, bytes: usize) {
+        let mut used = self.used.lock().unwrap();
+        used.records += 1;
+        used.bytes += bytes as u64;
+    }
+
+    pub fn release(&self, records: u64, bytes: u64) {
+        let mut used = self.used.lock().unwrap();
+        used.records -= records;
+        used.bytes -= bytes;
+        drop(used);
+        self.changed.notify_all();
+    }
+
+    pub fn usage(&self) -> Usage {
+        *self.used.lock().unwrap()
+    }
+
+    pub fn full(&self) -> bool {
+        let used = self.usage();
+        used.records >= self.max_records || used.bytes >= self.max_bytes
+    }
+
+    /// Below 3/4 of both limits: fetching resumes (the gap avoids pausing on every record).
+    pub fn has_room(&self) -> bool {
+        let used = self.usage();
+        used.records * 4 < self.max_records * 3 && used.bytes * 4 < self.max_bytes * 3
+    }
+
+    /// Waits until `done` holds (checked after every release) or `timeout` passes.
+    pub fn wait_until(&self, timeout: Duration, mut done: impl FnMut(Usage) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut used = self.used.lock().unwrap();
+        loop {
+            if done(*used) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            used = self.changed.wait_timeout(used, deadline - now).unwrap().0;
+        }
+    }
+}
+
+/// A reason the pipeline must stop without committing past the affected records.
+#[derive(Debug, Default)]
+pub struct Halt {
+    halted: AtomicBool,
+    reason: Mutex<Option<String>>,
+}
+
+impl Halt {
+    pub fn halt(&self, reason: String) {
+        let mut r = self.reason.lock().unwrap();
+        if r.is_none() {
+            *r = Some(reason);
+        }
+        self.halted.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_halted(&self) -> bool {
+        self.halted.load(Ordering::SeqCst)
+    }
+
+    pub fn reason(&self) -> Option<String> {
+        self.reason.lock().unwrap().clone()
+    }
+}
+
+/// Counters of what the pipeline did, for logs (and later metrics).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub consumed: AtomicU64,
+    pub delivered: AtomicU64,
+    pub requests: AtomicU64,
+    pub failed_requests: AtomicU64,
+    pub retried_entries: AtomicU64,
+    pub throttled_entries: AtomicU64,
+    pub refetched: AtomicU64,
+}
+
+impl Stats {
+    pub fn summary(&self) -> String {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "consumed={} delivered={} requests={} failed_requests={} retried_entries={} throttled_entries={} refetched={}",
+            g(&self.consumed),
+            g(&self.delivered),
+            g(&self.requests),
+            g(&self.failed_requests),
+            g(&self.retried_entries),
+            g(&self.throttled_entries),
+            g(&self.refetched),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_key_same_lane() {
+        for lanes in [1, 2, 7, 64] {
+            let a = lane_of("customer-1", lanes);
+            assert_eq!(a, lane_of("customer-1", lanes));
+            assert!(a < lanes);
+        }
+        // Keys spread over lanes.
+        let used: std::collections::HashSet<usize> =
+            (0..1000).map(|i| lane_of(&format!("k{i}"), 8)).collect();
+        assert_eq!(used.len(), 8);
+    }
+
+    #[test]
+    fn budget_pauses_at_the_limit_and_resumes_below_three_quarters() {
+        let b = Budget::new(4, 1000);
+        for _ in 0..3 {
+            b.take(10);
+        }
+        assert!(!b.full());
+        b.take(10);
+        assert!(b.full());
+        assert!(!b.has_room());
+        b.release(1, 10);
+        assert!(!b.full());
+        assert!(!b.has_room()); // 3 of 4 is not below 3/4
+        b.release(1, 10);
+        assert!(b.has_room());
+        let big = Budget::new(100, 100);
+        big.take(100);
+        assert!(big.full());
+    }
+
+    #[test]
+    fn budget_wait_wakes_on_release() {
+        let b = Arc::new(Budget::new(10, 1000));
+        b.take(5);
+        let releaser = {
+            let b = b.clone();
+            std::thread::spawn(move || b.release(1, 5))
+        };
+        assert!(b.wait_until(Duration::from_secs(10), |u| u.records == 0));
+        releaser.join().unwrap();
+        assert!(!b.wait_until(Duration::from_millis(1), |u| u.records == 1));
+    }
+}

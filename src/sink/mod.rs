@@ -1,0 +1,43 @@
+//! Destinations. A sink makes one delivery attempt for a batch and says, entry by entry, what
+//! failed; retrying, ordering and acknowledging belong to the pipeline, so every sink gets the same
+//! at-least-once rules.
+
+pub mod kinesis;
+
+use std::future::Future;
+
+use crate::pipeline::Record;
+
+/// One entry of a request that the destination did not accept.
+#[derive(Debug, Clone)]
+pub struct EntryFailure {
+    /// Index into the records passed to [`Sink::put`].
+    pub index: usize,
+    pub code: String,
+    pub throttled: bool,
+}
+
+/// Why a whole request failed; decides the log level and the backoff.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RequestError {
+    /// The destination asks us to slow down.
+    #[error("throttled: {0}")]
+    Throttled(String),
+    /// Network problem, timeout or server error: the request may or may not have been applied.
+    #[error("transient failure: {0}")]
+    Transient(String),
+    /// Credentials could not be obtained or were refused.
+    #[error("credentials problem: {0}")]
+    Credentials(String),
+    /// The destination is missing or access is denied: only a human can fix it.
+    #[error("{0}")]
+    Configuration(String),
+}
+
+pub trait Sink: Send + Sync + 'static {
+    /// Sends `records` in one request. `Ok` lists the entries that failed (empty: all delivered).
+    fn put(
+        &self,
+        records: &[&Record],
+    ) -> impl Future<Output = Result<Vec<EntryFailure>, RequestError>> + Send;
+}

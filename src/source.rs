@@ -1,0 +1,378 @@
+//! The Kafka side: a consumer-group member on its own thread.
+//!
+//! librdkafka calls the rebalance callback from `poll`, and doka must be able to *wait* there (for
+//! a revoked partition's records to be delivered, then commit them) without stalling the async
+//! sends. So the consumer lives on a plain thread and talks to the lanes through channels.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::{debug, error, info, warn};
+
+use crate::config::{KafkaConfig, StartFrom};
+use crate::pipeline::offsets::PartitionProgress;
+use crate::pipeline::partition_key::PartitionKeys;
+use crate::pipeline::{Budget, Halt, Record, Stats, lane_of};
+
+type Progress = HashMap<Arc<str>, HashMap<i32, Arc<PartitionProgress>>>;
+
+/// Callbacks librdkafka runs on the consumer thread.
+pub struct SourceContext {
+    partitions: Mutex<Progress>,
+    budget: Arc<Budget>,
+    drain_timeout: Duration,
+    paused: AtomicBool,
+    /// Set during shutdown, when in-flight records were already waited for.
+    closing: AtomicBool,
+}
+
+impl SourceContext {
+    fn progress(&self, topic: &str, partition: i32) -> Arc<PartitionProgress> {
+        let mut map = self.partitions.lock().unwrap();
+        if let Some(p) = map.get(topic).and_then(|t| t.get(&partition)) {
+            return p.clone();
+        }
+        // A message for a partition we have no record of: start tracking it rather than drop it.
+        let topic: Arc<str> = topic.into();
+        let p = PartitionProgress::new(topic.clone(), partition);
+        map.entry(topic).or_default().insert(partition, p.clone());
+        p
+    }
+
+    fn all(&self) -> Vec<Arc<PartitionProgress>> {
+        let map = self.partitions.lock().unwrap();
+        map.values().flat_map(|t| t.values().cloned()).collect()
+    }
+
+    fn remove(&self, tpl: &TopicPartitionList) -> Vec<Arc<PartitionProgress>> {
+        let mut map = self.partitions.lock().unwrap();
+        tpl.elements()
+            .iter()
+            .filter_map(|e| map.get_mut(e.topic())?.remove(&e.partition()))
+            .collect()
+    }
+
+    fn commit(&self, consumer: &BaseConsumer<Self>, partitions: &[Arc<PartitionProgress>], mode: CommitMode) {
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            if let Some(offset) = p.commit_due() {
+                // Cannot fail for a valid offset.
+                let _ = tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(offset));
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        match consumer.commit(&tpl, mode) {
+            Ok(()) if matches!(mode, CommitMode::Sync) => mark_committed(partitions, &tpl),
+            Ok(()) => {}
+            Err(e) => warn!("committing offsets failed (they will be committed later): {e}"),
+        }
+    }
+}
+
+fn mark_committed(partitions: &[Arc<PartitionProgress>], tpl: &TopicPartitionList) {
+    for e in tpl.elements() {
+        if let Offset::Offset(o) = e.offset()
+            && let Some(p) = partitions
+                .iter()
+                .find(|p| p.partition == e.partition() && &*p.topic == e.topic())
+        {
+            p.mark_committed(o);
+            debug!(topic = e.topic(), partition = e.partition(), offset = o, "committed");
+        }
+    }
+}
+
+impl ClientContext for SourceContext {}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else { return };
+        let revoked = self.remove(tpl);
+        if revoked.is_empty() {
+            return;
+        }
+        if consumer.assignment_lost() {
+            warn!(
+                partitions = revoked.len(),
+                "partitions lost (session expired): not committing them; the new owner re-reads from the last commit"
+            );
+            return;
+        }
+        if !self.closing.load(AtomicOrdering::SeqCst) {
+            let drained = self
+                .budget
+                .wait_until(self.drain_timeout, |_| revoked.iter().all(|p| p.is_drained()));
+            if !drained {
+                let undelivered: usize = revoked.iter().map(|p| p.undelivered()).sum();
+                warn!(
+                    undelivered,
+                    "revoked partitions still had records in flight after pipeline.rebalance_drain_timeout_ms; \
+                     committing what was delivered (the new owner will send the rest again)"
+                );
+            }
+        }
+        self.commit(consumer, &revoked, CommitMode::Sync);
+        info!(partitions = %describe(&revoked), "partitions revoked and committed");
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let mut map = self.partitions.lock().unwrap();
+                for e in tpl.elements() {
+                    let topic: Arc<str> = e.topic().into();
+                    map.entry(topic.clone())
+                        .or_default()
+                        .insert(e.partition(), PartitionProgress::new(topic, e.partition()));
+                }
+                drop(map);
+                if self.paused.load(AtomicOrdering::SeqCst)
+                    && let Err(e) = consumer.pause(tpl)
+                {
+                    warn!("pausing newly assigned partitions failed: {e}");
+                }
+                info!(partitions = tpl.count(), "partitions assigned: {}", describe_tpl(tpl));
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => warn!("rebalance error: {e}"),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => mark_committed(&self.all(), offsets),
+            Err(e) => warn!("asynchronous offset commit failed (retried at the next interval): {e}"),
+        }
+    }
+}
+
+fn describe(partitions: &[Arc<PartitionProgress>]) -> String {
+    partitions
+        .iter()
+        .map(|p| format!("{}[{}]", p.topic, p.partition))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn describe_tpl(tpl: &TopicPartitionList) -> String {
+    tpl.elements()
+        .iter()
+        .map(|e| format!("{}[{}]", e.topic(), e.partition()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// What the consumer thread needs from the rest of the pipeline.
+pub struct SourceParts {
+    pub lanes: Vec<UnboundedSender<Record>>,
+    pub budget: Arc<Budget>,
+    pub halt: Arc<Halt>,
+    pub stats: Arc<Stats>,
+    pub keys: PartitionKeys,
+    pub max_record_bytes: usize,
+    pub commit_interval: Duration,
+    pub drain_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub shutdown: Arc<AtomicBool>,
+}
+
+/// How the consumer thread ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SourceExit {
+    /// Every fetched record was delivered and committed.
+    Clean,
+    /// Shutdown timed out with records undelivered (not committed: they will be sent again).
+    Undelivered(u64),
+    /// The pipeline halted (see [`Halt`]).
+    Halted,
+}
+
+pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", kafka.brokers.join(","))
+        .set("group.id", &kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set(
+            "auto.offset.reset",
+            match kafka.start_from {
+                StartFrom::Earliest => "earliest",
+                StartFrom::Latest => "latest",
+            },
+        )
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        // Bound librdkafka's own prefetch buffer; doka's budget bounds the rest.
+        .set("queued.max.messages.kbytes", "16384")
+        .set("client.id", "doka");
+    for (k, v) in &kafka.properties {
+        cc.set(k, v);
+    }
+    cc
+}
+
+/// Runs the consumer until shutdown or halt. Blocks the calling thread.
+pub fn run(kafka: &KafkaConfig, parts: SourceParts) -> anyhow::Result<SourceExit> {
+    let context = SourceContext {
+        partitions: Mutex::new(HashMap::new()),
+        budget: parts.budget.clone(),
+        drain_timeout: parts.drain_timeout,
+        paused: AtomicBool::new(false),
+        closing: AtomicBool::new(false),
+    };
+    let consumer: BaseConsumer<SourceContext> = consumer_config(kafka)
+        .create_with_context(context)
+        .map_err(|e| anyhow::anyhow!("cannot create the Kafka consumer: {e} (check kafka.properties)"))?;
+    let topics: Vec<&str> = kafka.topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(|e| anyhow::anyhow!("cannot subscribe to {topics:?}: {e}"))?;
+    info!(brokers = %kafka.brokers.join(","), group = %kafka.group_id, topics = ?kafka.topics, "joining consumer group");
+
+    let mut last_commit = Instant::now();
+    let mut last_poll_error: Option<Instant> = None;
+    while !parts.shutdown.load(AtomicOrdering::SeqCst) && !parts.halt.is_halted() {
+        manage_pause(&consumer, &parts.budget);
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(msg)) => {
+                let topic = msg.topic();
+                let partition = msg.partition();
+                let offset = msg.offset();
+                let progress = consumer.context().progress(topic, partition);
+                let partition_key = parts.keys.key_for(msg.key(), topic, partition);
+                let data = msg.payload().unwrap_or_default();
+                let size = data.len() + partition_key.len();
+                if size > parts.max_record_bytes {
+                    parts.halt.halt(format!(
+                        "record {topic}[{partition}] offset {offset} is {size} bytes (value + partition key), \
+                         over the stream's maximum record size of {} bytes (kinesis.max_record_bytes). \
+                         doka stops rather than drop it; nothing from this offset on is committed. \
+                         Raise the stream's limit and kinesis.max_record_bytes to send it",
+                        parts.max_record_bytes
+                    ));
+                    break;
+                }
+                if !progress.register(offset) {
+                    parts.stats.refetched.fetch_add(1, AtomicOrdering::Relaxed);
+                    continue;
+                }
+                parts.stats.consumed.fetch_add(1, AtomicOrdering::Relaxed);
+                parts.budget.take(size);
+                let lane = lane_of(&partition_key, parts.lanes.len());
+                let record = Record {
+                    partition_key,
+                    data: data.to_vec(),
+                    progress,
+                    offset,
+                };
+                if let Err(returned) = parts.lanes[lane].send(record) {
+                    // The lane stopped (halt): the record stays undelivered and uncommitted.
+                    parts.budget.release(1, returned.0.size() as u64);
+                }
+            }
+            Some(Err(e)) => {
+                // Broker and network errors: librdkafka reconnects by itself; say so once in a while.
+                if last_poll_error.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    warn!("Kafka consumer error (librdkafka retries): {e}");
+                    last_poll_error = Some(Instant::now());
+                }
+            }
+            None => {}
+        }
+        if last_commit.elapsed() >= parts.commit_interval {
+            let context = consumer.context();
+            context.commit(&consumer, &context.all(), CommitMode::Async);
+            last_commit = Instant::now();
+        }
+    }
+
+    // Stop fetching, let the lanes finish, commit what was delivered, leave the group.
+    if let Ok(assignment) = consumer.assignment() {
+        let _ = consumer.pause(&assignment);
+    }
+    drop(parts.lanes);
+    let halted = parts.halt.is_halted();
+    info!(
+        in_flight = parts.budget.usage().records,
+        "stopping: waiting for records in flight (up to {:?})",
+        parts.shutdown_timeout
+    );
+    let drained = parts
+        .budget
+        .wait_until(parts.shutdown_timeout, |u| u.records == 0);
+    let context = consumer.context();
+    context.closing.store(true, AtomicOrdering::SeqCst);
+    context.commit(&consumer, &context.all(), CommitMode::Sync);
+    let undelivered = parts.budget.usage().records;
+    drop(consumer); // leaves the group
+    info!("left the consumer group");
+    Ok(if halted {
+        SourceExit::Halted
+    } else if drained {
+        SourceExit::Clean
+    } else {
+        error!(undelivered, "shutdown timed out with records undelivered; they were not committed and will be sent again");
+        SourceExit::Undelivered(undelivered)
+    })
+}
+
+fn manage_pause(consumer: &BaseConsumer<SourceContext>, budget: &Budget) {
+    let context = consumer.context();
+    let paused = context.paused.load(AtomicOrdering::SeqCst);
+    let change = if !paused && budget.full() {
+        Some(true)
+    } else if paused && budget.has_room() {
+        Some(false)
+    } else {
+        None
+    };
+    let Some(pause) = change else { return };
+    let Ok(assignment) = consumer.assignment() else { return };
+    let result = if pause {
+        consumer.pause(&assignment)
+    } else {
+        consumer.resume(&assignment)
+    };
+    match result {
+        Ok(()) => {
+            context.paused.store(pause, AtomicOrdering::SeqCst);
+            let usage = budget.usage();
+            debug!(records = usage.records, bytes = usage.bytes, "fetching {}", if pause { "paused" } else { "resumed" });
+        }
+        Err(e) => warn!("could not {} partitions: {e}", if pause { "pause" } else { "resume" }),
+    }
+}
+
+/// The group's committed offsets for the configured topics (-1 where none), for tools and tests.
+pub fn committed_offsets(kafka: &KafkaConfig, timeout: Duration) -> anyhow::Result<Vec<(String, i32, i64)>> {
+    let consumer: BaseConsumer = consumer_config(kafka).create()?;
+    let metadata = consumer.fetch_metadata(None, timeout)?;
+    let mut tpl = TopicPartitionList::new();
+    for t in metadata.topics().iter().filter(|t| kafka.topics.iter().any(|n| n == t.name())) {
+        for p in t.partitions() {
+            tpl.add_partition(t.name(), p.id());
+        }
+    }
+    let committed = consumer.committed_offsets(tpl, timeout)?;
+    Ok(committed
+        .elements()
+        .iter()
+        .map(|e| {
+            let o = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => -1,
+            };
+            (e.topic().to_owned(), e.partition(), o)
+        })
+        .collect())
+}
