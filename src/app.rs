@@ -111,7 +111,10 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
         budget: budget.clone(),
         halt: halt.clone(),
         stats: stats.clone(),
-        keys: PartitionKeys::new(config.partition_key.rule, config.partition_key.prefix.as_deref()),
+        keys: PartitionKeys::new(
+            config.partition_key.rule,
+            config.partition_key.prefix.as_deref(),
+        ),
         max_record_bytes: config.kinesis.max_record_bytes as usize,
         commit_interval: config.pipeline.commit_interval(),
         drain_timeout: config.pipeline.rebalance_drain_timeout(),
@@ -146,7 +149,10 @@ fn describe_target(config: &Config, region: &str) -> String {
         Some(role) => format!("via role {role}"),
         None => "with the source credentials".into(),
     };
-    format!("stream `{}` (region {region}, {via})", config.kinesis.stream)
+    format!(
+        "stream `{}` (region {region}, {via})",
+        config.kinesis.stream
+    )
 }
 
 /// First SIGTERM/SIGINT: graceful shutdown. Second: exit at once (nothing uncommitted is lost,

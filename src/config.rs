@@ -10,8 +10,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Yaml};
 use figment::Figment;
+use figment::providers::{Env, Format, Yaml};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::pipeline::partition_key::{KeyRule, MAX_PARTITION_KEY_CHARS};
@@ -380,10 +380,12 @@ fn load_with_env(file: &Path, profile: Option<&str>, env: Env) -> Result<Config,
         ))
     })?;
     // Parse once up front so that a YAML syntax error is reported with its line and column.
-    let document: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| {
-        ConfigError::new(format!("{} is not valid YAML: {e}", file.display()))
-    })?;
-    if !matches!(document, serde_yaml::Value::Mapping(_) | serde_yaml::Value::Null) {
+    let document: serde_yaml::Value = serde_yaml::from_str(&text)
+        .map_err(|e| ConfigError::new(format!("{} is not valid YAML: {e}", file.display())))?;
+    if !matches!(
+        document,
+        serde_yaml::Value::Mapping(_) | serde_yaml::Value::Null
+    ) {
         return Err(ConfigError::new(format!(
             "{}: the top level must be a mapping of sections (kafka, aws, kinesis, ...)",
             file.display()
@@ -396,13 +398,21 @@ fn load_with_env(file: &Path, profile: Option<&str>, env: Env) -> Result<Config,
         let available: Vec<String> = document
             .get("profiles")
             .and_then(|p| p.as_mapping())
-            .map(|m| m.keys().filter_map(|k| k.as_str().map(str::to_owned)).collect())
+            .map(|m| {
+                m.keys()
+                    .filter_map(|k| k.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default();
         if !available.iter().any(|p| p == name) {
             return Err(ConfigError::new(format!(
                 "profile `{name}` is not defined in {}: add it under `profiles:` (defined: {})",
                 file.display(),
-                if available.is_empty() { "none".to_owned() } else { available.join(", ") }
+                if available.is_empty() {
+                    "none".to_owned()
+                } else {
+                    available.join(", ")
+                }
             )));
         }
         figment = figment.merge(file_layer.focus(&format!("profiles.{name}")));
@@ -413,9 +423,9 @@ fn load_with_env(file: &Path, profile: Option<&str>, env: Env) -> Result<Config,
     let config: Config = figment
         .extract()
         .map_err(|e| ConfigError::new(describe_figment_error(e, &source)))?;
-    config
-        .validate()
-        .map_err(|(key, problem)| ConfigError::new(describe_invalid(&figment, &source, &key, &problem)))?;
+    config.validate().map_err(|(key, problem)| {
+        ConfigError::new(describe_invalid(&figment, &source, &key, &problem))
+    })?;
     Ok(config)
 }
 
@@ -469,19 +479,30 @@ fn describe_figment_error(errors: figment::Error, source: &Source) -> String {
                 format!(
                     "unknown config key `{}` in {origin}: expected one of {}",
                     path.join("."),
-                    expected.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ")
+                    expected
+                        .iter()
+                        .map(|f| format!("`{f}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             }
             Kind::UnknownVariant(value, expected) => format!(
                 "invalid value `{value}` for config key `{}` in {origin}: expected one of {}",
                 e.path.join("."),
-                expected.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ")
+                expected
+                    .iter()
+                    .map(|f| format!("`{f}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             Kind::InvalidType(actual, expected) => format!(
                 "wrong type for config key `{}` in {origin}: found {actual}, expected {expected}",
                 e.path.join(".")
             ),
-            other => format!("invalid config key `{}` in {origin}: {other}", e.path.join(".")),
+            other => format!(
+                "invalid config key `{}` in {origin}: {other}",
+                e.path.join(".")
+            ),
         };
         lines.push(line);
     }
@@ -501,7 +522,10 @@ impl Config {
             max: T,
         ) -> Result<(), (String, String)> {
             if value < min || value > max {
-                return bad(key, format!("{value} is out of range: expected {min} to {max}"));
+                return bad(
+                    key,
+                    format!("{value} is out of range: expected {min} to {max}"),
+                );
             }
             Ok(())
         }
@@ -511,7 +535,10 @@ impl Config {
         }
         for b in &self.kafka.brokers {
             if !b.contains(':') {
-                return bad("kafka.brokers", format!("`{b}` has no port: expected host:port"));
+                return bad(
+                    "kafka.brokers",
+                    format!("`{b}` has no port: expected host:port"),
+                );
             }
         }
         if self.kafka.group_id.trim().is_empty() {
@@ -520,7 +547,12 @@ impl Config {
         if self.kafka.topics.is_empty() || self.kafka.topics.iter().any(|t| t.trim().is_empty()) {
             return bad("kafka.topics", "expected at least one topic name");
         }
-        for reserved in ["group.id", "enable.auto.commit", "enable.auto.offset.store", "bootstrap.servers"] {
+        for reserved in [
+            "group.id",
+            "enable.auto.commit",
+            "enable.auto.offset.store",
+            "bootstrap.servers",
+        ] {
             if self.kafka.properties.contains_key(reserved) {
                 return bad(
                     &format!("kafka.properties.{reserved}"),
@@ -531,17 +563,29 @@ impl Config {
 
         if let Some(region) = &self.aws.region {
             let ok = !region.is_empty()
-                && region.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+                && region
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
             if !ok {
-                return bad("aws.region", format!("`{region}` is not a region name like eu-west-1"));
+                return bad(
+                    "aws.region",
+                    format!("`{region}` is not a region name like eu-west-1"),
+                );
             }
         }
         for key in ["sts_endpoint", "kinesis_endpoint"] {
-            let value = if key == "sts_endpoint" { &self.aws.sts_endpoint } else { &self.aws.kinesis_endpoint };
+            let value = if key == "sts_endpoint" {
+                &self.aws.sts_endpoint
+            } else {
+                &self.aws.kinesis_endpoint
+            };
             if let Some(url) = value
                 && !(url.starts_with("http://") || url.starts_with("https://"))
             {
-                return bad(&format!("aws.{key}"), format!("`{url}` is not a URL: expected http(s)://host[:port]"));
+                return bad(
+                    &format!("aws.{key}"),
+                    format!("`{url}` is not a URL: expected http(s)://host[:port]"),
+                );
             }
         }
         if let Some(arn) = &self.aws.role_arn
@@ -549,18 +593,25 @@ impl Config {
         {
             return bad(
                 "aws.role_arn",
-                format!("`{arn}` is not an IAM role ARN: expected arn:aws:iam::<12-digit account>:role/<name>"),
+                format!(
+                    "`{arn}` is not an IAM role ARN: expected arn:aws:iam::<12-digit account>:role/<name>"
+                ),
             );
         }
         if self.aws.external_id.is_some() && self.aws.role_arn.is_none() {
-            return bad("aws.external_id", "is only used with aws.role_arn: set the role or remove the external id");
+            return bad(
+                "aws.external_id",
+                "is only used with aws.role_arn: set the role or remove the external id",
+            );
         }
         if let Some(id) = &self.aws.external_id {
             range("aws.external_id (length)", id.expose().len(), 2, 1224)?;
         }
         if let Some(name) = &self.aws.session_name {
             let ok = (2..=64).contains(&name.len())
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c));
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c));
             if !ok {
                 return bad(
                     "aws.session_name",
@@ -568,7 +619,12 @@ impl Config {
                 );
             }
         }
-        range("aws.session_duration_secs", self.aws.session_duration_secs, 900, 43_200)?;
+        range(
+            "aws.session_duration_secs",
+            self.aws.session_duration_secs,
+            900,
+            43_200,
+        )?;
         if self.aws.credential_refresh_margin_secs >= self.aws.session_duration_secs {
             return bad(
                 "aws.credential_refresh_margin_secs",
@@ -585,24 +641,52 @@ impl Config {
                 ),
             );
         }
-        range("kinesis.max_record_bytes", self.kinesis.max_record_bytes, 1024, MAX_STREAM_RECORD_BYTES)?;
-        range("kinesis.request_timeout_ms", self.kinesis.request_timeout_ms, 100, 600_000)?;
+        range(
+            "kinesis.max_record_bytes",
+            self.kinesis.max_record_bytes,
+            1024,
+            MAX_STREAM_RECORD_BYTES,
+        )?;
+        range(
+            "kinesis.request_timeout_ms",
+            self.kinesis.request_timeout_ms,
+            100,
+            600_000,
+        )?;
 
         match (self.partition_key.rule, &self.partition_key.prefix) {
             (KeyRule::PrefixRandom, None) => {
                 return bad("partition_key.prefix", "rule prefix_random needs a prefix");
             }
             (KeyRule::PrefixRandom, Some(p)) => {
-                range("partition_key.prefix (characters)", p.chars().count(), 1, MAX_PARTITION_KEY_CHARS - 32)?;
+                range(
+                    "partition_key.prefix (characters)",
+                    p.chars().count(),
+                    1,
+                    MAX_PARTITION_KEY_CHARS - 32,
+                )?;
             }
             (_, Some(_)) => {
-                return bad("partition_key.prefix", "is only used with rule prefix_random: remove it or change the rule");
+                return bad(
+                    "partition_key.prefix",
+                    "is only used with rule prefix_random: remove it or change the rule",
+                );
             }
             _ => {}
         }
 
-        range("batch.max_records", self.batch.max_records, 1, MAX_PUT_RECORDS_ENTRIES)?;
-        range("batch.max_bytes", self.batch.max_bytes, 1024, MAX_PUT_RECORDS_BYTES)?;
+        range(
+            "batch.max_records",
+            self.batch.max_records,
+            1,
+            MAX_PUT_RECORDS_ENTRIES,
+        )?;
+        range(
+            "batch.max_bytes",
+            self.batch.max_bytes,
+            1024,
+            MAX_PUT_RECORDS_BYTES,
+        )?;
         if self.batch.max_bytes < self.kinesis.max_record_bytes {
             return bad(
                 "batch.max_bytes",
@@ -615,22 +699,58 @@ impl Config {
         range("batch.linger_ms", self.batch.linger_ms, 0, 60_000)?;
 
         range("pipeline.lanes", self.pipeline.lanes, 1, 1024)?;
-        range("pipeline.max_in_flight_records", self.pipeline.max_in_flight_records, 1, 10_000_000)?;
+        range(
+            "pipeline.max_in_flight_records",
+            self.pipeline.max_in_flight_records,
+            1,
+            10_000_000,
+        )?;
         range(
             "pipeline.max_in_flight_bytes",
             self.pipeline.max_in_flight_bytes,
             self.kinesis.max_record_bytes,
             16 * 1024 * 1024 * 1024,
         )?;
-        range("pipeline.commit_interval_ms", self.pipeline.commit_interval_ms, 10, 600_000)?;
-        range("pipeline.rebalance_drain_timeout_ms", self.pipeline.rebalance_drain_timeout_ms, 0, 600_000)?;
-        range("pipeline.shutdown_timeout_ms", self.pipeline.shutdown_timeout_ms, 0, 3_600_000)?;
+        range(
+            "pipeline.commit_interval_ms",
+            self.pipeline.commit_interval_ms,
+            10,
+            600_000,
+        )?;
+        range(
+            "pipeline.rebalance_drain_timeout_ms",
+            self.pipeline.rebalance_drain_timeout_ms,
+            0,
+            600_000,
+        )?;
+        range(
+            "pipeline.shutdown_timeout_ms",
+            self.pipeline.shutdown_timeout_ms,
+            0,
+            3_600_000,
+        )?;
 
-        range("retry.initial_backoff_ms", self.retry.initial_backoff_ms, 1, 60_000)?;
-        range("retry.max_backoff_ms", self.retry.max_backoff_ms, self.retry.initial_backoff_ms, 600_000)?;
+        range(
+            "retry.initial_backoff_ms",
+            self.retry.initial_backoff_ms,
+            1,
+            60_000,
+        )?;
+        range(
+            "retry.max_backoff_ms",
+            self.retry.max_backoff_ms,
+            self.retry.initial_backoff_ms,
+            600_000,
+        )?;
 
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            return bad("log.level", format!("`{}` is not a log filter ({e}): try info or doka=debug", self.log.level));
+            return bad(
+                "log.level",
+                format!(
+                    "`{}` is not a log filter ({e}): try info or doka=debug",
+                    self.log.level
+                ),
+            );
         }
         Ok(())
     }
@@ -659,9 +779,16 @@ impl Config {
 /// librdkafka properties whose values are credentials.
 pub fn is_secret_property(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    ["password", "secret", "sasl.jaas", "ssl.key.pem", "oauthbearer.config", "token"]
-        .iter()
-        .any(|s| n.contains(s))
+    [
+        "password",
+        "secret",
+        "sasl.jaas",
+        "ssl.key.pem",
+        "oauthbearer.config",
+        "token",
+    ]
+    .iter()
+    .any(|s| n.contains(s))
 }
 
 fn is_role_arn(arn: &str) -> bool {
@@ -675,13 +802,17 @@ fn is_role_arn(arn: &str) -> bool {
         && parts[4].chars().all(|c| c.is_ascii_digit())
         && parts[5].strip_prefix("role/").is_some_and(|name| {
             !name.is_empty()
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || "+=,.@_-/".contains(c))
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-/".contains(c))
         })
 }
 
 fn is_stream_name(name: &str) -> bool {
     (1..=128).contains(&name.len())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
 fn is_stream_arn(arn: &str) -> bool {
@@ -705,7 +836,11 @@ fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
         Many(Vec<String>),
     }
     Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(s) => s.split(',').map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect(),
+        OneOrMany::One(s) => s
+            .split(',')
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty())
+            .collect(),
         OneOrMany::Many(v) => v,
     })
 }
@@ -714,7 +849,11 @@ fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
 /// nested maps are flattened back into `a.b.c` names. Scalars become strings.
 fn flat_properties<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
     use serde::de::Error;
-    fn flatten<E: Error>(prefix: &str, value: serde_yaml::Value, out: &mut BTreeMap<String, String>) -> Result<(), E> {
+    fn flatten<E: Error>(
+        prefix: &str,
+        value: serde_yaml::Value,
+        out: &mut BTreeMap<String, String>,
+    ) -> Result<(), E> {
         use serde_yaml::Value;
         match value {
             Value::Mapping(map) => {
@@ -725,7 +864,11 @@ fn flat_properties<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, S
                         Value::Bool(b) => b.to_string(),
                         _ => return Err(E::custom("property names must be strings")),
                     };
-                    let name = if prefix.is_empty() { k } else { format!("{prefix}.{k}") };
+                    let name = if prefix.is_empty() {
+                        k
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
                     flatten(&name, v, out)?;
                 }
             }

@@ -49,7 +49,10 @@ fn main() -> ExitCode {
         }
         Command::Run(args) => {
             doka::telemetry::init(&config.log);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("error: cannot start the async runtime: {e}");

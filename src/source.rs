@@ -61,7 +61,12 @@ impl SourceContext {
             .collect()
     }
 
-    fn commit(&self, consumer: &BaseConsumer<Self>, partitions: &[Arc<PartitionProgress>], mode: CommitMode) {
+    fn commit(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        partitions: &[Arc<PartitionProgress>],
+        mode: CommitMode,
+    ) {
         let mut tpl = TopicPartitionList::new();
         for p in partitions {
             if let Some(offset) = p.commit_due() {
@@ -88,7 +93,12 @@ fn mark_committed(partitions: &[Arc<PartitionProgress>], tpl: &TopicPartitionLis
                 .find(|p| p.partition == e.partition() && &*p.topic == e.topic())
         {
             p.mark_committed(o);
-            debug!(topic = e.topic(), partition = e.partition(), offset = o, "committed");
+            debug!(
+                topic = e.topic(),
+                partition = e.partition(),
+                offset = o,
+                "committed"
+            );
         }
     }
 }
@@ -97,7 +107,9 @@ impl ClientContext for SourceContext {}
 
 impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(tpl) = rebalance else { return };
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
         let revoked = self.remove(tpl);
         if revoked.is_empty() {
             return;
@@ -110,9 +122,9 @@ impl ConsumerContext for SourceContext {
             return;
         }
         if !self.closing.load(AtomicOrdering::SeqCst) {
-            let drained = self
-                .budget
-                .wait_until(self.drain_timeout, |_| revoked.iter().all(|p| p.is_drained()));
+            let drained = self.budget.wait_until(self.drain_timeout, |_| {
+                revoked.iter().all(|p| p.is_drained())
+            });
             if !drained {
                 let undelivered: usize = revoked.iter().map(|p| p.undelivered()).sum();
                 warn!(
@@ -142,7 +154,11 @@ impl ConsumerContext for SourceContext {
                 {
                     warn!("pausing newly assigned partitions failed: {e}");
                 }
-                info!(partitions = tpl.count(), "partitions assigned: {}", describe_tpl(tpl));
+                info!(
+                    partitions = tpl.count(),
+                    "partitions assigned: {}",
+                    describe_tpl(tpl)
+                );
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => warn!("rebalance error: {e}"),
@@ -152,7 +168,9 @@ impl ConsumerContext for SourceContext {
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         match result {
             Ok(()) => mark_committed(&self.all(), offsets),
-            Err(e) => warn!("asynchronous offset commit failed (retried at the next interval): {e}"),
+            Err(e) => {
+                warn!("asynchronous offset commit failed (retried at the next interval): {e}")
+            }
         }
     }
 }
@@ -232,7 +250,9 @@ pub fn run(kafka: &KafkaConfig, parts: SourceParts) -> anyhow::Result<SourceExit
     };
     let consumer: BaseConsumer<SourceContext> = consumer_config(kafka)
         .create_with_context(context)
-        .map_err(|e| anyhow::anyhow!("cannot create the Kafka consumer: {e} (check kafka.properties)"))?;
+        .map_err(|e| {
+            anyhow::anyhow!("cannot create the Kafka consumer: {e} (check kafka.properties)")
+        })?;
     let topics: Vec<&str> = kafka.topics.iter().map(String::as_str).collect();
     consumer
         .subscribe(&topics)
@@ -280,14 +300,14 @@ pub fn run(kafka: &KafkaConfig, parts: SourceParts) -> anyhow::Result<SourceExit
                     parts.budget.release(1, returned.0.size() as u64);
                 }
             }
-            Some(Err(e)) => {
-                // Broker and network errors: librdkafka reconnects by itself; say so once in a while.
-                if last_poll_error.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                    warn!("Kafka consumer error (librdkafka retries): {e}");
-                    last_poll_error = Some(Instant::now());
-                }
+            // Broker and network errors: librdkafka reconnects by itself; say so once in a while.
+            Some(Err(e))
+                if last_poll_error.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) =>
+            {
+                warn!("Kafka consumer error (librdkafka retries): {e}");
+                last_poll_error = Some(Instant::now());
             }
-            None => {}
+            Some(Err(_)) | None => {}
         }
         if last_commit.elapsed() >= parts.commit_interval {
             let context = consumer.context();
@@ -304,8 +324,7 @@ pub fn run(kafka: &KafkaConfig, parts: SourceParts) -> anyhow::Result<SourceExit
     let halted = parts.halt.is_halted();
     info!(
         in_flight = parts.budget.usage().records,
-        "stopping: waiting for records in flight (up to {:?})",
-        parts.shutdown_timeout
+        "stopping: waiting for records in flight (up to {:?})", parts.shutdown_timeout
     );
     let drained = parts
         .budget
@@ -321,7 +340,10 @@ pub fn run(kafka: &KafkaConfig, parts: SourceParts) -> anyhow::Result<SourceExit
     } else if drained {
         SourceExit::Clean
     } else {
-        error!(undelivered, "shutdown timed out with records undelivered; they were not committed and will be sent again");
+        error!(
+            undelivered,
+            "shutdown timed out with records undelivered; they were not committed and will be sent again"
+        );
         SourceExit::Undelivered(undelivered)
     })
 }
@@ -337,7 +359,9 @@ fn manage_pause(consumer: &BaseConsumer<SourceContext>, budget: &Budget) {
         None
     };
     let Some(pause) = change else { return };
-    let Ok(assignment) = consumer.assignment() else { return };
+    let Ok(assignment) = consumer.assignment() else {
+        return;
+    };
     let result = if pause {
         consumer.pause(&assignment)
     } else {
@@ -347,18 +371,33 @@ fn manage_pause(consumer: &BaseConsumer<SourceContext>, budget: &Budget) {
         Ok(()) => {
             context.paused.store(pause, AtomicOrdering::SeqCst);
             let usage = budget.usage();
-            debug!(records = usage.records, bytes = usage.bytes, "fetching {}", if pause { "paused" } else { "resumed" });
+            debug!(
+                records = usage.records,
+                bytes = usage.bytes,
+                "fetching {}",
+                if pause { "paused" } else { "resumed" }
+            );
         }
-        Err(e) => warn!("could not {} partitions: {e}", if pause { "pause" } else { "resume" }),
+        Err(e) => warn!(
+            "could not {} partitions: {e}",
+            if pause { "pause" } else { "resume" }
+        ),
     }
 }
 
 /// The group's committed offsets for the configured topics (-1 where none), for tools and tests.
-pub fn committed_offsets(kafka: &KafkaConfig, timeout: Duration) -> anyhow::Result<Vec<(String, i32, i64)>> {
+pub fn committed_offsets(
+    kafka: &KafkaConfig,
+    timeout: Duration,
+) -> anyhow::Result<Vec<(String, i32, i64)>> {
     let consumer: BaseConsumer = consumer_config(kafka).create()?;
     let metadata = consumer.fetch_metadata(None, timeout)?;
     let mut tpl = TopicPartitionList::new();
-    for t in metadata.topics().iter().filter(|t| kafka.topics.iter().any(|n| n == t.name())) {
+    for t in metadata
+        .topics()
+        .iter()
+        .filter(|t| kafka.topics.iter().any(|n| n == t.name()))
+    {
         for p in t.partitions() {
             tpl.add_partition(t.name(), p.id());
         }

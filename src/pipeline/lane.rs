@@ -30,7 +30,9 @@ impl Backoff {
     /// `initial * 2^(failures-1)`, capped at `max`, and never less than a tenth of that cap so a
     /// throttled lane cannot spin.
     pub fn delay(&self, failures: u32) -> Duration {
-        let exp = self.initial.saturating_mul(1u32 << failures.saturating_sub(1).min(20));
+        let exp = self
+            .initial
+            .saturating_mul(1u32 << failures.saturating_sub(1).min(20));
         let cap = exp.min(self.max);
         let floor = cap / 10;
         floor + (cap - floor).mul_f64(rand::random::<f64>())
@@ -74,14 +76,20 @@ impl<S: Sink> Lane<S> {
     }
 
     /// Sends `batch` until every entry is accepted. False when the pipeline halted first.
+    ///
+    /// The backoff grows with consecutive attempts that delivered nothing, and starts over when an
+    /// attempt delivered at least one entry: a throttled stream that still takes part of each
+    /// request is making progress and should be fed at the rate it accepts.
     async fn deliver(&self, batch: &[Record]) -> bool {
         let mut todo: Vec<usize> = (0..batch.len()).collect();
-        let mut failures = 0u32;
+        let mut fruitless = 0u32;
+        let mut attempt = 0u32;
         loop {
+            attempt += 1;
             let request: Vec<&Record> = todo.iter().map(|&i| &batch[i]).collect();
             self.stats.requests.fetch_add(1, AtomicOrdering::Relaxed);
             let outcome = self.sink.put(&request).await;
-            let next = match outcome {
+            let (next, progress) = match outcome {
                 Ok(failed) if failed.is_empty() => return true,
                 Ok(failed) => {
                     let throttled = failed.iter().filter(|f| f.throttled).count();
@@ -98,37 +106,49 @@ impl<S: Sink> Lane<S> {
                         throttled,
                         next.len()
                     );
-                    if failures == 0 {
+                    if attempt == 1 {
                         warn!(lane = self.id, "{msg}");
                     } else {
-                        debug!(lane = self.id, "{msg}");
+                        debug!(lane = self.id, attempt, "{msg}");
                     }
-                    next.into_iter().map(|p| todo[p]).collect()
+                    let progress = failed.len() < request.len();
+                    (next.into_iter().map(|p| todo[p]).collect(), progress)
                 }
                 Err(e) => {
-                    self.stats.failed_requests.fetch_add(1, AtomicOrdering::Relaxed);
+                    self.stats
+                        .failed_requests
+                        .fetch_add(1, AtomicOrdering::Relaxed);
                     match &e {
                         RequestError::Configuration(_) | RequestError::Credentials(_) => {
-                            error!(lane = self.id, entries = request.len(), "{e}")
+                            error!(lane = self.id, entries = request.len(), attempt, "{e}")
                         }
-                        _ if failures == 0 => {
-                            warn!(lane = self.id, entries = request.len(), "request failed, retrying: {e}")
+                        _ if attempt == 1 => {
+                            warn!(
+                                lane = self.id,
+                                entries = request.len(),
+                                "request failed, retrying: {e}"
+                            )
                         }
-                        _ => debug!(lane = self.id, entries = request.len(), "request failed again: {e}"),
+                        _ => debug!(
+                            lane = self.id,
+                            entries = request.len(),
+                            attempt,
+                            "request failed again: {e}"
+                        ),
                     }
-                    todo.clone()
+                    (todo.clone(), false)
                 }
             };
             self.stats
                 .retried_entries
                 .fetch_add(next.len() as u64, AtomicOrdering::Relaxed);
             todo = next;
-            failures += 1;
-            if self.backoff.max_attempts != 0 && failures >= self.backoff.max_attempts {
+            fruitless = if progress { 0 } else { fruitless + 1 };
+            if self.backoff.max_attempts != 0 && fruitless >= self.backoff.max_attempts {
                 let first = &batch[todo[0]];
                 self.halt.halt(format!(
-                    "gave up after {failures} attempts (retry.max_attempts) with {} records undelivered, \
-                     the first {}[{}] offset {}; nothing from there on is committed",
+                    "gave up after {fruitless} attempts in a row that delivered nothing (retry.max_attempts) \
+                     with {} records undelivered, the first {}[{}] offset {}; nothing from there on is committed",
                     todo.len(),
                     first.progress.topic,
                     first.progress.partition,
@@ -139,7 +159,7 @@ impl<S: Sink> Lane<S> {
             if self.halt.is_halted() {
                 return false;
             }
-            tokio::time::sleep(self.backoff.delay(failures)).await;
+            tokio::time::sleep(self.backoff.delay(fruitless.max(1))).await;
         }
     }
 }
@@ -188,7 +208,14 @@ mod tests {
 
     #[test]
     fn per_key_resends_later_entries_of_a_failed_key() {
-        let records = [rec("a", 0), rec("b", 1), rec("a", 2), rec("c", 3), rec("b", 4), rec("a", 5)];
+        let records = [
+            rec("a", 0),
+            rec("b", 1),
+            rec("a", 2),
+            rec("c", 3),
+            rec("b", 4),
+            rec("a", 5),
+        ];
         let refs: Vec<&Record> = records.iter().collect();
         // "a"@0 failed: "a"@2 and "a"@5 go again, "b" and "c" do not.
         assert_eq!(retry_set(&refs, &[0], Ordering::PerKey), vec![0, 2, 5]);
@@ -196,7 +223,10 @@ mod tests {
         assert_eq!(retry_set(&refs, &[2], Ordering::PerKey), vec![2, 5]);
         // Two keys failed.
         assert_eq!(retry_set(&refs, &[4, 1], Ordering::PerKey), vec![1, 4]);
-        assert_eq!(retry_set(&refs, &[3, 0], Ordering::PerKey), vec![0, 2, 3, 5]);
+        assert_eq!(
+            retry_set(&refs, &[3, 0], Ordering::PerKey),
+            vec![0, 2, 3, 5]
+        );
     }
 
     #[test]

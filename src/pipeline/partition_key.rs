@@ -100,7 +100,10 @@ mod tests {
     #[test]
     fn kafka_key_is_used_as_is() {
         let keys = PartitionKeys::new(KeyRule::KafkaKey, None);
-        assert_eq!(keys.key_for(Some(b"customer-42"), "orders", 3), "customer-42");
+        assert_eq!(
+            keys.key_for(Some(b"customer-42"), "orders", 3),
+            "customer-42"
+        );
         // Multi-byte characters count as characters, not bytes.
         let k = "é".repeat(256);
         assert_eq!(keys.key_for(Some(k.as_bytes()), "orders", 3), k);

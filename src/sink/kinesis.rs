@@ -35,23 +35,32 @@ impl KinesisSink {
     }
 
     fn classify(&self, err: SdkError<PutRecordsError>) -> RequestError {
-        let detail = DisplayErrorContext(&err).to_string();
         match &err {
             SdkError::ServiceError(ctx) => {
                 let status = ctx.raw().status().as_u16();
+                // Code, message and status say it all; the full error repeats the raw response.
+                let detail = format!(
+                    "{}: {} (HTTP {status})",
+                    ctx.err().meta().code().unwrap_or("unknown error"),
+                    ctx.err().meta().message().unwrap_or("no message")
+                );
                 match ctx.err() {
                     PutRecordsError::ProvisionedThroughputExceededException(_)
                     | PutRecordsError::KmsThrottlingException(_) => RequestError::Throttled(detail),
-                    PutRecordsError::ResourceNotFoundException(_) => RequestError::Configuration(format!(
-                        "{} does not exist (ResourceNotFoundException). Check kinesis.stream, aws.region \
+                    PutRecordsError::ResourceNotFoundException(_) => {
+                        RequestError::Configuration(format!(
+                            "{} does not exist (ResourceNotFoundException). Check kinesis.stream, aws.region \
                          and that aws.role_arn belongs to the account that owns the stream; retrying until it appears",
-                        self.target
-                    )),
-                    PutRecordsError::AccessDeniedException(_) => RequestError::Configuration(format!(
-                        "access to {} was denied (AccessDeniedException). The assumed role needs \
+                            self.target
+                        ))
+                    }
+                    PutRecordsError::AccessDeniedException(_) => {
+                        RequestError::Configuration(format!(
+                            "access to {} was denied (AccessDeniedException). The assumed role needs \
                          kinesis:PutRecords on the stream (and kms:GenerateDataKey for a customer-managed key); retrying",
-                        self.target
-                    )),
+                            self.target
+                        ))
+                    }
                     PutRecordsError::KmsAccessDeniedException(_)
                     | PutRecordsError::KmsDisabledException(_)
                     | PutRecordsError::KmsInvalidStateException(_)
@@ -60,10 +69,12 @@ impl KinesisSink {
                         "the KMS key of {} cannot be used: {detail}; retrying",
                         self.target
                     )),
-                    PutRecordsError::InvalidArgumentException(_) => RequestError::Configuration(format!(
-                        "{} rejected the request as invalid: {detail}; retrying",
-                        self.target
-                    )),
+                    PutRecordsError::InvalidArgumentException(_) => {
+                        RequestError::Configuration(format!(
+                            "{} rejected the request as invalid: {detail}; retrying",
+                            self.target
+                        ))
+                    }
                     other => match other.meta().code() {
                         Some(
                             "ExpiredTokenException"
@@ -80,12 +91,14 @@ impl KinesisSink {
                     },
                 }
             }
-            SdkError::TimeoutError(_) => RequestError::Transient(format!("request timed out: {detail}")),
+            SdkError::TimeoutError(_) => {
+                RequestError::Transient("request timed out (kinesis.request_timeout_ms)".into())
+            }
             SdkError::DispatchFailure(f) if f.is_user() || f.is_other() => {
                 // Identity resolution failures land here: the credential chain or AssumeRole failed.
-                RequestError::Credentials(detail)
+                RequestError::Credentials(DisplayErrorContext(&err).to_string())
             }
-            _ => RequestError::Transient(detail),
+            _ => RequestError::Transient(DisplayErrorContext(&err).to_string()),
         }
     }
 }
@@ -112,7 +125,8 @@ impl Sink for KinesisSink {
             .await
             .map_err(|e| self.classify(e))?;
 
-        if output.failed_record_count().unwrap_or(0) == 0 && output.records().len() == records.len() {
+        if output.failed_record_count().unwrap_or(0) == 0 && output.records().len() == records.len()
+        {
             return Ok(Vec::new());
         }
         if output.records().len() != records.len() {

@@ -1,0 +1,574 @@
+//! Test harness: the local stack (moto for STS, kinesis-mock for Kinesis, librdkafka's mock cluster
+//! as the Kafka broker), doka run as a real child process, and readers that count every record.
+#![allow(dead_code)]
+
+pub mod proxy;
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_kinesis::types::{ShardIteratorType, StreamStatus};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Message};
+
+/// The source identity: kinesis-mock files a 12-digit access key id under that account (A).
+pub const ACCOUNT_A_KEY: &str = "123456789012";
+pub const ACCOUNT_B: &str = "222222222222";
+pub const ROLE_B: &str = "arn:aws:iam::222222222222:role/doka-writer";
+pub const REGION: &str = "us-east-1";
+
+pub struct Endpoints {
+    pub sts: String,
+    pub kinesis: String,
+}
+
+/// Endpoints of the local AWS stand-ins started by `scripts/stack.sh up`.
+pub fn endpoints() -> Endpoints {
+    let sts = std::env::var("DOKA_TEST_STS_ENDPOINT").unwrap_or("http://127.0.0.1:4599".into());
+    let kinesis =
+        std::env::var("DOKA_TEST_KINESIS_ENDPOINT").unwrap_or("http://127.0.0.1:4568".into());
+    for url in [&sts, &kinesis] {
+        let addr = url.trim_start_matches("http://");
+        assert!(
+            TcpStream::connect(addr).is_ok(),
+            "nothing answers at {url}: start the local AWS stack with `scripts/stack.sh up` (or run `make test`)"
+        );
+    }
+    Endpoints { sts, kinesis }
+}
+
+/// A name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", rand::random::<u32>())
+}
+
+// ---------------------------------------------------------------------------------------------
+// AWS side
+
+fn kinesis_client(endpoint: &str, creds: Credentials) -> aws_sdk_kinesis::Client {
+    let conf = aws_sdk_kinesis::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .endpoint_url(endpoint)
+        .credentials_provider(creds)
+        .build();
+    aws_sdk_kinesis::Client::from_conf(conf)
+}
+
+/// A Kinesis client acting as account A (the source account, where doka must *not* write).
+pub fn account_a_kinesis(ep: &Endpoints) -> aws_sdk_kinesis::Client {
+    kinesis_client(
+        &ep.kinesis,
+        Credentials::new(ACCOUNT_A_KEY, "source-secret", None, None, "test"),
+    )
+}
+
+/// A Kinesis client acting as account B, with credentials from AssumeRole at the STS emulator.
+pub async fn account_b_kinesis(ep: &Endpoints) -> aws_sdk_kinesis::Client {
+    let sts_conf = aws_sdk_sts::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .endpoint_url(&ep.sts)
+        .credentials_provider(Credentials::new(
+            ACCOUNT_A_KEY,
+            "source-secret",
+            None,
+            None,
+            "test",
+        ))
+        .build();
+    let out = aws_sdk_sts::Client::from_conf(sts_conf)
+        .assume_role()
+        .role_arn(ROLE_B)
+        .role_session_name("doka-test-reader")
+        .send()
+        .await
+        .expect("AssumeRole at the STS emulator");
+    let c = out.credentials.expect("credentials");
+    assert!(
+        out.assumed_role_user.unwrap().arn.contains(ACCOUNT_B),
+        "the STS emulator must keep accounts apart"
+    );
+    kinesis_client(
+        &ep.kinesis,
+        Credentials::new(
+            c.access_key_id,
+            c.secret_access_key,
+            Some(c.session_token),
+            None,
+            "test",
+        ),
+    )
+}
+
+pub async fn create_stream(client: &aws_sdk_kinesis::Client, name: &str, shards: i32) {
+    client
+        .create_stream()
+        .stream_name(name)
+        .shard_count(shards)
+        .send()
+        .await
+        .expect("CreateStream");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let d = client
+            .describe_stream_summary()
+            .stream_name(name)
+            .send()
+            .await
+            .expect("DescribeStreamSummary");
+        if d.stream_description_summary.unwrap().stream_status == StreamStatus::Active {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stream {name} did not become ACTIVE"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamRecord {
+    pub shard: String,
+    pub sequence: String,
+    pub partition_key: String,
+    pub data: Vec<u8>,
+}
+
+/// Every record in the stream, each shard in sequence order.
+pub async fn read_stream(client: &aws_sdk_kinesis::Client, name: &str) -> Vec<StreamRecord> {
+    let shards = client
+        .list_shards()
+        .stream_name(name)
+        .send()
+        .await
+        .expect("ListShards")
+        .shards
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for shard in shards {
+        let mut iterator = client
+            .get_shard_iterator()
+            .stream_name(name)
+            .shard_id(&shard.shard_id)
+            .shard_iterator_type(ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+            .expect("GetShardIterator")
+            .shard_iterator;
+        while let Some(it) = iterator {
+            let page = client
+                .get_records()
+                .shard_iterator(it)
+                .limit(10_000)
+                .send()
+                .await
+                .expect("GetRecords");
+            let empty = page.records.is_empty();
+            for r in page.records {
+                out.push(StreamRecord {
+                    shard: shard.shard_id.clone(),
+                    sequence: r.sequence_number,
+                    partition_key: r.partition_key.unwrap_or_default(),
+                    data: r.data.into_inner(),
+                });
+            }
+            if empty || page.millis_behind_latest == Some(0) && page.next_shard_iterator.is_none() {
+                break;
+            }
+            iterator = page.next_shard_iterator;
+        }
+    }
+    out
+}
+
+/// Reads the stream until it holds at least `n` records (or panics after `timeout`).
+pub async fn wait_for_records(
+    client: &aws_sdk_kinesis::Client,
+    name: &str,
+    n: usize,
+    timeout: Duration,
+) -> Vec<StreamRecord> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let records = read_stream(client, name).await;
+        if records.len() >= n {
+            return records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stream {name} holds {} records after {timeout:?}, expected at least {n}",
+            records.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Orders sequence numbers (decimal strings of up to 128 bits).
+pub fn sequence_key(s: &str) -> (usize, &str) {
+    (s.len(), s)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kafka side
+
+/// librdkafka's mock cluster: a real Kafka-protocol broker on a TCP port, hosted by the test.
+pub struct Kafka {
+    cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+}
+
+impl Kafka {
+    pub fn new(topic: &str, partitions: i32) -> Self {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster
+            .create_topic(topic, partitions, 1)
+            .expect("create topic");
+        Self { cluster }
+    }
+
+    pub fn bootstrap(&self) -> String {
+        self.cluster.bootstrap_servers()
+    }
+}
+
+struct Deliveries;
+impl ClientContext for Deliveries {}
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = Box<usize>;
+    fn delivery(&self, result: &DeliveryResult<'_>, index: Self::DeliveryOpaque) {
+        let (partition, offset) = match result {
+            Ok(m) => (m.partition(), m.offset()),
+            Err((e, _)) => panic!("produce failed: {e}"),
+        };
+        DELIVERED.with(|d| d.borrow_mut().push((*index, partition, offset)));
+    }
+}
+
+thread_local! {
+    static DELIVERED: std::cell::RefCell<Vec<(usize, i32, i64)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Where a produced message landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Placement {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Produces keyed messages in order; returns where each landed (from the delivery reports).
+pub fn produce(bootstrap: &str, topic: &str, messages: &[(Vec<u8>, Vec<u8>)]) -> Vec<Placement> {
+    let producer: BaseProducer<Deliveries> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .create_with_context(Deliveries)
+        .expect("producer");
+    DELIVERED.with(|d| d.borrow_mut().clear());
+    for (i, (key, value)) in messages.iter().enumerate() {
+        let mut record = BaseRecord::with_opaque_to(topic, Box::new(i))
+            .key(key)
+            .payload(value);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((e, r)) => {
+                    assert!(
+                        matches!(
+                            e,
+                            rdkafka::error::KafkaError::MessageProduction(
+                                rdkafka::types::RDKafkaErrorCode::QueueFull
+                            )
+                        ),
+                        "produce: {e}"
+                    );
+                    record = r;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(60)).expect("flush");
+    let mut placements = vec![None; messages.len()];
+    DELIVERED.with(|d| {
+        for &(i, partition, offset) in d.borrow().iter() {
+            placements[i] = Some(Placement { partition, offset });
+        }
+    });
+    placements
+        .into_iter()
+        .map(|p| p.expect("every message has a delivery report"))
+        .collect()
+}
+
+/// One past the last produced offset of each partition.
+pub fn end_offsets(placements: &[Placement]) -> HashMap<i32, i64> {
+    let mut ends = HashMap::new();
+    for p in placements {
+        let e = ends.entry(p.partition).or_insert(0);
+        *e = (*e).max(p.offset + 1);
+    }
+    ends
+}
+
+/// The group's committed offset per partition (absent: none committed).
+pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> HashMap<i32, i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// doka as a child process
+
+pub struct Doka {
+    child: Child,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// What a test run of doka needs to know.
+pub struct DokaSetup<'a> {
+    pub bootstrap: &'a str,
+    pub group: &'a str,
+    pub topic: &'a str,
+    pub stream: &'a str,
+    pub sts: &'a str,
+    pub kinesis: &'a str,
+}
+
+impl DokaSetup<'_> {
+    pub fn yaml(&self) -> String {
+        format!(
+            r#"kafka:
+  brokers: "{bootstrap}"
+  group_id: {group}
+  topics: [{topic}]
+  properties:
+    fetch.wait.max.ms: 5
+    session.timeout.ms: 6000
+    heartbeat.interval.ms: 500
+aws:
+  region: {REGION}
+  sts_endpoint: {sts}
+  kinesis_endpoint: {kinesis}
+  role_arn: {ROLE_B}
+  external_id: test-external-id
+  session_duration_secs: 900
+  credential_refresh_margin_secs: 60
+kinesis:
+  stream: {stream}
+batch:
+  linger_ms: 5
+pipeline:
+  commit_interval_ms: 100
+retry:
+  initial_backoff_ms: 20
+  max_backoff_ms: 500
+"#,
+            bootstrap = self.bootstrap,
+            group = self.group,
+            topic = self.topic,
+            sts = self.sts,
+            kinesis = self.kinesis,
+            stream = self.stream,
+        )
+    }
+}
+
+pub fn doka_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_doka")
+}
+
+/// A command for the doka binary with a clean environment: only the source identity (account A
+/// keys) and the given variables, so nothing from the machine leaks in.
+pub fn doka_command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(doka_binary());
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AWS_ACCESS_KEY_ID", ACCOUNT_A_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", "source-secret")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("RUST_LOG", "info,doka=debug");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+impl Doka {
+    pub fn start(yaml: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("doka.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let log = dir.path().join("doka.log");
+        let log_file = std::fs::File::create(&log).unwrap();
+        let child = doka_command(&["run", "--config", config.to_str().unwrap()], env)
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("start doka");
+        Self {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Waits until the log contains `needle` `times` times (e.g. "partitions assigned").
+    pub fn wait_for_log(&mut self, needle: &str, times: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log_text().matches(needle).count() >= times {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "doka exited ({status}) before logging {needle:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "doka did not log {needle:?} within {timeout:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn terminate(mut self) -> (ExitStatus, String) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let status = wait_with_timeout(&mut self.child, Duration::from_secs(60));
+        let log = self.log_text();
+        (status, log)
+    }
+
+    /// SIGKILL: no chance to commit or leave the group.
+    pub fn kill(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.log_text()
+    }
+
+    pub fn wait_exit(mut self, timeout: Duration) -> (ExitStatus, String) {
+        let status = wait_with_timeout(&mut self.child, timeout);
+        let log = self.log_text();
+        (status, log)
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+}
+
+fn wait_with_timeout(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("doka did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Doka {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let lines: Vec<&str> = log.lines().filter(|l| !l.contains("DEBUG")).collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            eprintln!("--- doka log (last 40 non-debug lines) ---\n{tail}");
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Test data
+
+/// Messages with ids in `ids`, keyed over `keys` keys. Each value carries its unique id and binary
+/// bytes, so a byte-exact comparison catches any change: `id=<i>;key=<k>;` then 32 binary bytes.
+pub fn keyed_messages(ids: std::ops::Range<usize>, keys: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+    ids.map(|i| {
+        let k = (i * 7919) % keys;
+        let key = format!("key-{k}").into_bytes();
+        let mut value = format!("id={i};key={k};").into_bytes();
+        value.extend((0..32u8).map(|b| b.wrapping_mul(31).wrapping_add(i as u8)));
+        (key, value)
+    })
+    .collect()
+}
+
+/// The message id written into a value by [`keyed_messages`].
+pub fn message_id(data: &[u8]) -> usize {
+    let text = &data[..data.iter().position(|&b| b == b';').expect("id field")];
+    std::str::from_utf8(text)
+        .unwrap()
+        .strip_prefix("id=")
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Counts every produced message in the stream: (missing ids, duplicate copies).
+pub fn tally(messages: usize, records: &[StreamRecord]) -> (Vec<usize>, usize) {
+    let mut copies = vec![0usize; messages];
+    for r in records {
+        copies[message_id(&r.data)] += 1;
+    }
+    let missing = copies
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c == 0)
+        .map(|(i, _)| i)
+        .collect();
+    let duplicates = copies.iter().map(|c| c.saturating_sub(1)).sum();
+    (missing, duplicates)
+}

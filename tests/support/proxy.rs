@@ -1,0 +1,240 @@
+//! A fault-injecting HTTP proxy in front of the Kinesis emulator. No emulator throttles or fails
+//! single entries, so this one does: it rejects a chosen share of PutRecords entries with
+//! `ProvisionedThroughputExceededException` (those entries are *not* forwarded, exactly like a
+//! real throttled entry) and answers a share of whole requests with 500/503.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    /// Share of PutRecords entries rejected as throttled.
+    pub entry_failure_rate: f64,
+    /// Share of PutRecords requests answered with a 500/503 without being forwarded.
+    pub request_error_rate: f64,
+}
+
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub put_records_requests: AtomicU64,
+    pub entries_seen: AtomicU64,
+    pub entries_rejected: AtomicU64,
+    pub requests_failed: AtomicU64,
+}
+
+pub struct FaultProxy {
+    pub url: String,
+    pub faults: Arc<Mutex<Faults>>,
+    pub counters: Arc<Counters>,
+}
+
+impl FaultProxy {
+    /// Starts the proxy on a free loopback port, forwarding to `upstream` (http://host:port).
+    pub async fn start(upstream: &str, faults: Faults) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let faults = Arc::new(Mutex::new(faults));
+        let counters = Arc::new(Counters::default());
+        let state = Arc::new(State {
+            upstream: upstream.trim_end_matches('/').to_owned(),
+            client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+            faults: faults.clone(),
+            counters: counters.clone(),
+        });
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(state.handle(req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            url: format!("http://{addr}"),
+            faults,
+            counters,
+        }
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        *self.faults.lock().unwrap() = faults;
+    }
+}
+
+struct State {
+    upstream: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+    faults: Arc<Mutex<Faults>>,
+    counters: Arc<Counters>,
+}
+
+impl State {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let (parts, body) = req.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let target = parts
+            .headers
+            .get("x-amz-target")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        if !target.ends_with(".PutRecords") {
+            let (status, body) = self.forward(&parts, body).await;
+            return respond(status, body);
+        }
+        self.counters
+            .put_records_requests
+            .fetch_add(1, Ordering::Relaxed);
+        let faults = *self.faults.lock().unwrap();
+        if rand::random::<f64>() < faults.request_error_rate {
+            self.counters
+                .requests_failed
+                .fetch_add(1, Ordering::Relaxed);
+            let (status, kind) = if rand::random::<bool>() {
+                (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
+            };
+            return respond(
+                status,
+                Bytes::from(
+                    json!({"__type": kind, "message": "injected by the test proxy"}).to_string(),
+                ),
+            );
+        }
+
+        let mut request: Value = serde_json::from_slice(&body).expect("PutRecords JSON");
+        let entries = request["Records"].as_array().cloned().unwrap_or_default();
+        self.counters
+            .entries_seen
+            .fetch_add(entries.len() as u64, Ordering::Relaxed);
+        let rejected: Vec<bool> = entries
+            .iter()
+            .map(|_| rand::random::<f64>() < faults.entry_failure_rate)
+            .collect();
+        let n_rejected = rejected.iter().filter(|r| **r).count();
+        self.counters
+            .entries_rejected
+            .fetch_add(n_rejected as u64, Ordering::Relaxed);
+        if n_rejected == 0 {
+            let (status, body) = self.forward(&parts, body).await;
+            return respond(status, body);
+        }
+
+        // Forward only the accepted entries, then splice the throttled ones back into place.
+        let accepted: Vec<Value> = entries
+            .iter()
+            .zip(&rejected)
+            .filter(|(_, r)| !**r)
+            .map(|(e, _)| e.clone())
+            .collect();
+        let mut upstream_results = Vec::new();
+        if !accepted.is_empty() {
+            request["Records"] = Value::Array(accepted);
+            let (status, body) = self.forward(&parts, Bytes::from(request.to_string())).await;
+            if status != StatusCode::OK {
+                return respond(status, body);
+            }
+            let answer: Value = serde_json::from_slice(&body).expect("PutRecords answer");
+            upstream_results = answer["Records"].as_array().cloned().unwrap_or_default();
+        }
+        let mut upstream_results = upstream_results.into_iter();
+        let mut failed = 0;
+        let results: Vec<Value> = rejected
+            .iter()
+            .map(|r| {
+                if *r {
+                    failed += 1;
+                    json!({
+                        "ErrorCode": "ProvisionedThroughputExceededException",
+                        "ErrorMessage": "Rate exceeded for shard (injected by the test proxy)"
+                    })
+                } else {
+                    let v = upstream_results
+                        .next()
+                        .expect("one result per forwarded entry");
+                    if v.get("ErrorCode").is_some_and(|c| !c.is_null()) {
+                        failed += 1;
+                    }
+                    v
+                }
+            })
+            .collect();
+        respond(
+            StatusCode::OK,
+            Bytes::from(json!({"FailedRecordCount": failed, "Records": results}).to_string()),
+        )
+    }
+
+    async fn forward(
+        &self,
+        parts: &hyper::http::request::Parts,
+        body: Bytes,
+    ) -> (StatusCode, Bytes) {
+        let uri = format!(
+            "{}{}",
+            self.upstream,
+            parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/")
+        );
+        let mut builder = Request::builder().method(parts.method.clone()).uri(uri);
+        for (name, value) in &parts.headers {
+            if name != "host" && name != "content-length" {
+                builder = builder.header(name, value);
+            }
+        }
+        let req = builder.body(Full::new(body)).unwrap();
+        match self.client.request(req).await {
+            Ok(resp) => {
+                let status = resp.status();
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                (status, body)
+            }
+            Err(e) => (
+                StatusCode::BAD_GATEWAY,
+                Bytes::from(json!({"__type": "BadGateway", "message": e.to_string()}).to_string()),
+            ),
+        }
+    }
+}
+
+fn respond(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/x-amz-json-1.1")
+        .body(Full::new(body))
+        .unwrap()
+}
