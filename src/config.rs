@@ -907,5 +907,3 @@ pub fn default_session_name(profile: Option<&str>) -> String {
     format!("doka-{profile}-{suffix:08x}")
 }
 
-#[cfg(test)]
-mod tests;

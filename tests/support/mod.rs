@@ -403,8 +403,12 @@ retry:
     }
 }
 
-pub fn doka_binary() -> &'static str {
-    env!("CARGO_BIN_EXE_doka")
+/// The doka binary: Cargo's for integration tests, `DOKA_BIN` (or target/debug/doka) for the demo.
+pub fn doka_binary() -> String {
+    match option_env!("CARGO_BIN_EXE_doka") {
+        Some(path) => path.to_owned(),
+        None => std::env::var("DOKA_BIN").unwrap_or_else(|_| "target/debug/doka".into()),
+    }
 }
 
 /// A command for the doka binary with a clean environment: only the source identity (account A
@@ -427,13 +431,19 @@ pub fn doka_command(args: &[&str], env: &[(&str, &str)]) -> Command {
 }
 
 impl Doka {
+    /// Starts `doka run` with `yaml` written to a temporary config file.
     pub fn start(yaml: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("doka.yaml");
         std::fs::write(&config, yaml).unwrap();
+        Self::spawn(&["run", "--config", config.to_str().unwrap()], env, dir)
+    }
+
+    /// Starts doka with these arguments; its log goes to a file in `dir`.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)], dir: tempfile::TempDir) -> Self {
         let log = dir.path().join("doka.log");
         let log_file = std::fs::File::create(&log).unwrap();
-        let child = doka_command(&["run", "--config", config.to_str().unwrap()], env)
+        let child = doka_command(args, env)
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()

@@ -1,0 +1,19 @@
+# One command to see doka work, one to test it. Both install and start what they need.
+.PHONY: demo test stack stack-down lint
+
+demo: stack
+	cargo build --bin doka --example demo
+	DOKA_BIN=target/debug/doka target/debug/examples/demo
+
+test:
+	scripts/test.sh
+
+stack:
+	scripts/stack.sh up
+
+stack-down:
+	scripts/stack.sh down
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
