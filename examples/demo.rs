@@ -22,18 +22,26 @@ async fn main() {
     let topic = "demo-orders";
     let kafka = Kafka::new(topic, 4);
     let stream = unique("demo-orders");
-    println!("1. Kafka broker (mock cluster) at {} with topic `{topic}` (4 partitions)", kafka.bootstrap());
+    println!(
+        "1. Kafka broker (mock cluster) at {} with topic `{topic}` (4 partitions)",
+        kafka.bootstrap()
+    );
 
     let b = account_b_kinesis(&ep).await;
     create_stream(&b, &stream, 2).await;
     let a = account_a_kinesis(&ep);
     create_stream(&a, &stream, 1).await;
-    println!("2. Kinesis stream `{stream}` created in account {ACCOUNT_B} (B) and, as a decoy, in account 123456789012 (A)");
+    println!(
+        "2. Kinesis stream `{stream}` created in account {ACCOUNT_B} (B) and, as a decoy, in account 123456789012 (A)"
+    );
 
     let messages: Vec<(Vec<u8>, Vec<u8>)> = (0..MESSAGES)
         .map(|i| {
             let customer = format!("customer-{}", i % CUSTOMERS);
-            let value = format!(r#"id={i};{{"order":{i},"customer":"{customer}","amount_cents":{}}}"#, 100 + i * 7 % 900);
+            let value = format!(
+                r#"id={i};{{"order":{i},"customer":"{customer}","amount_cents":{}}}"#,
+                100 + i * 7 % 900
+            );
             (customer.into_bytes(), value.into_bytes())
         })
         .collect();
@@ -80,7 +88,11 @@ async fn main() {
     let in_a = read_stream(&a, &stream).await.len();
     let mut per_key: HashMap<&str, Vec<(&str, &str, usize)>> = HashMap::new();
     for r in &records {
-        per_key.entry(&r.partition_key).or_default().push((&r.shard, &r.sequence, message_id(&r.data)));
+        per_key.entry(&r.partition_key).or_default().push((
+            &r.shard,
+            &r.sequence,
+            message_id(&r.data),
+        ));
     }
     let in_order = per_key.values_mut().all(|v| {
         v.sort_by(|x, y| (x.0, sequence_key(x.1)).cmp(&(y.0, sequence_key(y.1))));
@@ -89,8 +101,15 @@ async fn main() {
     let committed = committed(&bootstrap, &yaml_group(&yaml), topic, 4);
     let ends = end_offsets(&placements);
 
-    println!("5. doka delivered the records in {:.1}s and exited with code {:?}", elapsed.as_secs_f64(), status.code());
-    for line in log.lines().filter(|l| l.contains("summary:") || l.contains("credentials for")) {
+    println!(
+        "5. doka delivered the records in {:.1}s and exited with code {:?}",
+        elapsed.as_secs_f64(),
+        status.code()
+    );
+    for line in log
+        .lines()
+        .filter(|l| l.contains("summary:") || l.contains("credentials for"))
+    {
         println!("   doka: {}", strip_ansi(line));
     }
     println!("\nSummary");
@@ -102,9 +121,18 @@ async fn main() {
     println!("  per-customer order kept {in_order}");
     println!("  committed = end offsets {}", committed == ends);
     if let Some(r) = records.first() {
-        println!("  a record in the stream: key={} shard={} data={}", r.partition_key, r.shard, String::from_utf8_lossy(&r.data));
+        println!(
+            "  a record in the stream: key={} shard={} data={}",
+            r.partition_key,
+            r.shard,
+            String::from_utf8_lossy(&r.data)
+        );
     }
-    let ok = missing.is_empty() && in_a == 0 && in_order && committed == ends && status.code() == Some(0);
+    let ok = missing.is_empty()
+        && in_a == 0
+        && in_order
+        && committed == ends
+        && status.code() == Some(0);
     if !ok {
         eprintln!("demo FAILED; doka's log:\n{log}");
         std::process::exit(1);
@@ -113,8 +141,8 @@ async fn main() {
 
 fn yaml_group(yaml: &str) -> String {
     yaml.lines()
-        .filter_map(|l| l.trim().strip_prefix("group_id: "))
-        .last()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("group_id: "))
         .unwrap()
         .to_owned()
 }

@@ -906,4 +906,3 @@ pub fn default_session_name(profile: Option<&str>) -> String {
         .collect();
     format!("doka-{profile}-{suffix:08x}")
 }
-

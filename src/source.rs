@@ -33,19 +33,18 @@ pub struct SourceContext {
     paused: AtomicBool,
     /// Set during shutdown, when in-flight records were already waited for.
     closing: AtomicBool,
+    /// An asynchronous commit is waiting for the broker's answer.
+    commit_in_flight: AtomicBool,
 }
 
 impl SourceContext {
-    fn progress(&self, topic: &str, partition: i32) -> Arc<PartitionProgress> {
-        let mut map = self.partitions.lock().unwrap();
-        if let Some(p) = map.get(topic).and_then(|t| t.get(&partition)) {
-            return p.clone();
-        }
-        // A message for a partition we have no record of: start tracking it rather than drop it.
-        let topic: Arc<str> = topic.into();
-        let p = PartitionProgress::new(topic.clone(), partition);
-        map.entry(topic).or_default().insert(partition, p.clone());
-        p
+    /// The progress of an assigned partition; `None` for one that is not (or no longer) ours.
+    ///
+    /// Never create tracking on the fly: a fresh watermark knows nothing of the records below its
+    /// first offset and would commit past them.
+    fn progress(&self, topic: &str, partition: i32) -> Option<Arc<PartitionProgress>> {
+        let map = self.partitions.lock().unwrap();
+        map.get(topic).and_then(|t| t.get(&partition)).cloned()
     }
 
     fn all(&self) -> Vec<Arc<PartitionProgress>> {
@@ -77,10 +76,17 @@ impl SourceContext {
         if tpl.count() == 0 {
             return;
         }
+        let asynchronous = matches!(mode, CommitMode::Async);
+        if asynchronous && self.commit_in_flight.swap(true, AtomicOrdering::SeqCst) {
+            return; // the previous one has not answered yet; the next interval tries again
+        }
         match consumer.commit(&tpl, mode) {
-            Ok(()) if matches!(mode, CommitMode::Sync) => mark_committed(partitions, &tpl),
+            Ok(()) if !asynchronous => mark_committed(partitions, &tpl),
             Ok(()) => {}
-            Err(e) => warn!("committing offsets failed (they will be committed later): {e}"),
+            Err(e) => {
+                self.commit_in_flight.store(false, AtomicOrdering::SeqCst);
+                warn!("committing offsets failed (they will be committed later): {e}")
+            }
         }
     }
 }
@@ -149,6 +155,9 @@ impl ConsumerContext for SourceContext {
                         .insert(e.partition(), PartitionProgress::new(topic, e.partition()));
                 }
                 drop(map);
+                if tpl.count() == 0 {
+                    return;
+                }
                 if self.paused.load(AtomicOrdering::SeqCst)
                     && let Err(e) = consumer.pause(tpl)
                 {
@@ -247,6 +256,7 @@ pub fn run(kafka: &KafkaConfig, parts: SourceParts) -> anyhow::Result<SourceExit
         drain_timeout: parts.drain_timeout,
         paused: AtomicBool::new(false),
         closing: AtomicBool::new(false),
+        commit_in_flight: AtomicBool::new(false),
     };
     let consumer: BaseConsumer<SourceContext> = consumer_config(kafka)
         .create_with_context(context)
@@ -268,7 +278,12 @@ pub fn run(kafka: &KafkaConfig, parts: SourceParts) -> anyhow::Result<SourceExit
                 let topic = msg.topic();
                 let partition = msg.partition();
                 let offset = msg.offset();
-                let progress = consumer.context().progress(topic, partition);
+                let Some(progress) = consumer.context().progress(topic, partition) else {
+                    // Fetched before its partition was revoked: it belongs to the new owner, who
+                    // reads it from the committed offset (which never passed it).
+                    parts.stats.not_ours.fetch_add(1, AtomicOrdering::Relaxed);
+                    continue;
+                };
                 let partition_key = parts.keys.key_for(msg.key(), topic, partition);
                 let data = msg.payload().unwrap_or_default();
                 let size = data.len() + partition_key.len();
@@ -371,12 +386,19 @@ fn manage_pause(consumer: &BaseConsumer<SourceContext>, budget: &Budget) {
         Ok(()) => {
             context.paused.store(pause, AtomicOrdering::SeqCst);
             let usage = budget.usage();
-            debug!(
-                records = usage.records,
-                bytes = usage.bytes,
-                "fetching {}",
-                if pause { "paused" } else { "resumed" }
-            );
+            if pause {
+                info!(
+                    records = usage.records,
+                    bytes = usage.bytes,
+                    "in-flight bound reached: fetching paused"
+                );
+            } else {
+                info!(
+                    records = usage.records,
+                    bytes = usage.bytes,
+                    "fetching resumed"
+                );
+            }
         }
         Err(e) => warn!(
             "could not {} partitions: {e}",

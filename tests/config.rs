@@ -59,14 +59,24 @@ fn run_with(yaml: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
 
 fn broken(yaml: &str, env: &[(&str, &str)]) -> Run {
     let run = run_with(yaml, &[], env);
-    assert_eq!(run.code, Some(2), "expected a config error, got:\n{}{}", run.stdout, run.stderr);
+    assert_eq!(
+        run.code,
+        Some(2),
+        "expected a config error, got:\n{}{}",
+        run.stdout,
+        run.stderr
+    );
     assert!(run.stdout.is_empty());
     run
 }
 
 fn assert_mentions(run: &Run, parts: &[&str]) {
     for p in parts {
-        assert!(run.stderr.contains(p), "error should mention {p:?}:\n{}", run.stderr);
+        assert!(
+            run.stderr.contains(p),
+            "error should mention {p:?}:\n{}",
+            run.stderr
+        );
     }
 }
 
@@ -75,9 +85,16 @@ fn the_valid_config_prints_with_secrets_redacted() {
     let run = run_with(VALID, &[], &[]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert!(run.stdout.contains("group_id: doka\n"));
-    assert!(run.stdout.contains("max_records: 500"), "defaults are shown");
+    assert!(
+        run.stdout.contains("max_records: 500"),
+        "defaults are shown"
+    );
     for secret in ["hunter2-kafka", "very-secret-external-id"] {
-        assert!(!run.stdout.contains(secret) && !run.stderr.contains(secret), "secret leaked:\n{}", run.stdout);
+        assert!(
+            !run.stdout.contains(secret) && !run.stderr.contains(secret),
+            "secret leaked:\n{}",
+            run.stdout
+        );
     }
     assert!(run.stdout.contains("sasl.password: <redacted>"));
     assert!(run.stdout.contains("external_id: <redacted>"));
@@ -90,44 +107,93 @@ fn a_profile_overrides_the_base_and_the_environment_overrides_both() {
     assert_eq!(dev.code, Some(0), "{}", dev.stderr);
     assert!(dev.stdout.contains("group_id: doka-dev\n"));
     assert!(dev.stdout.contains("linger_ms: 5\n"));
-    assert!(dev.stdout.contains("stream: orders-stream\n"), "base keys stay");
+    assert!(
+        dev.stdout.contains("stream: orders-stream\n"),
+        "base keys stay"
+    );
 
     let prod = run_with(
         VALID,
         &[],
-        &[("DOKA_PROFILE", "prod"), ("DOKA_KAFKA__GROUP_ID", "from-env"), ("DOKA_BATCH__MAX_RECORDS", "100")],
+        &[
+            ("DOKA_PROFILE", "prod"),
+            ("DOKA_KAFKA__GROUP_ID", "from-env"),
+            ("DOKA_BATCH__MAX_RECORDS", "100"),
+        ],
     );
     assert_eq!(prod.code, Some(0), "{}", prod.stderr);
-    assert!(prod.stdout.contains("stream: arn:aws:kinesis:eu-west-1:222222222222:stream/orders-prod"));
+    assert!(
+        prod.stdout
+            .contains("stream: arn:aws:kinesis:eu-west-1:222222222222:stream/orders-prod")
+    );
     assert!(prod.stdout.contains("group_id: from-env\n"));
     assert!(prod.stdout.contains("max_records: 100\n"));
 }
 
 #[test]
 fn lists_can_come_from_one_environment_variable() {
-    let run = run_with(VALID, &[], &[("DOKA_KAFKA__TOPICS", "a,b"), ("DOKA_KAFKA__BROKERS", "x:1,y:2")]);
+    let run = run_with(
+        VALID,
+        &[],
+        &[
+            ("DOKA_KAFKA__TOPICS", "a,b"),
+            ("DOKA_KAFKA__BROKERS", "x:1,y:2"),
+        ],
+    );
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert!(run.stdout.contains("topics:\n  - a\n  - b\n"), "{}", run.stdout);
-    assert!(run.stdout.contains("brokers:\n  - x:1\n  - y:2\n"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("topics:\n  - a\n  - b\n"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("brokers:\n  - x:1\n  - y:2\n"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
 fn an_unknown_key_is_named_with_its_file() {
-    let run = broken(&VALID.replace("  group_id: doka\n", "  group_id: doka\n  grup_id: typo\n"), &[]);
-    assert_mentions(&run, &["unknown config key `kafka.grup_id`", run.file.to_str().unwrap(), "`group_id`"]);
+    let run = broken(
+        &VALID.replace("  group_id: doka\n", "  group_id: doka\n  grup_id: typo\n"),
+        &[],
+    );
+    assert_mentions(
+        &run,
+        &[
+            "unknown config key `kafka.grup_id`",
+            run.file.to_str().unwrap(),
+            "`group_id`",
+        ],
+    );
 }
 
 #[test]
 fn an_unknown_key_in_a_profile_names_the_profile() {
     let yaml = VALID.replace("      linger_ms: 5", "      linger: 5");
     let run = broken(&yaml, &[("DOKA_PROFILE", "dev")]);
-    assert_mentions(&run, &["unknown config key `batch.linger`", "(profile `dev`)", "`linger_ms`"]);
+    assert_mentions(
+        &run,
+        &[
+            "unknown config key `batch.linger`",
+            "(profile `dev`)",
+            "`linger_ms`",
+        ],
+    );
 }
 
 #[test]
 fn a_wrong_type_is_named() {
     let run = broken(&format!("{VALID}batch:\n  max_records: lots\n"), &[]);
-    assert_mentions(&run, &["wrong type for config key `batch.max_records`", "lots", "expected"]);
+    assert_mentions(
+        &run,
+        &[
+            "wrong type for config key `batch.max_records`",
+            "lots",
+            "expected",
+        ],
+    );
 }
 
 #[test]
@@ -137,14 +203,40 @@ fn a_missing_value_says_where_to_set_it() {
     assert_mentions(&run, &["missing config key `kinesis`", "DOKA_KINESIS"]);
     let yaml = VALID.replace("  group_id: doka\n", "");
     let run = broken(&yaml, &[]);
-    assert_mentions(&run, &["missing config key `kafka.group_id`", "DOKA_KAFKA__GROUP_ID", run.file.to_str().unwrap()]);
+    assert_mentions(
+        &run,
+        &[
+            "missing config key `kafka.group_id`",
+            "DOKA_KAFKA__GROUP_ID",
+            run.file.to_str().unwrap(),
+        ],
+    );
 }
 
 #[test]
 fn a_malformed_arn_is_explained() {
-    let run = broken(&VALID.replace("arn:aws:iam::222222222222:role/doka-writer", "arn:aws:iam::2222:role/doka-writer"), &[]);
-    assert_mentions(&run, &["key `aws.role_arn`", "is not an IAM role ARN", "12-digit account"]);
-    let run = broken(&VALID.replace("stream: orders-stream", "stream: \"arn:aws:kinesis:eu-west-1:222:stream/x\""), &[]);
+    let run = broken(
+        &VALID.replace(
+            "arn:aws:iam::222222222222:role/doka-writer",
+            "arn:aws:iam::2222:role/doka-writer",
+        ),
+        &[],
+    );
+    assert_mentions(
+        &run,
+        &[
+            "key `aws.role_arn`",
+            "is not an IAM role ARN",
+            "12-digit account",
+        ],
+    );
+    let run = broken(
+        &VALID.replace(
+            "stream: orders-stream",
+            "stream: \"arn:aws:kinesis:eu-west-1:222:stream/x\"",
+        ),
+        &[],
+    );
     assert_mentions(&run, &["key `kinesis.stream`", "stream ARN"]);
 }
 
@@ -166,14 +258,23 @@ fn out_of_range_limits_are_refused() {
 #[test]
 fn a_bad_environment_value_names_the_variable() {
     let run = broken(VALID, &[("DOKA_BATCH__MAX_RECORDS", "0")]);
-    assert_mentions(&run, &["environment variable DOKA_BATCH__MAX_RECORDS", "out of range"]);
+    assert_mentions(
+        &run,
+        &[
+            "environment variable DOKA_BATCH__MAX_RECORDS",
+            "out of range",
+        ],
+    );
     let run = broken(VALID, &[("DOKA_PIPELINE__ORDERING", "strictest")]);
     assert_mentions(&run, &["`strictest`", "pipeline.ordering", "`per_key`"]);
 }
 
 #[test]
 fn prefix_random_needs_a_prefix() {
-    let run = broken(&format!("{VALID}partition_key:\n  rule: prefix_random\n"), &[]);
+    let run = broken(
+        &format!("{VALID}partition_key:\n  rule: prefix_random\n"),
+        &[],
+    );
     assert_mentions(&run, &["partition_key.prefix", "needs a prefix"]);
 }
 
@@ -181,7 +282,13 @@ fn prefix_random_needs_a_prefix() {
 fn reserved_kafka_properties_are_refused() {
     let yaml = VALID.replace("    fetch.wait.max.ms: 50", "    enable.auto.commit: true");
     let run = broken(&yaml, &[]);
-    assert_mentions(&run, &["kafka.properties.enable.auto.commit", "doka sets this property itself"]);
+    assert_mentions(
+        &run,
+        &[
+            "kafka.properties.enable.auto.commit",
+            "doka sets this property itself",
+        ],
+    );
 }
 
 #[test]
@@ -192,10 +299,15 @@ fn an_unknown_profile_lists_the_defined_ones() {
 
 #[test]
 fn unreadable_and_malformed_files_are_reported() {
-    let out = doka_command(&["config", "--config", "/nonexistent/doka.yaml"], &[]).output().unwrap();
+    let out = doka_command(&["config", "--config", "/nonexistent/doka.yaml"], &[])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot read config file /nonexistent/doka.yaml"), "{err}");
+    assert!(
+        err.contains("cannot read config file /nonexistent/doka.yaml"),
+        "{err}"
+    );
 
     let run = broken("kafka: [unclosed\n", &[]);
     assert_mentions(&run, &["is not valid YAML", "line"]);
@@ -210,6 +322,11 @@ fn the_shipped_example_config_is_valid_in_every_profile() {
             args.extend(["--profile", p]);
         }
         let out = doka_command(&args, &[]).output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{profile:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{profile:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

@@ -8,60 +8,6 @@ use std::time::Duration;
 
 use support::*;
 
-struct World {
-    ep: Endpoints,
-    kafka: Kafka,
-    topic: String,
-    group: String,
-    stream: String,
-    b: aws_sdk_kinesis::Client,
-}
-
-impl World {
-    async fn new(partitions: i32, shards: i32) -> Self {
-        let ep = endpoints();
-        let topic = unique("orders");
-        let kafka = Kafka::new(&topic, partitions);
-        let stream = unique("doka-e2e");
-        let b = account_b_kinesis(&ep).await;
-        create_stream(&b, &stream, shards).await;
-        Self {
-            ep,
-            kafka,
-            group: unique("doka-group"),
-            topic,
-            stream,
-            b,
-        }
-    }
-
-    fn yaml(&self, kinesis_endpoint: Option<&str>) -> String {
-        let bootstrap = self.kafka.bootstrap();
-        DokaSetup {
-            bootstrap: &bootstrap,
-            group: &self.group,
-            topic: &self.topic,
-            stream: &self.stream,
-            sts: &self.ep.sts,
-            kinesis: kinesis_endpoint.unwrap_or(&self.ep.kinesis),
-        }
-        .yaml()
-    }
-
-    fn produce(&self, messages: &[(Vec<u8>, Vec<u8>)]) -> Vec<Placement> {
-        produce(&self.kafka.bootstrap(), &self.topic, messages)
-    }
-
-    fn committed(&self, partitions: i32) -> HashMap<i32, i64> {
-        committed(
-            &self.kafka.bootstrap(),
-            &self.group,
-            &self.topic,
-            partitions,
-        )
-    }
-}
-
 /// Each key's records, in the order the stream holds them (per shard, by sequence number).
 fn ids_per_key(records: &[StreamRecord]) -> HashMap<String, Vec<usize>> {
     let mut sorted: Vec<&StreamRecord> = records.iter().collect();

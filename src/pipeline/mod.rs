@@ -149,13 +149,15 @@ pub struct Stats {
     pub retried_entries: AtomicU64,
     pub throttled_entries: AtomicU64,
     pub refetched: AtomicU64,
+    /// Records fetched for partitions already revoked, left to their new owner.
+    pub not_ours: AtomicU64,
 }
 
 impl Stats {
     pub fn summary(&self) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "consumed={} delivered={} requests={} failed_requests={} retried_entries={} throttled_entries={} refetched={}",
+            "consumed={} delivered={} requests={} failed_requests={} retried_entries={} throttled_entries={} refetched={} not_ours={}",
             g(&self.consumed),
             g(&self.delivered),
             g(&self.requests),
@@ -163,6 +165,7 @@ impl Stats {
             g(&self.retried_entries),
             g(&self.throttled_entries),
             g(&self.refetched),
+            g(&self.not_ours),
         )
     }
 }

@@ -508,6 +508,10 @@ impl Doka {
         (status, log)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log_path(&self) -> &Path {
         &self.log
     }
@@ -537,6 +541,61 @@ impl Drop for Doka {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// One test's own topic, group and stream in account B.
+pub struct World {
+    pub ep: Endpoints,
+    pub kafka: Kafka,
+    pub topic: String,
+    pub group: String,
+    pub stream: String,
+    pub b: aws_sdk_kinesis::Client,
+}
+
+impl World {
+    pub async fn new(partitions: i32, shards: i32) -> Self {
+        let ep = endpoints();
+        let topic = unique("orders");
+        let kafka = Kafka::new(&topic, partitions);
+        let stream = unique("doka-e2e");
+        let b = account_b_kinesis(&ep).await;
+        create_stream(&b, &stream, shards).await;
+        Self {
+            ep,
+            kafka,
+            group: unique("doka-group"),
+            topic,
+            stream,
+            b,
+        }
+    }
+
+    pub fn yaml(&self, kinesis_endpoint: Option<&str>) -> String {
+        let bootstrap = self.kafka.bootstrap();
+        DokaSetup {
+            bootstrap: &bootstrap,
+            group: &self.group,
+            topic: &self.topic,
+            stream: &self.stream,
+            sts: &self.ep.sts,
+            kinesis: kinesis_endpoint.unwrap_or(&self.ep.kinesis),
+        }
+        .yaml()
+    }
+
+    pub fn produce(&self, messages: &[(Vec<u8>, Vec<u8>)]) -> Vec<Placement> {
+        produce(&self.kafka.bootstrap(), &self.topic, messages)
+    }
+
+    pub fn committed(&self, partitions: i32) -> HashMap<i32, i64> {
+        committed(
+            &self.kafka.bootstrap(),
+            &self.group,
+            &self.topic,
+            partitions,
+        )
     }
 }
 

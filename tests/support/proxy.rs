@@ -32,6 +32,8 @@ pub struct Counters {
     pub entries_seen: AtomicU64,
     pub entries_rejected: AtomicU64,
     pub requests_failed: AtomicU64,
+    /// Every distinct `Data` value (base64) that reached the proxy in a PutRecords request.
+    pub distinct_data: Mutex<std::collections::HashSet<String>>,
 }
 
 pub struct FaultProxy {

@@ -1,0 +1,255 @@
+//! Rebalances, a Kinesis outage with the in-flight bound and shutdown timeout, and a record doka
+//! must not send. Real broker, real emulators, every record counted.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// Reads the stream until every produced id is there.
+async fn wait_for_all(world: &World, n: usize, timeout: Duration) -> Vec<StreamRecord> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let records = read_stream(&world.b, &world.stream).await;
+        let (missing, _) = tally(n, &records);
+        if missing.is_empty() {
+            return records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} records still missing",
+            missing.len()
+        );
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+}
+
+/// Every committed offset must be backed by records in the stream.
+fn assert_committed_were_delivered(
+    world: &World,
+    partitions: i32,
+    placements: &[Placement],
+    records: &[StreamRecord],
+) {
+    let committed = world.committed(partitions);
+    let mut present = vec![false; placements.len()];
+    for r in records {
+        if let Some(p) = present.get_mut(message_id(&r.data)) {
+            *p = true;
+        }
+    }
+    for (id, p) in placements.iter().enumerate() {
+        if committed.get(&p.partition).is_some_and(|&c| p.offset < c) {
+            assert!(
+                present[id],
+                "partition {} committed to {:?} past undelivered offset {}",
+                p.partition,
+                committed.get(&p.partition),
+                p.offset
+            );
+        }
+    }
+}
+
+fn summary_count(log: &str, field: &str) -> u64 {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("summary:"))
+        .expect("summary line");
+    let start = line.find(&format!("{field}=")).expect("field") + field.len() + 1;
+    line[start..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_members_share_the_partitions_and_survive_rebalances() {
+    const N: usize = 3000;
+    let world = World::new(6, 2).await;
+    let messages = keyed_messages(0..N, 100);
+    let placements = world.produce(&messages);
+    // Slow, throttled members with a small in-flight bound: the rebalances happen mid-run, with
+    // retries under way, and revoked partitions drain quickly.
+    let proxy = proxy::FaultProxy::start(
+        &world.ep.kinesis,
+        proxy::Faults {
+            entry_failure_rate: 0.3,
+            request_error_rate: 0.0,
+        },
+    )
+    .await;
+    let yaml = world.yaml(Some(&proxy.url));
+    let slow = [
+        ("DOKA_BATCH__MAX_RECORDS", "10"),
+        ("DOKA_PIPELINE__LANES", "1"),
+        ("DOKA_PIPELINE__MAX_IN_FLIGHT_RECORDS", "100"),
+    ];
+
+    let mut first = Doka::start(&yaml, &slow);
+    first.wait_for_log("partitions assigned", 1, Duration::from_secs(60));
+    wait_for_records(&world.b, &world.stream, 100, Duration::from_secs(60)).await;
+
+    // A second member joins: the first gives up some partitions, committing what it delivered.
+    let mut second = Doka::start(&yaml, &slow);
+    second.wait_for_log("partitions assigned", 1, Duration::from_secs(60));
+    first.wait_for_log(
+        "partitions revoked and committed",
+        1,
+        Duration::from_secs(60),
+    );
+    let midway = read_stream(&world.b, &world.stream).await;
+    assert!(
+        !tally(N, &midway).0.is_empty(),
+        "the rebalance must happen mid-run"
+    );
+    assert_committed_were_delivered(&world, 6, &placements, &midway);
+
+    // The first member leaves: the second takes everything over.
+    let (status, first_log) = first.terminate();
+    assert_eq!(status.code(), Some(0), "{first_log}");
+    second.wait_for_log("partitions assigned", 2, Duration::from_secs(60));
+
+    let records = wait_for_all(&world, N, Duration::from_secs(240)).await;
+    let (status, second_log) = second.terminate();
+    assert_eq!(status.code(), Some(0), "{second_log}");
+    let (missing, duplicates) = tally(N, &records);
+    assert!(missing.is_empty());
+    assert_eq!(world.committed(6), end_offsets(&placements));
+    let consumed = summary_count(&first_log, "consumed") + summary_count(&second_log, "consumed");
+    assert_eq!(
+        consumed as usize,
+        N + duplicates,
+        "every copy in the stream was consumed by one of the members"
+    );
+    println!(
+        "sent {N} received {} duplicated {duplicates} lost 0 across two members and three rebalances",
+        records.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_pauses_fetching_at_the_bound_and_commits_nothing_undelivered() {
+    const N: usize = 3000;
+    const BOUND: u64 = 200;
+    let world = World::new(4, 1).await;
+    let proxy = proxy::FaultProxy::start(
+        &world.ep.kinesis,
+        proxy::Faults {
+            entry_failure_rate: 1.0,
+            request_error_rate: 0.0,
+        },
+    )
+    .await;
+    let messages = keyed_messages(0..N, 50);
+    let placements = world.produce(&messages);
+    let bound = BOUND.to_string();
+    let env = [
+        ("DOKA_PIPELINE__MAX_IN_FLIGHT_RECORDS", bound.as_str()),
+        ("DOKA_PIPELINE__SHUTDOWN_TIMEOUT_MS", "1000"),
+        ("DOKA_BATCH__MAX_RECORDS", "50"),
+    ];
+    let mut doka = Doka::start(&world.yaml(Some(&proxy.url)), &env);
+    doka.wait_for_log(
+        "in-flight bound reached: fetching paused",
+        1,
+        Duration::from_secs(60),
+    );
+    // Let it retry for a while: at least 40 more (fully throttled) requests.
+    let after_pause = proxy.counters.put_records_requests.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while proxy.counters.put_records_requests.load(Ordering::Relaxed) < after_pause + 40 {
+        assert!(
+            Instant::now() < deadline,
+            "doka stopped retrying during the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let peak_rss_kib = peak_rss_kib(&doka);
+    let (status, log) = doka.terminate();
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "undelivered records at shutdown must give exit code 3:\n{log}"
+    );
+    let consumed = summary_count(&log, "consumed");
+    // librdkafka may hand over a few already fetched records after the pause; nothing more.
+    assert!(
+        consumed <= BOUND + 50,
+        "fetched {consumed} records with a bound of {BOUND}"
+    );
+    assert_eq!(summary_count(&log, "delivered"), 0);
+    assert!(read_stream(&world.b, &world.stream).await.is_empty());
+    assert_committed_were_delivered(&world, 4, &placements, &[]);
+
+    // Kinesis is back: a new run delivers everything.
+    proxy.set_faults(proxy::Faults::default());
+    let doka = Doka::start(&world.yaml(Some(&proxy.url)), &[]);
+    let records = wait_for_all(&world, N, Duration::from_secs(120)).await;
+    let (status, log) = doka.terminate();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert_eq!(world.committed(4), end_offsets(&placements));
+    let (_, duplicates) = tally(N, &records);
+    println!(
+        "outage: fetched {consumed} of {N} with a bound of {BOUND}, peak RSS {peak_rss_kib} KiB, exit 3, nothing committed; \
+         after recovery sent {N} received {} duplicated {duplicates} lost 0",
+        records.len()
+    );
+}
+
+fn peak_rss_kib(doka: &Doka) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", doka.pid())).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_record_halts_doka_without_committing_it() {
+    let world = World::new(2, 1).await;
+    let mut messages = keyed_messages(0..400, 20);
+    // id 200: a 2,000-byte value, over the 1,024-byte record limit configured below.
+    let mut big = b"id=200;".to_vec();
+    big.resize(2000, b'x');
+    messages[200].1 = big;
+    let placements = world.produce(&messages);
+    let oversized = placements[200];
+
+    let doka = Doka::start(
+        &world.yaml(None),
+        &[
+            ("DOKA_KINESIS__MAX_RECORD_BYTES", "1024"),
+            ("DOKA_BATCH__MAX_BYTES", "65536"),
+        ],
+    );
+    let (status, log) = doka.wait_exit(Duration::from_secs(120));
+    assert_eq!(status.code(), Some(4), "{log}");
+    assert!(
+        log.contains(&format!("offset {} is 20", oversized.offset)),
+        "{log}"
+    );
+    assert!(log.contains("kinesis.max_record_bytes"), "{log}");
+
+    let records = read_stream(&world.b, &world.stream).await;
+    assert!(
+        records.iter().all(|r| message_id(&r.data) != 200),
+        "the oversized record was sent"
+    );
+    let committed = world.committed(2);
+    assert!(
+        committed
+            .get(&oversized.partition)
+            .is_none_or(|&c| c <= oversized.offset),
+        "committed {committed:?} past the oversized record at {oversized:?}"
+    );
+    assert_committed_were_delivered(&world, 2, &placements, &records);
+}
