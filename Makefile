@@ -1,9 +1,8 @@
 # One command to see doka work, one to test it. Both install and start what they need.
 .PHONY: demo test stack stack-down lint
 
-demo: stack
-	cargo build --bin doka --example demo
-	DOKA_BIN=target/debug/doka target/debug/examples/demo
+demo:
+	scripts/demo.sh
 
 test:
 	scripts/test.sh

@@ -5,7 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 was_running=$(scripts/stack.sh status | grep -c running || true)
-scripts/stack.sh up >/dev/null
+# `up` prints the endpoints as NAME=value lines; the tests read them from the environment.
+set -a
+eval "$(scripts/stack.sh up)"
+set +a
 if [ "$was_running" -lt 2 ]; then
   trap 'scripts/stack.sh down' EXIT
 fi
