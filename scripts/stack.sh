@@ -62,7 +62,8 @@ up() {
     log "moto already up on $MOTO_PORT"
   else
     log "starting moto (STS) on 127.0.0.1:$MOTO_PORT"
-    nohup "$STACK_DIR/venv/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >"$RUN_DIR/moto.log" 2>&1 &
+    # Detached from our stdout: `$(stack.sh up)` must not wait for the services to end.
+    nohup "$STACK_DIR/venv/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" </dev/null >"$RUN_DIR/moto.log" 2>&1 &
     echo $! >"$RUN_DIR/moto.pid"
     wait_for moto "$MOTO_PORT" /
   fi
@@ -70,9 +71,11 @@ up() {
     log "kinesis-mock already up on $KINESIS_PORT"
   else
     log "starting kinesis-mock on 127.0.0.1:$KINESIS_PORT (default account $ACCOUNT_B)"
+    # kinesis-mock reads server.json from its working directory.
     (cd "$KINESIS_PKG" && KINESIS_MOCK_PLAIN_PORT="$KINESIS_PORT" KINESIS_MOCK_TLS_PORT="$KINESIS_TLS_PORT" \
       AWS_ACCOUNT_ID="$ACCOUNT_B" LOG_LEVEL=WARN CREATE_STREAM_DURATION=100ms SHARD_LIMIT=1000 \
-      nohup node main.js >"$RUN_DIR/kinesis.log" 2>&1 & echo $! >"$RUN_DIR/kinesis.pid")
+      exec nohup node main.js) </dev/null >"$RUN_DIR/kinesis.log" 2>&1 &
+    echo $! >"$RUN_DIR/kinesis.pid"
     wait_for kinesis "$KINESIS_PORT" /
   fi
   env_lines

@@ -33,8 +33,6 @@ pub struct SourceContext {
     paused: AtomicBool,
     /// Set during shutdown, when in-flight records were already waited for.
     closing: AtomicBool,
-    /// An asynchronous commit is waiting for the broker's answer.
-    commit_in_flight: AtomicBool,
 }
 
 impl SourceContext {
@@ -76,17 +74,10 @@ impl SourceContext {
         if tpl.count() == 0 {
             return;
         }
-        let asynchronous = matches!(mode, CommitMode::Async);
-        if asynchronous && self.commit_in_flight.swap(true, AtomicOrdering::SeqCst) {
-            return; // the previous one has not answered yet; the next interval tries again
-        }
         match consumer.commit(&tpl, mode) {
-            Ok(()) if !asynchronous => mark_committed(partitions, &tpl),
+            Ok(()) if matches!(mode, CommitMode::Sync) => mark_committed(partitions, &tpl),
             Ok(()) => {}
-            Err(e) => {
-                self.commit_in_flight.store(false, AtomicOrdering::SeqCst);
-                warn!("committing offsets failed (they will be committed later): {e}")
-            }
+            Err(e) => warn!("committing offsets failed (they will be committed later): {e}"),
         }
     }
 }
@@ -256,7 +247,6 @@ pub fn run(kafka: &KafkaConfig, parts: SourceParts) -> anyhow::Result<SourceExit
         drain_timeout: parts.drain_timeout,
         paused: AtomicBool::new(false),
         closing: AtomicBool::new(false),
-        commit_in_flight: AtomicBool::new(false),
     };
     let consumer: BaseConsumer<SourceContext> = consumer_config(kafka)
         .create_with_context(context)
@@ -405,35 +395,4 @@ fn manage_pause(consumer: &BaseConsumer<SourceContext>, budget: &Budget) {
             if pause { "pause" } else { "resume" }
         ),
     }
-}
-
-/// The group's committed offsets for the configured topics (-1 where none), for tools and tests.
-pub fn committed_offsets(
-    kafka: &KafkaConfig,
-    timeout: Duration,
-) -> anyhow::Result<Vec<(String, i32, i64)>> {
-    let consumer: BaseConsumer = consumer_config(kafka).create()?;
-    let metadata = consumer.fetch_metadata(None, timeout)?;
-    let mut tpl = TopicPartitionList::new();
-    for t in metadata
-        .topics()
-        .iter()
-        .filter(|t| kafka.topics.iter().any(|n| n == t.name()))
-    {
-        for p in t.partitions() {
-            tpl.add_partition(t.name(), p.id());
-        }
-    }
-    let committed = consumer.committed_offsets(tpl, timeout)?;
-    Ok(committed
-        .elements()
-        .iter()
-        .map(|e| {
-            let o = match e.offset() {
-                Offset::Offset(o) => o,
-                _ => -1,
-            };
-            (e.topic().to_owned(), e.partition(), o)
-        })
-        .collect())
 }

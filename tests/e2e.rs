@@ -8,6 +8,16 @@ use std::time::Duration;
 
 use support::*;
 
+/// The source secret key and the external id must never reach a log line.
+fn assert_no_secrets(log: &str) {
+    for secret in ["source-secret", "test-external-id"] {
+        assert!(
+            !log.contains(secret),
+            "secret {secret:?} in the log:\n{log}"
+        );
+    }
+}
+
 /// Each key's records, in the order the stream holds them (per shard, by sequence number).
 fn ids_per_key(records: &[StreamRecord]) -> HashMap<String, Vec<usize>> {
     let mut sorted: Vec<&StreamRecord> = records.iter().collect();
@@ -81,14 +91,30 @@ async fn every_record_reaches_account_b_in_key_order_and_offsets_reach_the_end()
         "committed offsets are the partition ends"
     );
 
+    assert_no_secrets(&log);
+
     // A restart of the same group re-sends nothing: only the new messages arrive, once.
-    let mut doka = Doka::start(&world.yaml(None), &[]);
+    // (This run logs JSON, one object per line.)
+    let mut doka = Doka::start(&world.yaml(None), &[("DOKA_LOG__FORMAT", "json")]);
     doka.wait_for_log("partitions assigned", 1, Duration::from_secs(60));
     let more = keyed_messages(N..N + 100, 40);
     let more_placements = world.produce(&more);
     wait_for_records(&world.b, &world.stream, N + 100, Duration::from_secs(60)).await;
     let (status, log) = doka.terminate();
     assert_eq!(status.code(), Some(0), "{log}");
+    assert_no_secrets(&log);
+    for line in log.lines() {
+        let event: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(
+            event["level"].is_string() && event["message"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(
+        log.contains("\"message\":\"summary: consumed=100 delivered=100"),
+        "{log}"
+    );
     let records = read_stream(&world.b, &world.stream).await;
     assert_eq!(
         records.len(),
@@ -236,4 +262,31 @@ async fn partial_failures_are_retried_and_nothing_is_committed_early() {
         "sent {N} received {} duplicated {duplicates} lost 0; proxy rejected {rejected} entries and failed {failed_requests} requests; {checks} commit checks",
         records.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_endpoint_variables_work_without_endpoints_in_the_config() {
+    const N: usize = 500;
+    let world = World::new(2, 1).await;
+    let yaml: String = world
+        .yaml(None)
+        .lines()
+        .filter(|l| !l.contains("_endpoint:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(!yaml.contains("endpoint"));
+    let messages = keyed_messages(0..N, 10);
+    let placements = world.produce(&messages);
+    let doka = Doka::start(
+        &yaml,
+        &[
+            ("AWS_ENDPOINT_URL_STS", &world.ep.sts),
+            ("AWS_ENDPOINT_URL_KINESIS", &world.ep.kinesis),
+        ],
+    );
+    let records = wait_for_records(&world.b, &world.stream, N, Duration::from_secs(120)).await;
+    let (status, log) = doka.terminate();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(tally(N, &records).0.is_empty());
+    assert_eq!(world.committed(2), end_offsets(&placements));
 }

@@ -236,6 +236,165 @@ mod tests {
         assert_eq!(retry_set(&refs, &[1, 0], Ordering::None), vec![0, 1]);
     }
 
+    /// A scripted destination: rejects entries by a fixed pseudo-random pattern (and now and then
+    /// a whole request, sometimes after writing it, like a timeout) and keeps what it accepted in
+    /// arrival order, like one shard.
+    struct ScriptedSink {
+        state: std::sync::Mutex<(u64, Vec<(String, i64)>)>,
+        entry_failure_percent: u64,
+    }
+
+    impl ScriptedSink {
+        fn next(state: &mut (u64, Vec<(String, i64)>)) -> u64 {
+            // xorshift64: deterministic, no dependency on an RNG's API.
+            state.0 ^= state.0 << 13;
+            state.0 ^= state.0 >> 7;
+            state.0 ^= state.0 << 17;
+            state.0 % 100
+        }
+    }
+
+    impl Sink for ScriptedSink {
+        async fn put(
+            &self,
+            records: &[&Record],
+        ) -> Result<Vec<crate::sink::EntryFailure>, RequestError> {
+            let mut state = self.state.lock().unwrap();
+            match Self::next(&mut state) {
+                0..5 => return Err(RequestError::Transient("refused".into())),
+                5..8 => {
+                    // Written, but the answer is lost: the caller must assume nothing was.
+                    for r in records {
+                        state.1.push((r.partition_key.clone(), r.offset));
+                    }
+                    return Err(RequestError::Transient("timed out".into()));
+                }
+                _ => {}
+            }
+            let mut failed = Vec::new();
+            for (index, r) in records.iter().enumerate() {
+                if Self::next(&mut state) < self.entry_failure_percent {
+                    failed.push(crate::sink::EntryFailure {
+                        index,
+                        code: "ProvisionedThroughputExceededException".into(),
+                        throttled: true,
+                    });
+                } else {
+                    state.1.push((r.partition_key.clone(), r.offset));
+                }
+            }
+            Ok(failed)
+        }
+    }
+
+    async fn run_lane(
+        ordering: Ordering,
+        seed: u64,
+    ) -> (Vec<(String, i64)>, Arc<PartitionProgress>) {
+        let progress = PartitionProgress::new("t".into(), 0);
+        let budget = Arc::new(Budget::new(10_000, 1 << 30));
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        for offset in 0..300 {
+            progress.register(offset);
+            let r = Record {
+                partition_key: format!("k{}", offset % 4),
+                data: vec![],
+                progress: progress.clone(),
+                offset,
+            };
+            budget.take(r.size());
+            tx.send(r).unwrap();
+        }
+        drop(tx);
+        let sink = Arc::new(ScriptedSink {
+            state: std::sync::Mutex::new((seed, Vec::new())),
+            entry_failure_percent: 30,
+        });
+        let lane = Lane {
+            id: 0,
+            batcher: Batcher::new(
+                rx,
+                crate::pipeline::batch::BatchLimits {
+                    max_records: 40,
+                    max_bytes: 1 << 20,
+                    linger: Duration::from_millis(1),
+                },
+            ),
+            sink: sink.clone(),
+            backoff: Backoff {
+                initial: Duration::from_millis(10),
+                max: Duration::from_millis(100),
+                max_attempts: 0,
+            },
+            ordering,
+            budget: budget.clone(),
+            halt: Arc::new(Halt::default()),
+            stats: Arc::new(Stats::default()),
+        };
+        lane.run().await;
+        assert_eq!(
+            budget.usage().records,
+            0,
+            "every record's room was given back"
+        );
+        let written = sink.state.lock().unwrap().1.clone();
+        (written, progress)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn per_key_last_copies_are_in_kafka_order_under_failures() {
+        for seed in [1, 7, 42, 99, 12345] {
+            let (written, progress) = run_lane(Ordering::PerKey, seed).await;
+            assert_eq!(
+                progress.committable(),
+                Some(300),
+                "all delivered and acknowledged"
+            );
+            let mut last_position = std::collections::HashMap::new();
+            for (pos, (_, offset)) in written.iter().enumerate() {
+                last_position.insert(*offset, pos);
+            }
+            assert_eq!(
+                last_position.len(),
+                300,
+                "every record written at least once"
+            );
+            for key in 0..4 {
+                let lasts: Vec<usize> = (0..300)
+                    .filter(|o| o % 4 == key)
+                    .map(|o| last_position[&o])
+                    .collect();
+                assert!(
+                    lasts.windows(2).all(|w| w[0] < w[1]),
+                    "seed {seed} key {key}: {lasts:?}"
+                );
+            }
+            assert!(
+                written.len() > 300,
+                "failures were injected, so copies exist"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ordering_none_delivers_everything_but_may_reorder() {
+        let mut reordered = false;
+        for seed in [1, 7, 42] {
+            let (written, progress) = run_lane(Ordering::None, seed).await;
+            assert_eq!(progress.committable(), Some(300));
+            let mut last_position = std::collections::HashMap::new();
+            for (pos, (_, offset)) in written.iter().enumerate() {
+                last_position.insert(*offset, pos);
+            }
+            assert_eq!(last_position.len(), 300);
+            reordered |= (0..296).any(|o| last_position[&o] > last_position[&(o + 4)]);
+        }
+        assert!(
+            reordered,
+            "the scripted failures should show why per_key exists"
+        );
+    }
+
     #[test]
     fn backoff_grows_and_is_capped() {
         let b = Backoff {
