@@ -131,6 +131,8 @@ async fn every_record_reaches_account_b_in_key_order_and_offsets_reach_the_end()
         N + 100,
         records.len()
     );
+    let _ = a.delete_stream().stream_name(&world.stream).send().await;
+    world.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,6 +176,7 @@ async fn a_killed_run_restarted_delivers_every_record() {
         records.len(),
         before_kill.len()
     );
+    world.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,6 +265,7 @@ async fn partial_failures_are_retried_and_nothing_is_committed_early() {
         "sent {N} received {} duplicated {duplicates} lost 0; proxy rejected {rejected} entries and failed {failed_requests} requests; {checks} commit checks",
         records.len()
     );
+    world.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,4 +293,5 @@ async fn the_sdk_endpoint_variables_work_without_endpoints_in_the_config() {
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(tally(N, &records).0.is_empty());
     assert_eq!(world.committed(2), end_offsets(&placements));
+    world.finish().await;
 }

@@ -131,6 +131,7 @@ async fn two_members_share_the_partitions_and_survive_rebalances() {
         "sent {N} received {} duplicated {duplicates} lost 0 across two members and three rebalances",
         records.len()
     );
+    world.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,6 +201,7 @@ async fn an_outage_pauses_fetching_at_the_bound_and_commits_nothing_undelivered(
          after recovery sent {N} received {} duplicated {duplicates} lost 0",
         records.len()
     );
+    world.finish().await;
 }
 
 fn peak_rss_kib(doka: &Doka) -> u64 {
@@ -252,4 +254,38 @@ async fn an_oversized_record_halts_doka_without_committing_it() {
         "committed {committed:?} past the oversized record at {oversized:?}"
     );
     assert_committed_were_delivered(&world, 2, &placements, &records);
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_stream_is_reported_and_everything_arrives_once_it_exists() {
+    const N: usize = 500;
+    let world = World::without_stream(2).await;
+    let messages = keyed_messages(0..N, 10);
+    let placements = world.produce(&messages);
+    let mut doka = Doka::start(&world.yaml(None), &[]);
+    // doka names the stream, the region and the role, and keeps trying without committing.
+    doka.wait_for_log(
+        "does not exist (ResourceNotFoundException)",
+        2,
+        Duration::from_secs(60),
+    );
+    let log = doka.log_text();
+    assert!(
+        log.contains(&format!("stream `{}`", world.stream))
+            && log.contains("role arn:aws:iam::222222222222:role/doka-writer"),
+        "{log}"
+    );
+    assert!(
+        world.committed(2).values().all(|&c| c == 0),
+        "nothing may be committed while the stream is missing"
+    );
+
+    create_stream(&world.b, &world.stream, 1).await;
+    let records = wait_for_all(&world, N, Duration::from_secs(120)).await;
+    let (status, log) = doka.terminate();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(tally(N, &records).0.is_empty());
+    assert_eq!(world.committed(2), end_offsets(&placements));
+    world.finish().await;
 }

@@ -556,12 +556,18 @@ pub struct World {
 
 impl World {
     pub async fn new(partitions: i32, shards: i32) -> Self {
+        let world = Self::without_stream(partitions).await;
+        create_stream(&world.b, &world.stream, shards).await;
+        world
+    }
+
+    /// A topic and a stream name, but no stream yet.
+    pub async fn without_stream(partitions: i32) -> Self {
         let ep = endpoints();
         let topic = unique("orders");
         let kafka = Kafka::new(&topic, partitions);
         let stream = unique("doka-e2e");
         let b = account_b_kinesis(&ep).await;
-        create_stream(&b, &stream, shards).await;
         Self {
             ep,
             kafka,
@@ -570,6 +576,16 @@ impl World {
             stream,
             b,
         }
+    }
+
+    /// Deletes the stream: kinesis-mock spends CPU on every stream it keeps.
+    pub async fn finish(self) {
+        let _ = self
+            .b
+            .delete_stream()
+            .stream_name(&self.stream)
+            .send()
+            .await;
     }
 
     pub fn yaml(&self, kinesis_endpoint: Option<&str>) -> String {
