@@ -8,7 +8,8 @@ use tokio::sync::mpsc::unbounded_channel;
 use tracing::{error, info, warn};
 
 use crate::aws;
-use crate::config::{Config, default_session_name};
+use crate::config::{Config, OversizedPolicy, default_session_name};
+use crate::dead_letter::DeadLetter;
 use crate::pipeline::batch::{BatchLimits, Batcher};
 use crate::pipeline::lane::{Backoff, Lane};
 use crate::pipeline::partition_key::PartitionKeys;
@@ -106,6 +107,20 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
     let shutdown = Arc::new(AtomicBool::new(false));
     tokio::spawn(watch_signals(shutdown.clone()));
 
+    let dead_letter = match (
+        config.dead_letter.oversized_policy(),
+        &config.dead_letter.topic,
+    ) {
+        (OversizedPolicy::DeadLetter, Some(topic)) => Some(DeadLetter::new(
+            &config.kafka,
+            topic.clone(),
+            tokio::runtime::Handle::current(),
+            budget.clone(),
+            halt.clone(),
+            stats.clone(),
+        )?),
+        _ => None,
+    };
     let parts = SourceParts {
         lanes: senders,
         budget: budget.clone(),
@@ -120,6 +135,7 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
         drain_timeout: config.pipeline.rebalance_drain_timeout(),
         shutdown_timeout: config.pipeline.shutdown_timeout(),
         shutdown,
+        dead_letter,
     };
     info!("delivering {:?} to {target}", config.kafka.topics);
     let kafka = config.kafka.clone();

@@ -31,16 +31,18 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub aws: AwsConfig,
     pub kinesis: KinesisConfig,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub partition_key: PartitionKeyConfig,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub batch: BatchConfig,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub pipeline: PipelineConfig,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub retry: RetryConfig,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub log: LogConfig,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub dead_letter: DeadLetterConfig,
     /// Named overlays; read when the file is loaded, not part of the effective config.
     #[serde(default, skip_serializing)]
     pub profiles: BTreeMap<String, serde_yaml::Value>,
@@ -183,6 +185,38 @@ pub struct RetryConfig {
     /// Attempts per batch before doka stops (without committing it). 0 = never give up.
     #[serde(default)]
     pub max_attempts: u32,
+}
+
+/// Records Kinesis would refuse, and where they go.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    /// A Kafka topic on the same cluster for records that cannot be sent to Kinesis.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// What to do with a record over `kinesis.max_record_bytes`. Default: `dead_letter` when a
+    /// topic is set, otherwise `stop`.
+    #[serde(default)]
+    pub on_oversized: Option<OversizedPolicy>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OversizedPolicy {
+    /// Write it to `dead_letter.topic` (original bytes and headers, plus why and where from).
+    DeadLetter,
+    /// Stop doka with a clear error; the record and everything after it stay uncommitted.
+    Stop,
+}
+
+impl DeadLetterConfig {
+    pub fn oversized_policy(&self) -> OversizedPolicy {
+        self.on_oversized.unwrap_or(if self.topic.is_some() {
+            OversizedPolicy::DeadLetter
+        } else {
+            OversizedPolicy::Stop
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -743,6 +777,26 @@ impl Config {
             600_000,
         )?;
 
+        if let Some(topic) = &self.dead_letter.topic {
+            if topic.trim().is_empty() {
+                return bad("dead_letter.topic", "expected a Kafka topic name");
+            }
+            if self.kafka.topics.contains(topic) {
+                return bad(
+                    "dead_letter.topic",
+                    format!("`{topic}` is also in kafka.topics: dead letters would be read back"),
+                );
+            }
+        }
+        if self.dead_letter.on_oversized == Some(OversizedPolicy::DeadLetter)
+            && self.dead_letter.topic.is_none()
+        {
+            return bad(
+                "dead_letter.on_oversized",
+                "dead_letter needs dead_letter.topic: set a topic or use stop",
+            );
+        }
+
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return bad(
                 "log.level",
@@ -825,6 +879,14 @@ fn is_stream_arn(arn: &str) -> bool {
         && parts[4].len() == 12
         && parts[4].chars().all(|c| c.is_ascii_digit())
         && parts[5].strip_prefix("stream/").is_some_and(is_stream_name)
+}
+
+/// An optional section left empty in YAML (`batch:` with every line commented out) is null:
+/// take it as "all defaults".
+fn null_as_default<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(
+    d: D,
+) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// Accepts `[a, b]` or `"a,b"` (the natural form in an environment variable).

@@ -6,10 +6,12 @@
 //! - [`pipeline`]: partition keys, lanes, batching, retries, in-flight bound, offset watermarks.
 //! - [`sink`]: destinations (Kinesis PutRecords).
 //! - [`aws`]: source credentials and AssumeRole into the target account.
+//! - [`dead_letter`]: the Kafka topic for records Kinesis would refuse.
 
 pub mod app;
 pub mod aws;
 pub mod config;
+pub mod dead_letter;
 pub mod pipeline;
 pub mod sink;
 pub mod source;

@@ -19,6 +19,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{KafkaConfig, StartFrom};
+use crate::dead_letter::DeadLetter;
 use crate::pipeline::offsets::PartitionProgress;
 use crate::pipeline::partition_key::PartitionKeys;
 use crate::pipeline::{Budget, Halt, Record, Stats, lane_of};
@@ -203,6 +204,8 @@ pub struct SourceParts {
     pub drain_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub shutdown: Arc<AtomicBool>,
+    /// Set when oversized records go to a dead-letter topic; `None`: they halt doka.
+    pub dead_letter: Option<DeadLetter>,
 }
 
 /// How the consumer thread ended.
@@ -278,14 +281,27 @@ pub fn run(kafka: &KafkaConfig, parts: SourceParts) -> anyhow::Result<SourceExit
                 let data = msg.payload().unwrap_or_default();
                 let size = data.len() + partition_key.len();
                 if size > parts.max_record_bytes {
-                    parts.halt.halt(format!(
+                    let reason = format!(
                         "record {topic}[{partition}] offset {offset} is {size} bytes (value + partition key), \
-                         over the stream's maximum record size of {} bytes (kinesis.max_record_bytes). \
-                         doka stops rather than drop it; nothing from this offset on is committed. \
-                         Raise the stream's limit and kinesis.max_record_bytes to send it",
+                         over the stream's maximum record size of {} bytes (kinesis.max_record_bytes)",
                         parts.max_record_bytes
-                    ));
-                    break;
+                    );
+                    let Some(dead_letter) = &parts.dead_letter else {
+                        parts.halt.halt(format!(
+                            "{reason}. dead_letter.on_oversized is stop: doka stops rather than drop it and \
+                             commits nothing from this offset on. Raise the stream's limit and kinesis.max_record_bytes, \
+                             or set dead_letter.topic"
+                        ));
+                        break;
+                    };
+                    if progress.register(offset) {
+                        parts.stats.consumed.fetch_add(1, AtomicOrdering::Relaxed);
+                        parts.budget.take(size);
+                        dead_letter.send(&msg, reason, progress, size);
+                    } else {
+                        parts.stats.refetched.fetch_add(1, AtomicOrdering::Relaxed);
+                    }
+                    continue;
                 }
                 if !progress.register(offset) {
                     parts.stats.refetched.fetch_add(1, AtomicOrdering::Relaxed);

@@ -330,3 +330,23 @@ fn the_shipped_example_config_is_valid_in_every_profile() {
         );
     }
 }
+
+#[test]
+fn a_dead_letter_policy_needs_a_topic_that_is_not_consumed() {
+    let run = broken(
+        &format!("{VALID}dead_letter:\n  on_oversized: dead_letter\n"),
+        &[],
+    );
+    assert_mentions(
+        &run,
+        &["dead_letter.on_oversized", "needs dead_letter.topic"],
+    );
+    let run = broken(&format!("{VALID}dead_letter:\n  topic: orders\n"), &[]);
+    assert_mentions(&run, &["dead_letter.topic", "also in kafka.topics"]);
+    let ok = run_with(
+        &format!("{VALID}dead_letter:\n  topic: doka-dead\n"),
+        &[],
+        &[],
+    );
+    assert_eq!(ok.code, Some(0), "{}", ok.stderr);
+}

@@ -289,3 +289,81 @@ async fn a_missing_stream_is_reported_and_everything_arrives_once_it_exists() {
     assert_eq!(world.committed(2), end_offsets(&placements));
     world.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_record_goes_to_the_dead_letter_topic_and_the_rest_flows() {
+    const N: usize = 400;
+    let world = World::new(2, 1).await;
+    let dead_letters = unique("doka-dead-letters");
+    world.kafka.create_topic(&dead_letters, 1);
+    let mut messages = keyed_messages(0..N, 20);
+    let mut big = b"id=200;".to_vec();
+    big.extend((0..2000u32).map(|i| (i % 251) as u8));
+    messages[200].1 = big.clone();
+    let placements = world.produce(&messages);
+
+    let doka = Doka::start(
+        &world.yaml(None),
+        &[
+            ("DOKA_KINESIS__MAX_RECORD_BYTES", "1024"),
+            ("DOKA_BATCH__MAX_BYTES", "65536"),
+            ("DOKA_DEAD_LETTER__TOPIC", &dead_letters),
+        ],
+    );
+    // Everything but the oversized record reaches the stream.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let records = loop {
+        let records = read_stream(&world.b, &world.stream).await;
+        if tally(N, &records).0 == vec![200] {
+            break records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "records other than the oversized one are missing"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let (status, log) = doka.terminate();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("dead_lettered=1"), "{log}");
+    assert!(records.iter().all(|r| message_id(&r.data) != 200));
+    assert_eq!(
+        world.committed(2),
+        end_offsets(&placements),
+        "the dead-lettered offset is committed too"
+    );
+
+    let dead = world.kafka.read_all(&dead_letters);
+    assert_eq!(
+        dead.len(),
+        1,
+        "exactly the oversized record is dead-lettered"
+    );
+    let (key, value, headers) = &dead[0];
+    assert_eq!(key.as_deref(), Some(messages[200].0.as_slice()));
+    assert_eq!(value, &big, "original bytes");
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    };
+    assert_eq!(
+        header("doka.source.topic").as_deref(),
+        Some(world.topic.as_str())
+    );
+    assert_eq!(
+        header("doka.source.partition"),
+        Some(placements[200].partition.to_string())
+    );
+    assert_eq!(
+        header("doka.source.offset"),
+        Some(placements[200].offset.to_string())
+    );
+    assert!(
+        header("doka.reason")
+            .unwrap()
+            .contains("over the stream's maximum record size")
+    );
+    world.finish().await;
+}

@@ -151,13 +151,15 @@ pub struct Stats {
     pub refetched: AtomicU64,
     /// Records fetched for partitions already revoked, left to their new owner.
     pub not_ours: AtomicU64,
+    /// Records written to the dead-letter topic instead of Kinesis.
+    pub dead_lettered: AtomicU64,
 }
 
 impl Stats {
     pub fn summary(&self) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "consumed={} delivered={} requests={} failed_requests={} retried_entries={} throttled_entries={} refetched={} not_ours={}",
+            "consumed={} delivered={} requests={} failed_requests={} retried_entries={} throttled_entries={} refetched={} not_ours={} dead_lettered={}",
             g(&self.consumed),
             g(&self.delivered),
             g(&self.requests),
@@ -166,6 +168,7 @@ impl Stats {
             g(&self.throttled_entries),
             g(&self.refetched),
             g(&self.not_ours),
+            g(&self.dead_lettered),
         )
     }
 }

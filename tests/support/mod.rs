@@ -239,7 +239,55 @@ impl Kafka {
     pub fn bootstrap(&self) -> String {
         self.cluster.bootstrap_servers()
     }
+
+    pub fn create_topic(&self, topic: &str, partitions: i32) {
+        self.cluster
+            .create_topic(topic, partitions, 1)
+            .expect("create topic");
+    }
+
+    /// Every message of a one-partition topic.
+    pub fn read_all(&self, topic: &str) -> Vec<KafkaMessage> {
+        use rdkafka::message::Headers;
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .set("group.id", unique("reader"))
+            .set("fetch.wait.max.ms", "5")
+            .create()
+            .expect("consumer");
+        let (low, high) = consumer
+            .fetch_watermarks(topic, 0, Duration::from_secs(10))
+            .expect("watermarks");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, Offset::Beginning)
+            .unwrap();
+        consumer.assign(&tpl).unwrap();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while (out.len() as i64) < high - low {
+            assert!(Instant::now() < deadline, "could not read {topic}");
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push((
+                    m.key().map(<[u8]>::to_vec),
+                    m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                ));
+            }
+        }
+        out
+    }
 }
+
+/// (key, value, headers) of a message read back from Kafka.
+pub type KafkaMessage = (Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>);
 
 struct Deliveries;
 impl ClientContext for Deliveries {}

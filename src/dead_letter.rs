@@ -1,0 +1,152 @@
+//! The dead-letter topic: where a record goes that Kinesis would refuse (today: one over the
+//! stream's maximum record size), so that it is neither dropped nor allowed to stop the flow.
+//!
+//! The record keeps its key, value and headers byte for byte; doka adds headers saying why and
+//! where it came from. Its offset is acknowledged only once the dead-letter write is confirmed.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering as AtomicOrdering;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use tracing::warn;
+
+use crate::config::KafkaConfig;
+use crate::pipeline::offsets::PartitionProgress;
+use crate::pipeline::{Budget, Halt, Stats};
+
+/// Header names doka adds to a dead-lettered record.
+pub const HEADER_REASON: &str = "doka.reason";
+pub const HEADER_TOPIC: &str = "doka.source.topic";
+pub const HEADER_PARTITION: &str = "doka.source.partition";
+pub const HEADER_OFFSET: &str = "doka.source.offset";
+
+pub struct DeadLetter {
+    producer: FutureProducer,
+    topic: String,
+    runtime: tokio::runtime::Handle,
+    budget: Arc<Budget>,
+    halt: Arc<Halt>,
+    stats: Arc<Stats>,
+}
+
+/// Producer settings: the brokers and the connection/security properties of `kafka.properties`
+/// (consumer-only properties would only make librdkafka warn).
+pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", kafka.brokers.join(","))
+        .set("client.id", "doka-dead-letter")
+        .set("enable.idempotence", "true");
+    for (k, v) in &kafka.properties {
+        if [
+            "security.",
+            "ssl.",
+            "sasl.",
+            "socket.",
+            "broker.",
+            "api.version",
+        ]
+        .iter()
+        .any(|p| k.starts_with(p))
+        {
+            cc.set(k, v);
+        }
+    }
+    cc
+}
+
+impl DeadLetter {
+    pub fn new(
+        kafka: &KafkaConfig,
+        topic: String,
+        runtime: tokio::runtime::Handle,
+        budget: Arc<Budget>,
+        halt: Arc<Halt>,
+        stats: Arc<Stats>,
+    ) -> anyhow::Result<Self> {
+        let producer = producer_config(kafka)
+            .create()
+            .map_err(|e| anyhow::anyhow!("cannot create the dead-letter producer: {e}"))?;
+        Ok(Self {
+            producer,
+            topic,
+            runtime,
+            budget,
+            halt,
+            stats,
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Writes `msg` to the dead-letter topic in the background. The caller has registered its
+    /// offset and taken `size` from the budget; both are settled when the write is confirmed.
+    pub fn send(
+        &self,
+        msg: &BorrowedMessage<'_>,
+        reason: String,
+        progress: Arc<PartitionProgress>,
+        size: usize,
+    ) {
+        let key = msg.key().map(<[u8]>::to_vec);
+        let value = msg.payload().unwrap_or_default().to_vec();
+        let (topic, partition, offset) = (msg.topic().to_owned(), msg.partition(), msg.offset());
+        let mut headers = OwnedHeaders::new();
+        if let Some(original) = msg.headers() {
+            for h in original.iter() {
+                headers = headers.insert(Header {
+                    key: h.key,
+                    value: h.value,
+                });
+            }
+        }
+        let partition_text = partition.to_string();
+        let offset_text = offset.to_string();
+        headers = headers
+            .insert(Header {
+                key: HEADER_REASON,
+                value: Some(reason.as_bytes()),
+            })
+            .insert(Header {
+                key: HEADER_TOPIC,
+                value: Some(topic.as_bytes()),
+            })
+            .insert(Header {
+                key: HEADER_PARTITION,
+                value: Some(partition_text.as_bytes()),
+            })
+            .insert(Header {
+                key: HEADER_OFFSET,
+                value: Some(offset_text.as_bytes()),
+            });
+        warn!(
+            topic = %topic, partition, offset, dead_letter_topic = %self.topic,
+            "{reason}: sending the record to the dead-letter topic"
+        );
+
+        let producer = self.producer.clone();
+        let dead_letter_topic = self.topic.clone();
+        let (budget, halt, stats) = (self.budget.clone(), self.halt.clone(), self.stats.clone());
+        self.runtime.spawn(async move {
+            let mut record = FutureRecord::to(&dead_letter_topic).payload(&value).headers(headers);
+            if let Some(key) = &key {
+                record = record.key(key);
+            }
+            match producer.send(record, Timeout::Never).await {
+                Ok(_) => {
+                    progress.ack(offset);
+                    stats.dead_lettered.fetch_add(1, AtomicOrdering::Relaxed);
+                }
+                Err((e, _)) => halt.halt(format!(
+                    "record {topic}[{partition}] offset {offset} could not be written to the dead-letter topic \
+                     {dead_letter_topic}: {e}; nothing from this offset on is committed"
+                )),
+            }
+            budget.release(1, size as u64);
+        });
+    }
+}
