@@ -8,6 +8,7 @@ use aws_config::identity::IdentityCache;
 use aws_config::retry::RetryConfig;
 use aws_config::sts::AssumeRoleProvider;
 use aws_config::timeout::TimeoutConfig;
+use aws_credential_types::Credentials;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_types::SdkConfig;
 use aws_types::region::Region;
@@ -61,7 +62,12 @@ pub async fn kinesis_access(
                 builder = builder.external_id(id.expose());
             }
             let provider = builder.build_from_provider(source).await;
-            (SharedCredentialsProvider::new(provider), Some(session_name))
+            let renewed = Renewed {
+                inner: provider,
+                role: role.clone(),
+                margin: Duration::from_secs(aws.credential_refresh_margin_secs),
+            };
+            (SharedCredentialsProvider::new(renewed), Some(session_name))
         }
         None => (source, None),
     };
@@ -69,11 +75,12 @@ pub async fn kinesis_access(
     let request_timeout = Duration::from_millis(kinesis.request_timeout_ms);
     let mut builder = aws_sdk_kinesis::config::Builder::from(&base)
         .credentials_provider(credentials.clone())
-        .identity_cache(
-            IdentityCache::lazy()
-                .buffer_time(Duration::from_secs(aws.credential_refresh_margin_secs))
-                .build(),
-        )
+        .identity_cache(if aws.role_arn.is_some() {
+            // `Renewed` already moved the expiry `credential_refresh_margin_secs` early.
+            IdentityCache::lazy().buffer_time(Duration::ZERO).build()
+        } else {
+            IdentityCache::lazy().build()
+        })
         // doka retries itself, entry by entry, with its own backoff and accounting.
         .retry_config(RetryConfig::disabled())
         .timeout_config(
@@ -91,6 +98,60 @@ pub async fn kinesis_access(
         region,
         session_name,
     })
+}
+
+/// Assumed-role credentials as the Kinesis client sees them: reported in the log each time the
+/// role is assumed (start-up and every renewal), and marked as expiring `margin` early so the
+/// client's identity cache renews them exactly that long before they really expire (its own
+/// buffer adds up to 50% random jitter, too loose to configure a margin with).
+#[derive(Debug)]
+struct Renewed<P> {
+    inner: P,
+    role: String,
+    margin: Duration,
+}
+
+impl<P: ProvideCredentials> ProvideCredentials for Renewed<P> {
+    fn provide_credentials<'a>(
+        &'a self,
+    ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        aws_credential_types::provider::future::ProvideCredentials::new(async move {
+            let assumed = match self.inner.provide_credentials().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(
+                        role = %self.role,
+                        "assuming the role failed: {}",
+                        aws_smithy_types::error::display::DisplayErrorContext(&e)
+                    );
+                    return Err(e);
+                }
+            };
+            let expires_in = assumed
+                .expiry()
+                .and_then(|t| t.duration_since(std::time::SystemTime::now()).ok())
+                .map_or(0, |d| d.as_secs());
+            tracing::info!(
+                role = %self.role,
+                expires_in_secs = expires_in,
+                renew_in_secs = expires_in.saturating_sub(self.margin.as_secs()),
+                "assumed role: new credentials"
+            );
+            Ok(match assumed.expiry() {
+                Some(expiry) => Credentials::new(
+                    assumed.access_key_id(),
+                    assumed.secret_access_key(),
+                    assumed.session_token().map(str::to_owned),
+                    Some(expiry - self.margin),
+                    "doka-assume-role",
+                ),
+                None => assumed,
+            })
+        })
+    }
 }
 
 /// Resolves the target credentials once, to report a broken chain at start-up. Returns the access

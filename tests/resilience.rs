@@ -364,3 +364,83 @@ async fn an_oversized_record_goes_to_the_dead_letter_topic_and_the_rest_flows() 
     );
     world.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assumed_role_credentials_are_renewed_while_records_flow() {
+    let world = World::new(2, 1).await;
+    // Credentials of 900 s, renewed 890 s early: a new AssumeRole about every 10 s.
+    let mut doka = Doka::start(
+        &world.yaml(None),
+        &[("DOKA_AWS__CREDENTIAL_REFRESH_MARGIN_SECS", "890")],
+    );
+    doka.wait_for_log("partitions assigned", 1, Duration::from_secs(60));
+    let mut sent = 0;
+    let mut placements = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // Keep records flowing in rounds until the role was assumed three more times after start-up.
+    while doka
+        .log_text()
+        .matches("assumed role: new credentials")
+        .count()
+        < 4
+    {
+        assert!(
+            Instant::now() < deadline,
+            "credentials were not renewed:\n{}",
+            doka.log_text()
+        );
+        placements.extend(world.produce(&keyed_messages(sent..sent + 100, 10)));
+        sent += 100;
+        wait_for_records(&world.b, &world.stream, sent, Duration::from_secs(60)).await;
+    }
+    let (status, log) = doka.terminate();
+    assert_eq!(status.code(), Some(0), "{log}");
+    let records = read_stream(&world.b, &world.stream).await;
+    let (missing, duplicates) = tally(sent, &records);
+    assert!(missing.is_empty());
+    assert_eq!(world.committed(2), end_offsets(&placements));
+    assert!(
+        !log.contains("credentials problem"),
+        "no request may fail for lack of credentials:\n{log}"
+    );
+    println!(
+        "credential renewal: sent {sent} received {} duplicated {duplicates} lost 0",
+        records.len()
+    );
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_outage_mid_run_loses_nothing() {
+    const N: usize = 3000;
+    let world = World::new(4, 2).await;
+    let messages = keyed_messages(0..N, 50);
+    let placements = world.produce(&messages);
+    let slow = [
+        ("DOKA_BATCH__MAX_RECORDS", "10"),
+        ("DOKA_PIPELINE__LANES", "1"),
+        ("DOKA_PIPELINE__MAX_IN_FLIGHT_RECORDS", "100"),
+    ];
+    let mut doka = Doka::start(&world.yaml(None), &slow);
+    wait_for_records(&world.b, &world.stream, 200, Duration::from_secs(60)).await;
+
+    world.kafka.broker_down();
+    // The outage itself: longer than the 6 s session timeout, so the group has to be rebuilt.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let during = read_stream(&world.b, &world.stream).await.len();
+    world.kafka.broker_up();
+
+    let records = wait_for_all(&world, N, Duration::from_secs(180)).await;
+    doka.wait_for_log("partitions assigned", 1, Duration::from_secs(5));
+    let (status, log) = doka.terminate();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(during < N, "the outage must come mid-run");
+    let (missing, duplicates) = tally(N, &records);
+    assert!(missing.is_empty());
+    assert_eq!(world.committed(4), end_offsets(&placements));
+    println!(
+        "kafka outage: sent {N} received {} duplicated {duplicates} lost 0",
+        records.len()
+    );
+    world.finish().await;
+}

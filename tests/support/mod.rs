@@ -240,6 +240,15 @@ impl Kafka {
         self.cluster.bootstrap_servers()
     }
 
+    /// Takes the (only) broker down: connections are closed and refused until [`Self::broker_up`].
+    pub fn broker_down(&self) {
+        self.cluster.broker_down(1).expect("broker down");
+    }
+
+    pub fn broker_up(&self) {
+        self.cluster.broker_up(1).expect("broker up");
+    }
+
     pub fn create_topic(&self, topic: &str, partitions: i32) {
         self.cluster
             .create_topic(topic, partitions, 1)
