@@ -85,7 +85,11 @@ down() {
   for name in moto kinesis; do
     if running "$name"; then
       log "stopping $name"
-      kill "$(cat "$RUN_DIR/$name.pid")" 2>/dev/null || true
+      pid=$(cat "$RUN_DIR/$name.pid")
+      kill "$pid" 2>/dev/null || true
+      # Wait for the port to be free before anyone starts it again.
+      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+      kill -9 "$pid" 2>/dev/null || true
     fi
     rm -f "$RUN_DIR/$name.pid"
   done

@@ -1,0 +1,91 @@
+//! Crash safety: doka is SIGKILLed at random moments while it delivers, restarted each time, and
+//! at the end every record is in the stream. Records are counted by the unique id in each value.
+//!
+//! Default run: 6,000 records, 5 kills. `DOKA_CRASH_RECORDS=100000` (and `DOKA_CRASH_KILLS`)
+//! run the full-size version (see docs/RELIABILITY.md).
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_loses_nothing() {
+    let n = env_usize("DOKA_CRASH_RECORDS", 6_000);
+    let kills = env_usize("DOKA_CRASH_KILLS", 5);
+    let world = World::new(4, 2).await;
+    // A pass-through proxy: its counter of accepted entries tells how far a run got, cheaply.
+    let proxy = proxy::FaultProxy::start(&world.ep.kinesis, proxy::Faults::default()).await;
+    let yaml = world.yaml(Some(&proxy.url));
+    let messages = keyed_messages(0..n, 1000);
+    let placements = world.produce(&messages);
+
+    let mut killed_at = Vec::new();
+    let mut rss_kib = Vec::new();
+    for k in 0..kills {
+        let doka = Doka::start(&yaml, &[]);
+        let start = proxy.counters.entries_seen.load(Ordering::Relaxed);
+        // Kill after a random share (10%–60%) of a fair slice of the remaining work.
+        let slice = (n / (kills + 1)) as u64;
+        let target = start + slice / 10 + (rand::random::<u64>() % (slice / 2).max(1));
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while proxy.counters.entries_seen.load(Ordering::Relaxed) < target {
+            assert!(
+                Instant::now() < deadline,
+                "run {k} made no progress:\n{}",
+                doka.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        rss_kib.push(peak_rss_kib(doka.pid()));
+        doka.kill();
+        killed_at.push(proxy.counters.entries_seen.load(Ordering::Relaxed));
+    }
+
+    let doka = Doka::start(&yaml, &[]);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let records = loop {
+        // Only read the stream once the proxy has seen at least every record once.
+        if proxy.counters.entries_seen.load(Ordering::Relaxed) >= n as u64 {
+            let records = read_stream(&world.b, &world.stream).await;
+            if tally(n, &records).0.is_empty() {
+                break records;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "records still missing:\n{}",
+            doka.log_text()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let (status, log) = doka.terminate();
+    assert_eq!(status.code(), Some(0), "{log}");
+    let (missing, duplicates) = tally(n, &records);
+    assert!(missing.is_empty());
+    assert_eq!(world.committed(4), end_offsets(&placements));
+    println!(
+        "crash: sent {n} received {} duplicated {duplicates} lost 0 after {kills} SIGKILLs at entries {killed_at:?}; peak RSS per run {rss_kib:?} KiB",
+        records.len()
+    );
+    world.finish().await;
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
