@@ -168,7 +168,7 @@ async fn an_outage_pauses_fetching_at_the_bound_and_commits_nothing_undelivered(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let peak_rss_kib = peak_rss_kib(&doka);
+    let peak_rss_kib = peak_rss_kib(doka.pid());
     let (status, log) = doka.terminate();
     assert_eq!(
         status.code(),
@@ -199,17 +199,6 @@ async fn an_outage_pauses_fetching_at_the_bound_and_commits_nothing_undelivered(
         records.len()
     );
     world.finish().await;
-}
-
-fn peak_rss_kib(doka: &Doka) -> u64 {
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", doka.pid())).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
