@@ -162,7 +162,7 @@ pub async fn check_credentials(credentials: &SharedCredentialsProvider) -> Resul
             let expiry = c
                 .expiry()
                 .and_then(|t| t.duration_since(std::time::SystemTime::now()).ok())
-                .map(|d| format!("expire in {}s", d.as_secs()))
+                .map(|d| format!("are renewed in {}s", d.as_secs()))
                 .unwrap_or_else(|| "do not expire".into());
             Ok(expiry)
         }
