@@ -154,8 +154,8 @@ impl<P: ProvideCredentials> ProvideCredentials for Renewed<P> {
     }
 }
 
-/// Resolves the target credentials once, to report a broken chain at start-up. Returns the access
-/// key id's first characters and the expiry (never the secret).
+/// Resolves the target credentials once, to report a broken chain at start-up. Returns when they
+/// are due for renewal (never a key or secret).
 pub async fn check_credentials(credentials: &SharedCredentialsProvider) -> Result<String, String> {
     match tokio::time::timeout(Duration::from_secs(30), credentials.provide_credentials()).await {
         Ok(Ok(c)) => {
