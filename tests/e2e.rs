@@ -154,18 +154,7 @@ async fn a_killed_run_restarted_delivers_every_record() {
     assert!(before_kill.len() < N, "the kill must come mid-way");
 
     let doka = Doka::start(&world.yaml(None), &[]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(180);
-    let records = loop {
-        let records = read_stream(&world.b, &world.stream).await;
-        if tally(N, &records).0.is_empty() {
-            break records;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "records still missing after restart"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+    let records = world.wait_for_all(N, Duration::from_secs(180)).await;
     let (status, log) = doka.terminate();
     assert_eq!(status.code(), Some(0), "{log}");
     let (missing, duplicates) = tally(N, &records);

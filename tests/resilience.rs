@@ -8,24 +8,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-/// Reads the stream until every produced id is there.
-async fn wait_for_all(world: &World, n: usize, timeout: Duration) -> Vec<StreamRecord> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let records = read_stream(&world.b, &world.stream).await;
-        let (missing, _) = tally(n, &records);
-        if missing.is_empty() {
-            return records;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {n} records still missing",
-            missing.len()
-        );
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-    }
-}
-
 /// Every committed offset must be backed by records in the stream. The offsets are read first:
 /// the stream only grows, so anything committed before must be found after.
 async fn assert_committed_were_delivered(world: &World, partitions: i32, placements: &[Placement]) {
@@ -112,7 +94,7 @@ async fn two_members_share_the_partitions_and_survive_rebalances() {
     assert_eq!(status.code(), Some(0), "{first_log}");
     second.wait_for_log("partitions assigned", 2, Duration::from_secs(60));
 
-    let records = wait_for_all(&world, N, Duration::from_secs(240)).await;
+    let records = world.wait_for_all(N, Duration::from_secs(240)).await;
     let (status, second_log) = second.terminate();
     assert_eq!(status.code(), Some(0), "{second_log}");
     let (missing, duplicates) = tally(N, &records);
@@ -188,7 +170,7 @@ async fn an_outage_pauses_fetching_at_the_bound_and_commits_nothing_undelivered(
     // Kinesis is back: a new run delivers everything.
     proxy.set_faults(proxy::Faults::default());
     let doka = Doka::start(&world.yaml(Some(&proxy.url)), &[]);
-    let records = wait_for_all(&world, N, Duration::from_secs(120)).await;
+    let records = world.wait_for_all(N, Duration::from_secs(120)).await;
     let (status, log) = doka.terminate();
     assert_eq!(status.code(), Some(0), "{log}");
     assert_eq!(world.committed(4), end_offsets(&placements));
@@ -268,7 +250,7 @@ async fn a_missing_stream_is_reported_and_everything_arrives_once_it_exists() {
     );
 
     create_stream(&world.b, &world.stream, 1).await;
-    let records = wait_for_all(&world, N, Duration::from_secs(120)).await;
+    let records = world.wait_for_all(N, Duration::from_secs(120)).await;
     let (status, log) = doka.terminate();
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(tally(N, &records).0.is_empty());
@@ -419,7 +401,7 @@ async fn a_kafka_outage_mid_run_loses_nothing() {
     let during = read_stream(&world.b, &world.stream).await.len();
     world.kafka.broker_up();
 
-    let records = wait_for_all(&world, N, Duration::from_secs(180)).await;
+    let records = world.wait_for_all(N, Duration::from_secs(180)).await;
     doka.wait_for_log("partitions assigned", 1, Duration::from_secs(5));
     let (status, log) = doka.terminate();
     assert_eq!(status.code(), Some(0), "{log}");

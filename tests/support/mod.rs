@@ -646,6 +646,25 @@ impl World {
         }
     }
 
+    /// Reads the stream until every id below `n` is in it (copies allowed), or panics after
+    /// `timeout`.
+    pub async fn wait_for_all(&self, n: usize, timeout: Duration) -> Vec<StreamRecord> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let records = read_stream(&self.b, &self.stream).await;
+            let (missing, _) = tally(n, &records);
+            if missing.is_empty() {
+                return records;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} records still missing after {timeout:?}",
+                missing.len()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     /// Deletes the stream: kinesis-mock spends CPU on every stream it keeps.
     pub async fn finish(self) {
         let _ = self
