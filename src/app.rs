@@ -12,8 +12,9 @@ use crate::config::{Config, OversizedPolicy, default_session_name};
 use crate::dead_letter::DeadLetter;
 use crate::pipeline::batch::{BatchLimits, Batcher};
 use crate::pipeline::lane::{Backoff, Lane};
+use crate::pipeline::pace::Pace;
 use crate::pipeline::partition_key::PartitionKeys;
-use crate::pipeline::{Budget, Halt, Stats};
+use crate::pipeline::{Budget, Halt, Refuse, Stats};
 use crate::sink::kinesis::KinesisSink;
 use crate::source::{self, SourceExit, SourceParts};
 
@@ -30,6 +31,11 @@ pub mod exit {
     /// The pipeline halted (gave up retrying, or a record it must not drop could not be sent);
     /// nothing from that record on was committed.
     pub const HALTED: u8 = 4;
+    /// At start-up, no AWS credentials could be obtained for the stream (source identity, or
+    /// AssumeRole into the target role). Later failures to renew them are retried instead.
+    pub const CREDENTIALS: u8 = 5;
+    /// At start-up, no Kafka broker answered within `kafka.connect_timeout_ms`.
+    pub const KAFKA_UNREACHABLE: u8 = 6;
 }
 
 /// Runs doka until a signal or a halt. Returns the process exit code.
@@ -56,11 +62,14 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
             session = access.session_name.as_deref().unwrap_or("-"),
             "credentials for {target} obtained; they {expiry}"
         ),
-        Err(e) => error!(
-            "cannot obtain credentials for {target}: {e}. doka keeps retrying; check the source identity \
-             (AWS_ROLE_ARN/AWS_WEB_IDENTITY_TOKEN_FILE or other chain), aws.role_arn, aws.external_id and \
-             the role's trust policy"
-        ),
+        Err(e) => {
+            error!(
+                "cannot obtain credentials for {target}: {e}. Check the source identity \
+                 (AWS_ROLE_ARN/AWS_WEB_IDENTITY_TOKEN_FILE or another provider of the default chain), \
+                 aws.role_arn, aws.external_id, aws.sts_endpoint and the role's trust policy"
+            );
+            return Ok(exit::CREDENTIALS);
+        }
     }
     let (stream_name, stream_arn) = config.stream_target();
     let sink = Arc::new(KinesisSink::new(
@@ -86,6 +95,10 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
         max: Duration::from_millis(config.retry.max_backoff_ms),
         max_attempts: config.retry.max_attempts,
     };
+    let pace = Arc::new(Pace::new(
+        config.retry.adaptive_rate,
+        config.retry.min_records_per_sec as f64,
+    ));
     let mut senders = Vec::new();
     let mut lanes = Vec::new();
     for id in 0..config.pipeline.lanes as usize {
@@ -98,6 +111,7 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
             backoff,
             ordering: config.pipeline.ordering,
             budget: budget.clone(),
+            pace: pace.clone(),
             halt: halt.clone(),
             stats: stats.clone(),
         };
@@ -107,11 +121,8 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
     let shutdown = Arc::new(AtomicBool::new(false));
     tokio::spawn(watch_signals(shutdown.clone()));
 
-    let dead_letter = match (
-        config.dead_letter.oversized_policy(),
-        &config.dead_letter.topic,
-    ) {
-        (OversizedPolicy::DeadLetter, Some(topic)) => Some(DeadLetter::new(
+    let dead_letter = match &config.dead_letter.topic {
+        Some(topic) => Some(DeadLetter::new(
             &config.kafka,
             topic.clone(),
             tokio::runtime::Handle::current(),
@@ -119,7 +130,7 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
             halt.clone(),
             stats.clone(),
         )?),
-        _ => None,
+        None => None,
     };
     let parts = SourceParts {
         lanes: senders,
@@ -129,6 +140,8 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
         keys: PartitionKeys::new(
             config.partition_key.rule,
             config.partition_key.prefix.as_deref(),
+            config.partition_key.on_long_key,
+            config.partition_key.on_binary_key,
         ),
         max_record_bytes: config.kinesis.max_record_bytes as usize,
         commit_interval: config.pipeline.commit_interval(),
@@ -136,6 +149,11 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
         shutdown_timeout: config.pipeline.shutdown_timeout(),
         shutdown,
         dead_letter,
+        on_oversized: match config.dead_letter.oversized_policy() {
+            OversizedPolicy::DeadLetter => Refuse::DeadLetter,
+            OversizedPolicy::Stop => Refuse::Stop,
+        },
+        on_tombstone: config.records.on_tombstone,
     };
     info!("delivering {:?} to {target}", config.kafka.topics);
     let kafka = config.kafka.clone();
@@ -149,6 +167,7 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
     info!("summary: {}", stats.summary());
     Ok(match source_exit {
         SourceExit::Clean => exit::CLEAN,
+        SourceExit::BrokersUnreachable => exit::KAFKA_UNREACHABLE,
         SourceExit::Undelivered(_) => exit::UNDELIVERED,
         SourceExit::Halted => {
             error!(

@@ -14,7 +14,9 @@ use figment::Figment;
 use figment::providers::{Env, Format, Yaml};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::pipeline::partition_key::{KeyRule, MAX_PARTITION_KEY_CHARS};
+use crate::pipeline::partition_key::{
+    BinaryKeyPolicy, KeyRule, LongKeyPolicy, MAX_PARTITION_KEY_CHARS,
+};
 
 /// Kinesis' PutRecords entry limit.
 pub const MAX_PUT_RECORDS_ENTRIES: u32 = 500;
@@ -42,6 +44,8 @@ pub struct Config {
     #[serde(default, deserialize_with = "null_as_default")]
     pub log: LogConfig,
     #[serde(default, deserialize_with = "null_as_default")]
+    pub records: RecordsConfig,
+    #[serde(default, deserialize_with = "null_as_default")]
     pub dead_letter: DeadLetterConfig,
     /// Named overlays; read when the file is loaded, not part of the effective config.
     #[serde(default, skip_serializing)]
@@ -64,6 +68,10 @@ pub struct KafkaConfig {
     /// secret are redacted when the config is printed.
     #[serde(default, deserialize_with = "flat_properties")]
     pub properties: BTreeMap<String, String>,
+    /// At start-up, how long doka waits for the brokers to answer before it exits (code 6). Once
+    /// running, a broker outage is waited out instead.
+    #[serde(default = "defaults::connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,6 +130,35 @@ pub struct PartitionKeyConfig {
     /// Required for `prefix_random`, refused otherwise.
     #[serde(default)]
     pub prefix: Option<String>,
+    /// A Kafka key over Kinesis' 256 characters (rule `kafka_key`).
+    #[serde(default)]
+    pub on_long_key: LongKeyPolicy,
+    /// A Kafka key that is not UTF-8 text (rule `kafka_key`).
+    #[serde(default)]
+    pub on_binary_key: BinaryKeyPolicy,
+}
+
+/// Per-record rules for records Kinesis cannot take as they are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordsConfig {
+    /// A record without a value (a tombstone) or with an empty one.
+    #[serde(default)]
+    pub on_tombstone: TombstonePolicy,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TombstonePolicy {
+    /// Write an empty record with the record's partition key.
+    #[default]
+    SendEmpty,
+    /// Do not send it; counted (`skipped` in the summary), logged, and its offset committed.
+    Skip,
+    /// Write it to `dead_letter.topic`.
+    DeadLetter,
+    /// Stop doka; nothing from it on is committed.
+    Stop,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -185,6 +222,13 @@ pub struct RetryConfig {
     /// Attempts per batch before doka stops (without committing it). 0 = never give up.
     #[serde(default)]
     pub max_attempts: u32,
+    /// Slow every lane of the stream down when it throttles, and speed up again while it does
+    /// not (see `pipeline::pace`). Off: each lane only backs off on its own.
+    #[serde(default = "defaults::adaptive_rate")]
+    pub adaptive_rate: bool,
+    /// The adaptive rate never drops below this many records per second.
+    #[serde(default = "defaults::min_records_per_sec")]
+    pub min_records_per_sec: u64,
 }
 
 /// Records Kinesis would refuse, and where they go.
@@ -238,6 +282,9 @@ pub enum LogFormat {
 }
 
 mod defaults {
+    pub fn connect_timeout_ms() -> u64 {
+        30_000
+    }
     pub fn session_duration_secs() -> u64 {
         3600
     }
@@ -283,6 +330,12 @@ mod defaults {
     pub fn max_backoff_ms() -> u64 {
         10_000
     }
+    pub fn adaptive_rate() -> bool {
+        true
+    }
+    pub fn min_records_per_sec() -> u64 {
+        50
+    }
     pub fn log_level() -> String {
         "info".into()
     }
@@ -318,6 +371,8 @@ impl Default for RetryConfig {
             initial_backoff_ms: defaults::initial_backoff_ms(),
             max_backoff_ms: defaults::max_backoff_ms(),
             max_attempts: 0,
+            adaptive_rate: defaults::adaptive_rate(),
+            min_records_per_sec: defaults::min_records_per_sec(),
         }
     }
 }
@@ -595,6 +650,12 @@ impl Config {
             }
         }
 
+        range(
+            "kafka.connect_timeout_ms",
+            self.kafka.connect_timeout_ms,
+            100,
+            600_000,
+        )?;
         if let Some(region) = &self.aws.region {
             let ok = !region.is_empty()
                 && region
@@ -776,6 +837,12 @@ impl Config {
             self.retry.initial_backoff_ms,
             600_000,
         )?;
+        range(
+            "retry.min_records_per_sec",
+            self.retry.min_records_per_sec,
+            1,
+            1_000_000,
+        )?;
 
         if let Some(topic) = &self.dead_letter.topic {
             if topic.trim().is_empty() {
@@ -788,13 +855,31 @@ impl Config {
                 );
             }
         }
-        if self.dead_letter.on_oversized == Some(OversizedPolicy::DeadLetter)
-            && self.dead_letter.topic.is_none()
-        {
-            return bad(
-                "dead_letter.on_oversized",
-                "dead_letter needs dead_letter.topic: set a topic or use stop",
-            );
+        if self.dead_letter.topic.is_none() {
+            let wanting_a_topic = [
+                (
+                    "dead_letter.on_oversized",
+                    self.dead_letter.on_oversized == Some(OversizedPolicy::DeadLetter),
+                ),
+                (
+                    "partition_key.on_long_key",
+                    self.partition_key.on_long_key == LongKeyPolicy::DeadLetter,
+                ),
+                (
+                    "partition_key.on_binary_key",
+                    self.partition_key.on_binary_key == BinaryKeyPolicy::DeadLetter,
+                ),
+                (
+                    "records.on_tombstone",
+                    self.records.on_tombstone == TombstonePolicy::DeadLetter,
+                ),
+            ];
+            if let Some((key, _)) = wanting_a_topic.iter().find(|(_, wants)| *wants) {
+                return bad(
+                    key,
+                    "dead_letter needs dead_letter.topic: set a topic or choose another policy",
+                );
+            }
         }
 
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {

@@ -13,16 +13,16 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{KafkaConfig, StartFrom};
+use crate::config::{KafkaConfig, StartFrom, TombstonePolicy};
 use crate::dead_letter::DeadLetter;
 use crate::pipeline::offsets::PartitionProgress;
 use crate::pipeline::partition_key::PartitionKeys;
-use crate::pipeline::{Budget, Halt, Record, Stats, lane_of};
+use crate::pipeline::{Budget, Halt, Record, Refuse, Stats, lane_of};
 
 type Progress = HashMap<Arc<str>, HashMap<i32, Arc<PartitionProgress>>>;
 
@@ -34,6 +34,9 @@ pub struct SourceContext {
     paused: AtomicBool,
     /// Set during shutdown, when in-flight records were already waited for.
     closing: AtomicBool,
+    /// Set when a rebalance completed: the broker refused commits while it was under way, so
+    /// commit at once rather than at the next interval (a member that dies now re-sends less).
+    commit_now: AtomicBool,
 }
 
 impl SourceContext {
@@ -147,6 +150,7 @@ impl ConsumerContext for SourceContext {
                         .insert(e.partition(), PartitionProgress::new(topic, e.partition()));
                 }
                 drop(map);
+                self.commit_now.store(true, AtomicOrdering::SeqCst);
                 if tpl.count() == 0 {
                     return;
                 }
@@ -204,8 +208,10 @@ pub struct SourceParts {
     pub drain_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub shutdown: Arc<AtomicBool>,
-    /// Set when oversized records go to a dead-letter topic; `None`: they halt doka.
+    /// Set when `dead_letter.topic` is.
     pub dead_letter: Option<DeadLetter>,
+    pub on_oversized: Refuse,
+    pub on_tombstone: TombstonePolicy,
 }
 
 /// How the consumer thread ended.
@@ -217,6 +223,123 @@ pub enum SourceExit {
     Undelivered(u64),
     /// The pipeline halted (see [`Halt`]).
     Halted,
+    /// No broker answered at start-up within `kafka.connect_timeout_ms`.
+    BrokersUnreachable,
+}
+
+/// A record that a policy keeps from Kinesis as it is.
+struct Refusal {
+    action: Refuse,
+    /// What is wrong and where: topic, partition, offset (never key or value bytes).
+    reason: String,
+    /// The config key of the policy.
+    setting: &'static str,
+    /// How to let it through instead.
+    fix: &'static str,
+}
+
+/// The partition key and data of a record that may be sent, or why it may not.
+fn prepare<'m>(
+    msg: &'m BorrowedMessage<'_>,
+    parts: &SourceParts,
+) -> Result<(String, &'m [u8]), Refusal> {
+    let at = || {
+        format!(
+            "record {}[{}] offset {}",
+            msg.topic(),
+            msg.partition(),
+            msg.offset()
+        )
+    };
+    let data = msg.payload().unwrap_or_default();
+    if data.is_empty() {
+        let action = match parts.on_tombstone {
+            TombstonePolicy::SendEmpty => None,
+            TombstonePolicy::Skip => Some(Refuse::Skip),
+            TombstonePolicy::DeadLetter => Some(Refuse::DeadLetter),
+            TombstonePolicy::Stop => Some(Refuse::Stop),
+        };
+        if let Some(action) = action {
+            return Err(Refusal {
+                action,
+                reason: format!("{} is a tombstone (no value)", at()),
+                setting: "records.on_tombstone",
+                fix: "Set records.on_tombstone to send_empty (an empty record) or skip",
+            });
+        }
+    }
+    let partition_key = parts
+        .keys
+        .key_for(msg.key(), msg.topic(), msg.partition())
+        .map_err(|refused| Refusal {
+            action: refused.action,
+            reason: format!("{} has {}", at(), refused.problem),
+            setting: refused.setting,
+            fix: "Set the policy to hash (the key's MD5 becomes the partition key)",
+        })?;
+    let size = data.len() + partition_key.len();
+    if size > parts.max_record_bytes {
+        return Err(Refusal {
+            action: parts.on_oversized,
+            reason: format!(
+                "{} is {size} bytes (value + partition key), over the stream's maximum record size of {} \
+                 bytes (kinesis.max_record_bytes)",
+                at(),
+                parts.max_record_bytes
+            ),
+            setting: "dead_letter.on_oversized",
+            fix: "Raise the stream's limit and kinesis.max_record_bytes, or set dead_letter.topic",
+        });
+    }
+    Ok((partition_key, data))
+}
+
+/// Carries out a refusal. False when doka must stop.
+fn handle_refusal(
+    msg: &BorrowedMessage<'_>,
+    refusal: Refusal,
+    progress: Arc<PartitionProgress>,
+    parts: &SourceParts,
+) -> bool {
+    let Refusal {
+        action,
+        reason,
+        setting,
+        fix,
+    } = refusal;
+    if action == Refuse::Stop {
+        parts.halt.halt(format!(
+            "{reason}. {setting} is stop: doka stops rather than drop it and commits nothing from \
+             this offset on. {fix}"
+        ));
+        return false;
+    }
+    let offset = msg.offset();
+    if !progress.register(offset) {
+        parts.stats.refetched.fetch_add(1, AtomicOrdering::Relaxed);
+        return true;
+    }
+    parts.stats.consumed.fetch_add(1, AtomicOrdering::Relaxed);
+    match (action, &parts.dead_letter) {
+        (Refuse::DeadLetter, Some(dead_letter)) => {
+            let size = msg.payload_len() + msg.key_len();
+            parts.budget.take(size);
+            dead_letter.send(msg, reason, progress, size);
+        }
+        (Refuse::DeadLetter, None) => {
+            // Config validation requires dead_letter.topic for every dead_letter policy.
+            parts.halt.halt(format!(
+                "{reason}. {setting} is dead_letter but no dead-letter topic is set"
+            ));
+            return false;
+        }
+        (Refuse::Skip | Refuse::Stop, _) => {
+            parts.stats.skipped.fetch_add(1, AtomicOrdering::Relaxed);
+            info!("{reason}: not sent ({setting} is skip); counted as skipped");
+            progress.ack(offset);
+        }
+    }
+    true
 }
 
 pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
@@ -250,6 +373,7 @@ pub fn run(kafka: &KafkaConfig, parts: SourceParts) -> anyhow::Result<SourceExit
         drain_timeout: parts.drain_timeout,
         paused: AtomicBool::new(false),
         closing: AtomicBool::new(false),
+        commit_now: AtomicBool::new(false),
     };
     let consumer: BaseConsumer<SourceContext> = consumer_config(kafka)
         .create_with_context(context)
@@ -257,6 +381,35 @@ pub fn run(kafka: &KafkaConfig, parts: SourceParts) -> anyhow::Result<SourceExit
             anyhow::anyhow!("cannot create the Kafka consumer: {e} (check kafka.properties)")
         })?;
     let topics: Vec<&str> = kafka.topics.iter().map(String::as_str).collect();
+    // Fail fast at start-up: a broker list that reaches nothing is a set-up problem, best shown
+    // by exiting (Kubernetes shows the crash loop). Outages later on are waited out.
+    let connect_timeout = Duration::from_millis(kafka.connect_timeout_ms);
+    match consumer.fetch_metadata(None, connect_timeout) {
+        Ok(metadata) => {
+            for topic in &topics {
+                let found = metadata
+                    .topics()
+                    .iter()
+                    .any(|t| t.name() == *topic && t.error().is_none());
+                if !found {
+                    warn!(
+                        "topic `{topic}` does not exist on {}; doka waits for it (check kafka.topics)",
+                        kafka.brokers.join(",")
+                    );
+                }
+            }
+        }
+        Err(e) => {
+            error!(
+                "cannot reach the Kafka brokers {} within kafka.connect_timeout_ms ({} ms): {e}. Check \
+                 kafka.brokers, the network path (DNS, security groups) and kafka.properties \
+                 (security.protocol, SASL settings)",
+                kafka.brokers.join(","),
+                kafka.connect_timeout_ms
+            );
+            return Ok(SourceExit::BrokersUnreachable);
+        }
+    }
     consumer
         .subscribe(&topics)
         .map_err(|e| anyhow::anyhow!("cannot subscribe to {topics:?}: {e}"))?;
@@ -277,32 +430,16 @@ pub fn run(kafka: &KafkaConfig, parts: SourceParts) -> anyhow::Result<SourceExit
                     parts.stats.not_ours.fetch_add(1, AtomicOrdering::Relaxed);
                     continue;
                 };
-                let partition_key = parts.keys.key_for(msg.key(), topic, partition);
-                let data = msg.payload().unwrap_or_default();
-                let size = data.len() + partition_key.len();
-                if size > parts.max_record_bytes {
-                    let reason = format!(
-                        "record {topic}[{partition}] offset {offset} is {size} bytes (value + partition key), \
-                         over the stream's maximum record size of {} bytes (kinesis.max_record_bytes)",
-                        parts.max_record_bytes
-                    );
-                    let Some(dead_letter) = &parts.dead_letter else {
-                        parts.halt.halt(format!(
-                            "{reason}. dead_letter.on_oversized is stop: doka stops rather than drop it and \
-                             commits nothing from this offset on. Raise the stream's limit and kinesis.max_record_bytes, \
-                             or set dead_letter.topic"
-                        ));
-                        break;
-                    };
-                    if progress.register(offset) {
-                        parts.stats.consumed.fetch_add(1, AtomicOrdering::Relaxed);
-                        parts.budget.take(size);
-                        dead_letter.send(&msg, reason, progress, size);
-                    } else {
-                        parts.stats.refetched.fetch_add(1, AtomicOrdering::Relaxed);
+                let (partition_key, data) = match prepare(&msg, &parts) {
+                    Ok(prepared) => prepared,
+                    Err(refusal) => {
+                        if !handle_refusal(&msg, refusal, progress, &parts) {
+                            break;
+                        }
+                        continue;
                     }
-                    continue;
-                }
+                };
+                let size = data.len() + partition_key.len();
                 if !progress.register(offset) {
                     parts.stats.refetched.fetch_add(1, AtomicOrdering::Relaxed);
                     continue;
@@ -330,8 +467,10 @@ pub fn run(kafka: &KafkaConfig, parts: SourceParts) -> anyhow::Result<SourceExit
             }
             Some(Err(_)) | None => {}
         }
-        if last_commit.elapsed() >= parts.commit_interval {
-            let context = consumer.context();
+        let context = consumer.context();
+        if last_commit.elapsed() >= parts.commit_interval
+            || context.commit_now.swap(false, AtomicOrdering::SeqCst)
+        {
             context.commit(&consumer, &context.all(), CommitMode::Async);
             last_commit = Instant::now();
         }

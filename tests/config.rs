@@ -341,6 +341,19 @@ fn a_dead_letter_policy_needs_a_topic_that_is_not_consumed() {
         &run,
         &["dead_letter.on_oversized", "needs dead_letter.topic"],
     );
+    for (section, key) in [
+        ("records", "on_tombstone"),
+        ("partition_key", "on_long_key"),
+        ("partition_key", "on_binary_key"),
+    ] {
+        let run = broken(&format!("{VALID}{section}:\n  {key}: dead_letter\n"), &[]);
+        assert_mentions(
+            &run,
+            &[&format!("{section}.{key}"), "needs dead_letter.topic"],
+        );
+    }
+    let run = broken(&format!("{VALID}records:\n  on_tombstone: drop\n"), &[]);
+    assert_mentions(&run, &["records.on_tombstone", "drop"]);
     let run = broken(&format!("{VALID}dead_letter:\n  topic: orders\n"), &[]);
     assert_mentions(&run, &["dead_letter.topic", "also in kafka.topics"]);
     let ok = run_with(

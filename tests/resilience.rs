@@ -8,45 +8,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-/// Every committed offset must be backed by records in the stream. The offsets are read first:
-/// the stream only grows, so anything committed before must be found after.
-async fn assert_committed_were_delivered(world: &World, partitions: i32, placements: &[Placement]) {
-    let committed = world.committed(partitions);
-    let records = read_stream(&world.b, &world.stream).await;
-    let mut present = vec![false; placements.len()];
-    for r in &records {
-        if let Some(p) = present.get_mut(message_id(&r.data)) {
-            *p = true;
-        }
-    }
-    for (id, p) in placements.iter().enumerate() {
-        if committed.get(&p.partition).is_some_and(|&c| p.offset < c) {
-            assert!(
-                present[id],
-                "partition {} committed to {:?} past undelivered offset {}",
-                p.partition,
-                committed.get(&p.partition),
-                p.offset
-            );
-        }
-    }
-}
-
-fn summary_count(log: &str, field: &str) -> u64 {
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.contains("summary:"))
-        .expect("summary line");
-    let start = line.find(&format!("{field}=")).expect("field") + field.len() + 1;
-    line[start..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_members_share_the_partitions_and_survive_rebalances() {
     const N: usize = 3000;
@@ -59,7 +20,7 @@ async fn two_members_share_the_partitions_and_survive_rebalances() {
         &world.ep.kinesis,
         proxy::Faults {
             entry_failure_rate: 0.3,
-            request_error_rate: 0.0,
+            ..Default::default()
         },
     )
     .await;
@@ -122,7 +83,7 @@ async fn an_outage_pauses_fetching_at_the_bound_and_commits_nothing_undelivered(
         &world.ep.kinesis,
         proxy::Faults {
             entry_failure_rate: 1.0,
-            request_error_rate: 0.0,
+            ..Default::default()
         },
     )
     .await;

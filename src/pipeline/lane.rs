@@ -12,6 +12,7 @@ use std::time::Duration;
 use tracing::{debug, error, warn};
 
 use super::batch::Batcher;
+use super::pace::Pace;
 use super::{Budget, Halt, Record, Stats};
 use crate::config::Ordering;
 use crate::sink::{RequestError, Sink};
@@ -46,6 +47,8 @@ pub struct Lane<S> {
     pub backoff: Backoff,
     pub ordering: Ordering,
     pub budget: Arc<Budget>,
+    /// Shared by every lane of the destination.
+    pub pace: Arc<Pace>,
     pub halt: Arc<Halt>,
     pub stats: Arc<Stats>,
 }
@@ -77,22 +80,32 @@ impl<S: Sink> Lane<S> {
 
     /// Sends `batch` until every entry is accepted. False when the pipeline halted first.
     ///
-    /// The backoff grows with consecutive attempts that delivered nothing, and starts over when an
-    /// attempt delivered at least one entry: a throttled stream that still takes part of each
-    /// request is making progress and should be fed at the rate it accepts.
+    /// The backoff grows with consecutive attempts that delivered nothing or had most of their
+    /// entries throttled, and starts over after an attempt that delivered most of its entries: a
+    /// stream that takes most of each request is keeping up, one that refuses most is not.
+    /// `retry.max_attempts` counts only attempts that delivered nothing. Every request also waits
+    /// for its slot in the stream's shared [`Pace`].
     async fn deliver(&self, batch: &[Record]) -> bool {
         let mut todo: Vec<usize> = (0..batch.len()).collect();
         let mut fruitless = 0u32;
+        // Consecutive attempts that delivered nothing or had most entries throttled: what the
+        // backoff grows with. A stream that throttles most of each request is not keeping up.
+        let mut strained = 0u32;
         let mut attempt = 0u32;
         loop {
             attempt += 1;
             let request: Vec<&Record> = todo.iter().map(|&i| &batch[i]).collect();
+            self.pace.admit(request.len()).await;
             self.stats.requests.fetch_add(1, AtomicOrdering::Relaxed);
             let outcome = self.sink.put(&request).await;
-            let (next, progress) = match outcome {
-                Ok(failed) if failed.is_empty() => return true,
+            let (next, progress, congested) = match outcome {
+                Ok(failed) if failed.is_empty() => {
+                    self.pace.record(request.len(), 0);
+                    return true;
+                }
                 Ok(failed) => {
                     let throttled = failed.iter().filter(|f| f.throttled).count();
+                    self.pace.record(request.len() - failed.len(), throttled);
                     self.stats
                         .throttled_entries
                         .fetch_add(throttled as u64, AtomicOrdering::Relaxed);
@@ -112,12 +125,20 @@ impl<S: Sink> Lane<S> {
                         debug!(lane = self.id, attempt, "{msg}");
                     }
                     let progress = failed.len() < request.len();
-                    (next.into_iter().map(|p| todo[p]).collect(), progress)
+                    let congested = throttled * 2 > request.len();
+                    (
+                        next.into_iter().map(|p| todo[p]).collect(),
+                        progress,
+                        congested,
+                    )
                 }
                 Err(e) => {
                     self.stats
                         .failed_requests
                         .fetch_add(1, AtomicOrdering::Relaxed);
+                    if matches!(e, RequestError::Throttled(_) | RequestError::Overloaded(_)) {
+                        self.pace.record(0, request.len());
+                    }
                     match &e {
                         RequestError::Configuration(_) | RequestError::Credentials(_) => {
                             error!(lane = self.id, entries = request.len(), attempt, "{e}")
@@ -136,7 +157,7 @@ impl<S: Sink> Lane<S> {
                             "request failed again: {e}"
                         ),
                     }
-                    (todo.clone(), false)
+                    (todo.clone(), false, false)
                 }
             };
             self.stats
@@ -144,6 +165,11 @@ impl<S: Sink> Lane<S> {
                 .fetch_add(next.len() as u64, AtomicOrdering::Relaxed);
             todo = next;
             fruitless = if progress { 0 } else { fruitless + 1 };
+            strained = if progress && !congested {
+                0
+            } else {
+                strained + 1
+            };
             if self.backoff.max_attempts != 0 && fruitless >= self.backoff.max_attempts {
                 let first = &batch[todo[0]];
                 self.halt.halt(format!(
@@ -159,7 +185,7 @@ impl<S: Sink> Lane<S> {
             if self.halt.is_halted() {
                 return false;
             }
-            tokio::time::sleep(self.backoff.delay(fruitless.max(1))).await;
+            tokio::time::sleep(self.backoff.delay(strained.max(1))).await;
         }
     }
 }
@@ -196,6 +222,7 @@ pub fn retry_set(request: &[&Record], failed: &[usize], ordering: Ordering) -> V
 mod tests {
     use super::*;
     use crate::pipeline::offsets::PartitionProgress;
+    use std::sync::atomic::AtomicU64;
 
     fn rec(key: &str, offset: i64) -> Record {
         Record {
@@ -267,7 +294,7 @@ mod tests {
                     for r in records {
                         state.1.push((r.partition_key.clone(), r.offset));
                     }
-                    return Err(RequestError::Transient("timed out".into()));
+                    return Err(RequestError::Overloaded("timed out".into()));
                 }
                 _ => {}
             }
@@ -328,6 +355,7 @@ mod tests {
             },
             ordering,
             budget: budget.clone(),
+            pace: Arc::new(crate::pipeline::pace::Pace::new(true, 1e6)),
             halt: Arc::new(Halt::default()),
             stats: Arc::new(Stats::default()),
         };
@@ -392,6 +420,135 @@ mod tests {
         assert!(
             reordered,
             "the scripted failures should show why per_key exists"
+        );
+    }
+
+    /// Like a shard: takes `capacity` entries per (virtual) second and throttles the rest.
+    struct CapacitySink {
+        capacity: f64,
+        state: std::sync::Mutex<(f64, tokio::time::Instant)>,
+        sent: AtomicU64,
+        throttled: AtomicU64,
+    }
+
+    impl Sink for CapacitySink {
+        async fn put(
+            &self,
+            records: &[&Record],
+        ) -> Result<Vec<crate::sink::EntryFailure>, RequestError> {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let granted = {
+                let mut state = self.state.lock().unwrap();
+                let now = tokio::time::Instant::now();
+                state.0 =
+                    (state.0 + (now - state.1).as_secs_f64() * self.capacity).min(self.capacity);
+                state.1 = now;
+                let granted = (state.0.floor() as usize).min(records.len());
+                state.0 -= granted as f64;
+                granted
+            };
+            self.sent
+                .fetch_add(records.len() as u64, AtomicOrdering::Relaxed);
+            self.throttled
+                .fetch_add((records.len() - granted) as u64, AtomicOrdering::Relaxed);
+            Ok((granted..records.len())
+                .map(|index| crate::sink::EntryFailure {
+                    index,
+                    code: "ProvisionedThroughputExceededException".into(),
+                    throttled: true,
+                })
+                .collect())
+        }
+    }
+
+    /// 8 lanes deliver 8,000 records to a 1,000 entries/s destination; returns (entries sent,
+    /// entries throttled, virtual seconds).
+    async fn run_lanes_against_capacity(adaptive: bool) -> (u64, u64, f64) {
+        const RECORDS: i64 = 8000;
+        const LANES: usize = 8;
+        let started = tokio::time::Instant::now();
+        let progress = PartitionProgress::new("t".into(), 0);
+        let budget = Arc::new(Budget::new(100_000, 1 << 30));
+        let sink = Arc::new(CapacitySink {
+            capacity: 1000.0,
+            state: std::sync::Mutex::new((1000.0, started)),
+            sent: AtomicU64::new(0),
+            throttled: AtomicU64::new(0),
+        });
+        let pace = Arc::new(crate::pipeline::pace::Pace::new(adaptive, 50.0));
+        let mut senders = Vec::new();
+        let mut lanes = Vec::new();
+        for id in 0..LANES {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            senders.push(tx);
+            let lane = Lane {
+                id,
+                batcher: Batcher::new(
+                    rx,
+                    crate::pipeline::batch::BatchLimits {
+                        max_records: 500,
+                        max_bytes: 5 << 20,
+                        linger: Duration::from_millis(20),
+                    },
+                ),
+                sink: sink.clone(),
+                backoff: Backoff {
+                    initial: Duration::from_millis(100),
+                    max: Duration::from_secs(10),
+                    max_attempts: 0,
+                },
+                ordering: Ordering::PerKey,
+                budget: budget.clone(),
+                pace: pace.clone(),
+                halt: Arc::new(Halt::default()),
+                stats: Arc::new(Stats::default()),
+            };
+            lanes.push(tokio::spawn(lane.run()));
+        }
+        for offset in 0..RECORDS {
+            progress.register(offset);
+            let key = format!("k{}", offset % 1000);
+            let r = Record {
+                data: vec![0; 100],
+                progress: progress.clone(),
+                offset,
+                partition_key: key,
+            };
+            budget.take(r.size());
+            senders[crate::pipeline::lane_of(&r.partition_key, LANES)]
+                .send(r)
+                .unwrap();
+        }
+        drop(senders);
+        for lane in lanes {
+            lane.await.unwrap();
+        }
+        assert_eq!(progress.committable(), Some(RECORDS));
+        (
+            sink.sent.load(AtomicOrdering::Relaxed),
+            sink.throttled.load(AtomicOrdering::Relaxed),
+            started.elapsed().as_secs_f64(),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_adaptive_rate_stops_hammering_a_stream_at_capacity() {
+        let (fixed_sent, fixed_throttled, fixed_secs) = run_lanes_against_capacity(false).await;
+        let (sent, throttled, secs) = run_lanes_against_capacity(true).await;
+        println!(
+            "fixed: sent {fixed_sent} throttled {fixed_throttled} in {fixed_secs:.1}s; \
+             adaptive: sent {sent} throttled {throttled} in {secs:.1}s"
+        );
+        // Lanes back off when most of a request is throttled, so even without the shared pace
+        // nothing spins; the pace makes the stream fed closer to what it takes, and sooner done.
+        assert!(
+            throttled < fixed_throttled,
+            "adaptive {throttled} vs fixed {fixed_throttled} throttled entries"
+        );
+        assert!(secs <= fixed_secs * 1.1, "{secs:.1}s vs {fixed_secs:.1}s");
+        assert!(
+            throttled <= 2 * 8000,
+            "{throttled} entries throttled for 8,000 records"
         );
     }
 

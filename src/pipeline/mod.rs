@@ -9,6 +9,7 @@
 pub mod batch;
 pub mod lane;
 pub mod offsets;
+pub mod pace;
 pub mod partition_key;
 
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
@@ -33,6 +34,18 @@ impl Record {
     pub fn size(&self) -> usize {
         self.data.len() + self.partition_key.len()
     }
+}
+
+/// What happens to a record that a policy says not to send to Kinesis as it is. Never a silent
+/// drop: each is counted in the summary and logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refuse {
+    /// Written to the dead-letter topic; its offset is committed once that write is confirmed.
+    DeadLetter,
+    /// doka halts; nothing from the record on is committed.
+    Stop,
+    /// Not sent anywhere (an explicit `skip` policy); its offset is committed.
+    Skip,
 }
 
 /// The lane for a partition key: the same key always takes the same lane.
@@ -153,13 +166,15 @@ pub struct Stats {
     pub not_ours: AtomicU64,
     /// Records written to the dead-letter topic instead of Kinesis.
     pub dead_lettered: AtomicU64,
+    /// Records an explicit `skip` policy kept from Kinesis (offsets committed).
+    pub skipped: AtomicU64,
 }
 
 impl Stats {
     pub fn summary(&self) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "consumed={} delivered={} requests={} failed_requests={} retried_entries={} throttled_entries={} refetched={} not_ours={} dead_lettered={}",
+            "consumed={} delivered={} requests={} failed_requests={} retried_entries={} throttled_entries={} refetched={} not_ours={} dead_lettered={} skipped={}",
             g(&self.consumed),
             g(&self.delivered),
             g(&self.requests),
@@ -169,6 +184,7 @@ impl Stats {
             g(&self.refetched),
             g(&self.not_ours),
             g(&self.dead_lettered),
+            g(&self.skipped),
         )
     }
 }

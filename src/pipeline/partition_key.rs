@@ -9,6 +9,8 @@ use std::fmt::Write as _;
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
+use super::Refuse;
+
 /// Kinesis' limit on a partition key, in Unicode characters.
 pub const MAX_PARTITION_KEY_CHARS: usize = 256;
 
@@ -24,18 +26,63 @@ pub enum KeyRule {
     PrefixRandom,
 }
 
+/// What to do with a Kafka key over [`MAX_PARTITION_KEY_CHARS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LongKeyPolicy {
+    /// Use the 32 hex digits of its MD5: equal keys stay together (default).
+    #[default]
+    Hash,
+    /// Use its first 256 characters: keys sharing them share a shard.
+    Truncate,
+    /// Write the record to `dead_letter.topic` instead of Kinesis.
+    DeadLetter,
+    /// Stop doka; nothing from the record on is committed.
+    Stop,
+}
+
+/// What to do with a Kafka key that is not UTF-8 text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BinaryKeyPolicy {
+    /// Use the 32 hex digits of its MD5 (default).
+    #[default]
+    Hash,
+    DeadLetter,
+    Stop,
+}
+
+/// A Kafka key that the policy says not to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRefused {
+    pub action: Refuse,
+    /// What is wrong with the key (never the key itself: it may be sensitive).
+    pub problem: String,
+    /// The config key of the policy that refused it.
+    pub setting: &'static str,
+}
+
 /// Builds partition keys according to a [`KeyRule`].
 #[derive(Debug, Clone)]
 pub struct PartitionKeys {
     rule: KeyRule,
     prefix: String,
+    on_long_key: LongKeyPolicy,
+    on_binary_key: BinaryKeyPolicy,
 }
 
 impl PartitionKeys {
-    pub fn new(rule: KeyRule, prefix: Option<&str>) -> Self {
+    pub fn new(
+        rule: KeyRule,
+        prefix: Option<&str>,
+        on_long_key: LongKeyPolicy,
+        on_binary_key: BinaryKeyPolicy,
+    ) -> Self {
         Self {
             rule,
             prefix: prefix.unwrap_or_default().to_owned(),
+            on_long_key,
+            on_binary_key,
         }
     }
 
@@ -45,10 +92,16 @@ impl PartitionKeys {
     /// - a key that is valid UTF-8 of 1 to 256 characters is used as it is;
     /// - a record without a key (or with an empty one) gets `<topic>-<partition>`, so the records of
     ///   one Kafka partition stay together and in order;
-    /// - any other key (binary, or longer than 256 characters) is replaced by the 32 hex digits of
-    ///   its MD5, which keeps equal keys together.
-    pub fn key_for(&self, key: Option<&[u8]>, topic: &str, partition: i32) -> String {
-        match self.rule {
+    /// - a binary key or one longer than 256 characters is handled by `on_binary_key` /
+    ///   `on_long_key`: by default replaced by the 32 hex digits of its MD5, which keeps equal keys
+    ///   together.
+    pub fn key_for(
+        &self,
+        key: Option<&[u8]>,
+        topic: &str,
+        partition: i32,
+    ) -> Result<String, KeyRefused> {
+        Ok(match self.rule {
             KeyRule::KafkaKey => match key {
                 None | Some([]) => {
                     let fallback = format!("{topic}-{partition}");
@@ -60,7 +113,38 @@ impl PartitionKeys {
                 }
                 Some(bytes) => match std::str::from_utf8(bytes) {
                     Ok(s) if s.chars().count() <= MAX_PARTITION_KEY_CHARS => s.to_owned(),
-                    _ => md5_hex(bytes),
+                    Ok(s) => {
+                        let refused = |action| KeyRefused {
+                            action,
+                            problem: format!(
+                                "a key of {} characters, over Kinesis' {MAX_PARTITION_KEY_CHARS}",
+                                s.chars().count()
+                            ),
+                            setting: "partition_key.on_long_key",
+                        };
+                        match self.on_long_key {
+                            LongKeyPolicy::Hash => md5_hex(bytes),
+                            LongKeyPolicy::Truncate => {
+                                s.chars().take(MAX_PARTITION_KEY_CHARS).collect()
+                            }
+                            LongKeyPolicy::DeadLetter => return Err(refused(Refuse::DeadLetter)),
+                            LongKeyPolicy::Stop => return Err(refused(Refuse::Stop)),
+                        }
+                    }
+                    Err(_) => {
+                        let refused = |action| KeyRefused {
+                            action,
+                            problem: format!("a binary key ({} bytes, not UTF-8)", bytes.len()),
+                            setting: "partition_key.on_binary_key",
+                        };
+                        match self.on_binary_key {
+                            BinaryKeyPolicy::Hash => md5_hex(bytes),
+                            BinaryKeyPolicy::DeadLetter => {
+                                return Err(refused(Refuse::DeadLetter));
+                            }
+                            BinaryKeyPolicy::Stop => return Err(refused(Refuse::Stop)),
+                        }
+                    }
                 },
             },
             KeyRule::Random => random_hex(String::with_capacity(32)),
@@ -69,7 +153,7 @@ impl PartitionKeys {
                 key.push_str(&self.prefix);
                 random_hex(key)
             }
-        }
+        })
     }
 }
 
@@ -92,6 +176,10 @@ fn md5_hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    fn key(keys: &PartitionKeys, k: Option<&[u8]>, topic: &str, partition: i32) -> String {
+        keys.key_for(k, topic, partition).expect("a key")
+    }
+
     fn valid(key: &str) -> bool {
         let n = key.chars().count();
         (1..=MAX_PARTITION_KEY_CHARS).contains(&n)
@@ -99,34 +187,46 @@ mod tests {
 
     #[test]
     fn kafka_key_is_used_as_is() {
-        let keys = PartitionKeys::new(KeyRule::KafkaKey, None);
-        assert_eq!(
-            keys.key_for(Some(b"customer-42"), "orders", 3),
-            "customer-42"
+        let keys = PartitionKeys::new(
+            KeyRule::KafkaKey,
+            None,
+            LongKeyPolicy::Hash,
+            BinaryKeyPolicy::Hash,
         );
+        assert_eq!(key(&keys, Some(b"customer-42"), "orders", 3), "customer-42");
         // Multi-byte characters count as characters, not bytes.
         let k = "é".repeat(256);
-        assert_eq!(keys.key_for(Some(k.as_bytes()), "orders", 3), k);
+        assert_eq!(key(&keys, Some(k.as_bytes()), "orders", 3), k);
     }
 
     #[test]
     fn missing_or_empty_key_falls_back_to_topic_and_partition() {
-        let keys = PartitionKeys::new(KeyRule::KafkaKey, None);
-        assert_eq!(keys.key_for(None, "orders", 3), "orders-3");
-        assert_eq!(keys.key_for(Some(b""), "orders", 3), "orders-3");
-        assert_ne!(keys.key_for(None, "orders", 4), "orders-3");
+        let keys = PartitionKeys::new(
+            KeyRule::KafkaKey,
+            None,
+            LongKeyPolicy::Hash,
+            BinaryKeyPolicy::Hash,
+        );
+        assert_eq!(key(&keys, None, "orders", 3), "orders-3");
+        assert_eq!(key(&keys, Some(b""), "orders", 3), "orders-3");
+        assert_ne!(key(&keys, None, "orders", 4), "orders-3");
     }
 
     #[test]
     fn binary_or_overlong_keys_are_hashed_stably() {
-        let keys = PartitionKeys::new(KeyRule::KafkaKey, None);
+        let keys = PartitionKeys::new(
+            KeyRule::KafkaKey,
+            None,
+            LongKeyPolicy::Hash,
+            BinaryKeyPolicy::Hash,
+        );
         let binary = [0xff, 0x00, 0xfe];
-        let a = keys.key_for(Some(&binary), "t", 0);
-        assert_eq!(a, keys.key_for(Some(&binary), "t", 1));
+        let a = key(&keys, Some(&binary), "t", 0);
+        assert_eq!(a, key(&keys, Some(&binary), "t", 1));
         assert_eq!(a.len(), 32);
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
         let long = "k".repeat(257);
-        let b = keys.key_for(Some(long.as_bytes()), "t", 0);
+        let b = key(&keys, Some(long.as_bytes()), "t", 0);
         assert!(valid(&b));
         assert_ne!(a, b);
         // MD5("abc"), the RFC 1321 test vector.
@@ -135,27 +235,76 @@ mod tests {
 
     #[test]
     fn long_topic_fallback_stays_valid() {
-        let keys = PartitionKeys::new(KeyRule::KafkaKey, None);
+        let keys = PartitionKeys::new(
+            KeyRule::KafkaKey,
+            None,
+            LongKeyPolicy::Hash,
+            BinaryKeyPolicy::Hash,
+        );
         let topic = "t".repeat(249);
-        assert!(valid(&keys.key_for(None, &topic, 123_456)));
+        assert!(valid(&key(&keys, None, &topic, 123_456)));
     }
 
     #[test]
     fn random_keys_differ_and_are_valid() {
-        let keys = PartitionKeys::new(KeyRule::Random, None);
-        let a = keys.key_for(Some(b"same"), "t", 0);
-        let b = keys.key_for(Some(b"same"), "t", 0);
+        let keys = PartitionKeys::new(
+            KeyRule::Random,
+            None,
+            LongKeyPolicy::Hash,
+            BinaryKeyPolicy::Hash,
+        );
+        let a = key(&keys, Some(b"same"), "t", 0);
+        let b = key(&keys, Some(b"same"), "t", 0);
         assert_ne!(a, b);
         assert!(valid(&a) && valid(&b));
     }
 
     #[test]
     fn prefix_random_keeps_the_prefix() {
-        let keys = PartitionKeys::new(KeyRule::PrefixRandom, Some("tenant-a/"));
-        let a = keys.key_for(None, "t", 0);
-        let b = keys.key_for(None, "t", 0);
+        let keys = PartitionKeys::new(
+            KeyRule::PrefixRandom,
+            Some("tenant-a/"),
+            LongKeyPolicy::Hash,
+            BinaryKeyPolicy::Hash,
+        );
+        let a = key(&keys, None, "t", 0);
+        let b = key(&keys, None, "t", 0);
         assert!(a.starts_with("tenant-a/") && b.starts_with("tenant-a/"));
         assert_ne!(a, b);
         assert_eq!(a.len(), "tenant-a/".len() + 32);
+    }
+
+    #[test]
+    fn long_and_binary_key_policies() {
+        let long = "é".repeat(300);
+        let binary = [0xff, 0x00, 0xfe];
+        let truncate = PartitionKeys::new(
+            KeyRule::KafkaKey,
+            None,
+            LongKeyPolicy::Truncate,
+            BinaryKeyPolicy::Hash,
+        );
+        assert_eq!(
+            key(&truncate, Some(long.as_bytes()), "t", 0),
+            "é".repeat(256)
+        );
+        let refuse = PartitionKeys::new(
+            KeyRule::KafkaKey,
+            None,
+            LongKeyPolicy::DeadLetter,
+            BinaryKeyPolicy::Stop,
+        );
+        let long_refused = refuse.key_for(Some(long.as_bytes()), "t", 0).unwrap_err();
+        assert_eq!(long_refused.action, Refuse::DeadLetter);
+        assert_eq!(long_refused.setting, "partition_key.on_long_key");
+        assert!(
+            long_refused.problem.contains("300 characters"),
+            "{long_refused:?}"
+        );
+        let binary_refused = refuse.key_for(Some(&binary), "t", 0).unwrap_err();
+        assert_eq!(binary_refused.action, Refuse::Stop);
+        assert_eq!(binary_refused.setting, "partition_key.on_binary_key");
+        // Keys within the rules are untouched by the policies.
+        assert_eq!(key(&refuse, Some(b"fine"), "t", 0), "fine");
     }
 }

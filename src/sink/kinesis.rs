@@ -56,7 +56,7 @@ impl KinesisSink {
                     }
                     PutRecordsError::AccessDeniedException(_) => {
                         RequestError::Configuration(format!(
-                            "access to {} was denied (AccessDeniedException). The assumed role needs \
+                            "access to {} was denied ({detail}). The assumed role needs \
                          kinesis:PutRecords on the stream (and kms:GenerateDataKey for a customer-managed key); retrying",
                             self.target
                         ))
@@ -87,12 +87,13 @@ impl KinesisSink {
                             RequestError::Throttled(detail)
                         }
                         _ if status == 429 => RequestError::Throttled(detail),
+                        _ if status == 503 => RequestError::Overloaded(detail),
                         _ => RequestError::Transient(detail),
                     },
                 }
             }
             SdkError::TimeoutError(_) => {
-                RequestError::Transient("request timed out (kinesis.request_timeout_ms)".into())
+                RequestError::Overloaded("request timed out (kinesis.request_timeout_ms)".into())
             }
             SdkError::DispatchFailure(f) if f.is_user() || f.is_other() => {
                 // Identity resolution failures land here: the credential chain or AssumeRole failed.

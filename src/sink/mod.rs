@@ -23,9 +23,13 @@ pub enum RequestError {
     /// The destination asks us to slow down.
     #[error("throttled: {0}")]
     Throttled(String),
-    /// Network problem, timeout or server error: the request may or may not have been applied.
+    /// Network problem or server error: the request may or may not have been applied.
     #[error("transient failure: {0}")]
     Transient(String),
+    /// No answer in time, or 503: the endpoint is overloaded. Retried, and it slows the send rate
+    /// down like throttling does, since sending more would only make it worse.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
     /// Credentials could not be obtained or were refused.
     #[error("credentials problem: {0}")]
     Credentials(String),

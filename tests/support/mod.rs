@@ -145,51 +145,83 @@ pub struct StreamRecord {
     pub data: Vec<u8>,
 }
 
-/// Every record in the stream, each shard in sequence order.
-pub async fn read_stream(client: &aws_sdk_kinesis::Client, name: &str) -> Vec<StreamRecord> {
-    let shards = client
-        .list_shards()
-        .stream_name(name)
-        .send()
-        .await
-        .expect("ListShards")
-        .shards
-        .unwrap_or_default();
-    let mut out = Vec::new();
-    for shard in shards {
-        let mut iterator = client
-            .get_shard_iterator()
+/// Reads a stream incrementally: each poll continues where the last one stopped, so waiting for
+/// records does not re-read (and load the emulator with) everything already seen.
+pub struct StreamTail {
+    client: aws_sdk_kinesis::Client,
+    /// (shard id, where to continue)
+    shards: Vec<(String, Option<String>)>,
+    pub records: Vec<StreamRecord>,
+}
+
+impl StreamTail {
+    pub async fn new(client: &aws_sdk_kinesis::Client, name: &str) -> Self {
+        let listed = client
+            .list_shards()
             .stream_name(name)
-            .shard_id(&shard.shard_id)
-            .shard_iterator_type(ShardIteratorType::TrimHorizon)
             .send()
             .await
-            .expect("GetShardIterator")
-            .shard_iterator;
-        while let Some(it) = iterator {
-            let page = client
-                .get_records()
-                .shard_iterator(it)
-                .limit(10_000)
+            .expect("ListShards")
+            .shards
+            .unwrap_or_default();
+        let mut shards = Vec::new();
+        for shard in listed {
+            let iterator = client
+                .get_shard_iterator()
+                .stream_name(name)
+                .shard_id(&shard.shard_id)
+                .shard_iterator_type(ShardIteratorType::TrimHorizon)
                 .send()
                 .await
-                .expect("GetRecords");
-            let empty = page.records.is_empty();
-            for r in page.records {
-                out.push(StreamRecord {
-                    shard: shard.shard_id.clone(),
-                    sequence: r.sequence_number,
-                    partition_key: r.partition_key.unwrap_or_default(),
-                    data: r.data.into_inner(),
-                });
-            }
-            if empty || page.millis_behind_latest == Some(0) && page.next_shard_iterator.is_none() {
-                break;
-            }
-            iterator = page.next_shard_iterator;
+                .expect("GetShardIterator")
+                .shard_iterator;
+            shards.push((shard.shard_id, iterator));
+        }
+        Self {
+            client: client.clone(),
+            shards,
+            records: Vec::new(),
         }
     }
-    out
+
+    /// Reads what arrived since the last poll; returns every record seen so far.
+    pub async fn poll(&mut self) -> &[StreamRecord] {
+        for (shard, iterator) in &mut self.shards {
+            while let Some(it) = iterator.clone() {
+                let page = self
+                    .client
+                    .get_records()
+                    .shard_iterator(it)
+                    .limit(10_000)
+                    .send()
+                    .await
+                    .expect("GetRecords");
+                let empty = page.records.is_empty();
+                for r in page.records {
+                    self.records.push(StreamRecord {
+                        shard: shard.clone(),
+                        sequence: r.sequence_number,
+                        partition_key: r.partition_key.unwrap_or_default(),
+                        data: r.data.into_inner(),
+                    });
+                }
+                if page.next_shard_iterator.is_some() {
+                    *iterator = page.next_shard_iterator;
+                }
+                if empty || page.millis_behind_latest == Some(0) {
+                    break;
+                }
+            }
+        }
+        &self.records
+    }
+}
+
+/// Every record in the stream, each shard in sequence order.
+pub async fn read_stream(client: &aws_sdk_kinesis::Client, name: &str) -> Vec<StreamRecord> {
+    let mut tail = StreamTail::new(client, name).await;
+    tail.poll().await;
+    tail.records
 }
 
 /// Reads the stream until it holds at least `n` records (or panics after `timeout`).
@@ -200,15 +232,15 @@ pub async fn wait_for_records(
     timeout: Duration,
 ) -> Vec<StreamRecord> {
     let deadline = Instant::now() + timeout;
+    let mut tail = StreamTail::new(client, name).await;
     loop {
-        let records = read_stream(client, name).await;
-        if records.len() >= n {
-            return records;
+        let seen = tail.poll().await.len();
+        if seen >= n {
+            return tail.records;
         }
         assert!(
             Instant::now() < deadline,
-            "stream {name} holds {} records after {timeout:?}, expected at least {n}",
-            records.len()
+            "stream {name} holds {seen} records after {timeout:?}, expected at least {n}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -650,16 +682,23 @@ impl World {
     /// `timeout`.
     pub async fn wait_for_all(&self, n: usize, timeout: Duration) -> Vec<StreamRecord> {
         let deadline = Instant::now() + timeout;
+        let mut tail = StreamTail::new(&self.b, &self.stream).await;
+        let mut present = vec![false; n];
+        let mut missing = n;
         loop {
-            let records = read_stream(&self.b, &self.stream).await;
-            let (missing, _) = tally(n, &records);
-            if missing.is_empty() {
-                return records;
+            let seen = tail.records.len();
+            for r in &tail.poll().await[seen..] {
+                if let Some(p) = present.get_mut(message_id(&r.data)) {
+                    missing -= usize::from(!*p);
+                    *p = true;
+                }
+            }
+            if missing == 0 {
+                return tail.records;
             }
             assert!(
                 Instant::now() < deadline,
-                "{} of {n} records still missing after {timeout:?}",
-                missing.len()
+                "{missing} of {n} records still missing after {timeout:?}"
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -743,4 +782,47 @@ pub fn tally(messages: usize, records: &[StreamRecord]) -> (Vec<usize>, usize) {
         .collect();
     let duplicates = copies.iter().map(|c| c.saturating_sub(1)).sum();
     (missing, duplicates)
+}
+
+/// Every committed offset must be backed by records in the stream. The offsets are read first:
+/// the stream only grows, so anything committed before must be found after.
+pub async fn assert_committed_were_delivered(
+    world: &World,
+    partitions: i32,
+    placements: &[Placement],
+) {
+    let committed = world.committed(partitions);
+    let records = read_stream(&world.b, &world.stream).await;
+    let mut present = vec![false; placements.len()];
+    for r in &records {
+        if let Some(p) = present.get_mut(message_id(&r.data)) {
+            *p = true;
+        }
+    }
+    for (id, p) in placements.iter().enumerate() {
+        if committed.get(&p.partition).is_some_and(|&c| p.offset < c) {
+            assert!(
+                present[id],
+                "partition {} committed to {:?} past undelivered offset {}",
+                p.partition,
+                committed.get(&p.partition),
+                p.offset
+            );
+        }
+    }
+}
+
+pub fn summary_count(log: &str, field: &str) -> u64 {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("summary:"))
+        .expect("summary line");
+    let start = line.find(&format!("{field}=")).expect("field") + field.len() + 1;
+    line[start..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }

@@ -1,12 +1,14 @@
 //! A fault-injecting HTTP proxy in front of the Kinesis emulator. No emulator throttles or fails
 //! single entries, so this one does: it rejects a chosen share of PutRecords entries with
 //! `ProvisionedThroughputExceededException` (those entries are *not* forwarded, exactly like a
-//! real throttled entry) and answers a share of whole requests with 500/503.
+//! real throttled entry), or every entry beyond a shard-like capacity per second; answers a share
+//! of whole requests with 500/503 or lets them time out; and can refuse connections for a while.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -17,6 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Faults {
@@ -24,6 +27,17 @@ pub struct Faults {
     pub entry_failure_rate: f64,
     /// Share of PutRecords requests answered with a 500/503 without being forwarded.
     pub request_error_rate: f64,
+    /// Every n-th PutRecords request is answered with a 500/503 (as well as the random share).
+    pub error_every: Option<u64>,
+    /// Every n-th PutRecords request gets no answer before `hang` has passed; every other one of
+    /// them is written upstream first (a timeout says nothing about whether it was applied).
+    pub timeout_every: Option<u64>,
+    pub hang: Duration,
+    /// Entries per second the "stream" takes, like a shard's 1,000 records/s; the rest of each
+    /// request is throttled. A second's worth can be taken at once.
+    pub capacity_per_sec: Option<f64>,
+    /// Answer every PutRecords with this error type and status 400 (e.g. AccessDeniedException).
+    pub deny_with: Option<&'static str>,
 }
 
 #[derive(Debug, Default)]
@@ -32,6 +46,8 @@ pub struct Counters {
     pub entries_seen: AtomicU64,
     pub entries_rejected: AtomicU64,
     pub requests_failed: AtomicU64,
+    pub requests_timed_out: AtomicU64,
+    pub requests_denied: AtomicU64,
     /// Every distinct `Data` value (base64) that reached the proxy in a PutRecords request.
     pub distinct_data: Mutex<std::collections::HashSet<String>>,
 }
@@ -40,6 +56,7 @@ pub struct FaultProxy {
     pub url: String,
     pub faults: Arc<Mutex<Faults>>,
     pub counters: Arc<Counters>,
+    refusing: watch::Sender<bool>,
 }
 
 impl FaultProxy {
@@ -54,29 +71,65 @@ impl FaultProxy {
             client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
             faults: faults.clone(),
             counters: counters.clone(),
+            bucket: Mutex::new(None),
         });
+        let (refusing, mut refusing_rx) = watch::channel(false);
         tokio::spawn(async move {
+            let mut listener = Some(listener);
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
+                // Refusing: no listener on the port at all, so connecting fails at once.
+                let _ = refusing_rx.wait_for(|refusing| !refusing).await;
+                let listener = match listener.take() {
+                    Some(l) => l,
+                    None => TcpListener::bind(addr)
+                        .await
+                        .expect("rebind the proxy's port"),
                 };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(state.handle(req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+                let mut connections = tokio::task::JoinSet::new();
+                loop {
+                    tokio::select! {
+                        accepted = listener.accept() => {
+                            let Ok((stream, _)) = accepted else { return };
+                            let state = state.clone();
+                            connections.spawn(async move {
+                                let service = hyper::service::service_fn(move |req| {
+                                    let state = state.clone();
+                                    async move { Ok::<_, Infallible>(state.handle(req).await) }
+                                });
+                                let _ = hyper::server::conn::http1::Builder::new()
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            });
+                        }
+                        changed = refusing_rx.changed() => {
+                            if changed.is_err() {
+                                return;
+                            }
+                            if *refusing_rx.borrow() {
+                                // Close the port and every open connection.
+                                connections.abort_all();
+                                break;
+                            }
+                        }
+                    }
+                }
             }
         });
         Self {
             url: format!("http://{addr}"),
             faults,
             counters,
+            refusing,
         }
+    }
+
+    /// Closes the port: connections are refused until [`Self::accept_connections`].
+    pub fn refuse_connections(&self) {
+        self.refusing.send_replace(true);
+    }
+
+    pub fn accept_connections(&self) {
+        self.refusing.send_replace(false);
     }
 
     pub fn set_faults(&self, faults: Faults) {
@@ -89,9 +142,26 @@ struct State {
     client: Client<HttpConnector, Full<Bytes>>,
     faults: Arc<Mutex<Faults>>,
     counters: Arc<Counters>,
+    /// (tokens, last refill) of the capacity limit.
+    bucket: Mutex<Option<(f64, Instant)>>,
 }
 
 impl State {
+    /// How many of `n` entries fit in the capacity now (all when there is no limit).
+    fn take_capacity(&self, capacity: Option<f64>, n: usize) -> usize {
+        let Some(per_sec) = capacity else {
+            return n;
+        };
+        let mut bucket = self.bucket.lock().unwrap();
+        let now = Instant::now();
+        let (tokens, last) = bucket.get_or_insert((per_sec, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * per_sec).min(per_sec);
+        *last = now;
+        let granted = (tokens.floor().max(0.0) as usize).min(n);
+        *tokens -= granted as f64;
+        granted
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let (parts, body) = req.into_parts();
         let body = body
@@ -109,11 +179,36 @@ impl State {
             let (status, body) = self.forward(&parts, body).await;
             return respond(status, body);
         }
-        self.counters
+        let nth = self
+            .counters
             .put_records_requests
-            .fetch_add(1, Ordering::Relaxed);
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
         let faults = *self.faults.lock().unwrap();
-        if rand::random::<f64>() < faults.request_error_rate {
+        let every = |n: Option<u64>| n.is_some_and(|n| nth.is_multiple_of(n));
+        if let Some(kind) = faults.deny_with {
+            self.counters
+                .requests_denied
+                .fetch_add(1, Ordering::Relaxed);
+            return respond(
+                StatusCode::BAD_REQUEST,
+                Bytes::from(
+                    json!({"__type": kind, "message": "User: arn:aws:sts::222222222222:assumed-role/doka-writer/doka is not authorized to perform: kinesis:PutRecords (injected by the test proxy)"}).to_string(),
+                ),
+            );
+        }
+        if every(faults.timeout_every) {
+            let timeouts = self
+                .counters
+                .requests_timed_out
+                .fetch_add(1, Ordering::Relaxed);
+            if timeouts.is_multiple_of(2) {
+                self.forward(&parts, body).await;
+            }
+            tokio::time::sleep(faults.hang).await;
+            return respond(StatusCode::GATEWAY_TIMEOUT, Bytes::new());
+        }
+        if every(faults.error_every) || rand::random::<f64>() < faults.request_error_rate {
             self.counters
                 .requests_failed
                 .fetch_add(1, Ordering::Relaxed);
@@ -135,9 +230,9 @@ impl State {
         self.counters
             .entries_seen
             .fetch_add(entries.len() as u64, Ordering::Relaxed);
-        let rejected: Vec<bool> = entries
-            .iter()
-            .map(|_| rand::random::<f64>() < faults.entry_failure_rate)
+        let within_capacity = self.take_capacity(faults.capacity_per_sec, entries.len());
+        let rejected: Vec<bool> = (0..entries.len())
+            .map(|i| i >= within_capacity || rand::random::<f64>() < faults.entry_failure_rate)
             .collect();
         let n_rejected = rejected.iter().filter(|r| **r).count();
         self.counters
