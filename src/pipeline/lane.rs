@@ -461,10 +461,10 @@ mod tests {
         }
     }
 
-    /// 8 lanes deliver 8,000 records to a 1,000 entries/s destination; returns (entries sent,
+    /// 8 lanes deliver 30,000 records to a 1,000 entries/s destination; returns (entries sent,
     /// entries throttled, virtual seconds).
     async fn run_lanes_against_capacity(adaptive: bool) -> (u64, u64, f64) {
-        const RECORDS: i64 = 8000;
+        const RECORDS: i64 = 30_000;
         const LANES: usize = 8;
         let started = tokio::time::Instant::now();
         let progress = PartitionProgress::new("t".into(), 0);
@@ -542,13 +542,13 @@ mod tests {
         // Lanes back off when most of a request is throttled, so even without the shared pace
         // nothing spins; the pace makes the stream fed closer to what it takes, and sooner done.
         assert!(
-            throttled < fixed_throttled,
+            throttled * 2 <= fixed_throttled,
             "adaptive {throttled} vs fixed {fixed_throttled} throttled entries"
         );
         assert!(secs <= fixed_secs * 1.1, "{secs:.1}s vs {fixed_secs:.1}s");
         assert!(
-            throttled <= 2 * 8000,
-            "{throttled} entries throttled for 8,000 records"
+            throttled * 2 <= 3 * 30_000,
+            "{throttled} entries throttled for 30,000 records"
         );
     }
 

@@ -2,19 +2,20 @@
 //!
 //! A Kinesis shard takes 1,000 records/s and throttles the rest. Per-lane backoff alone lets eight
 //! lanes each resend a few hundred entries every few hundred milliseconds, most of them throttled
-//! again. So the lanes of a stream share one pace, judged over short windows:
+//! again. So the lanes of a stream share one pace, judged over windows of at least 100 ms and 50
+//! entries:
 //!
-//! - more than half of the entries sent in a window throttled: the stream is being hammered. The
-//!   rate is cut to 1.5 × what the stream accepted in that window (less than ¾ of what was sent),
-//!   which leaves about a third of the entries throttled at a hard capacity limit;
+//! - more than half of the entries sent in a window throttled (or in requests that timed out):
+//!   the stream is being hammered. The rate is cut to 1.5 × what the stream accepted, but never
+//!   below a quarter of what was sent — one bad window cannot starve the stream;
 //! - under a fifth throttled: the rate grows by half an entry/s per accepted entry (about +50% per
-//!   second while the limit is what holds doka back), and is lifted entirely once far above need;
-//! - in between: unchanged.
+//!   second while the limit is what holds doka back); between a fifth and a half, by a tenth. It
+//!   is lifted entirely once far above need.
 //!
 //! Throttling that does not depend on the rate (one hot shard among many, a share of entries
-//! failing whatever doka does) stays under the "half" line and leaves the pace alone: cutting the
-//! whole stream's rate would not help and, repeated, would starve it. Those entries are retried by
-//! their lane's own backoff. Per-shard pacing is the full answer and needs the shard map.
+//! failing whatever doka does) mostly stays under the "half" line, and the rate keeps growing
+//! through it: cutting the whole stream's rate would not help. Those entries are retried by their
+//! lane's own backoff. Per-shard pacing is the full answer and needs the shard map.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -26,12 +27,17 @@ use tracing::info;
 const WINDOW: Duration = Duration::from_millis(100);
 /// Above this share of throttled entries the rate is cut.
 const HAMMERING: f64 = 0.5;
-/// Below this share the rate grows.
+/// Below this share the rate grows fast, above it slowly.
 const CLEAN: f64 = 0.2;
-/// After a cut, the rate is this many times what the stream accepted.
+/// A window decides nothing before this many entries were sent in it.
+const MIN_SAMPLE: u64 = 50;
+/// After a cut, the rate is this many times what the stream accepted...
 const CUT_TO_ACCEPTED: f64 = 1.5;
-/// Entries/s added to the rate per entry accepted in a clean window.
+/// ...but at least this share of what was sent.
+const CUT_AT_MOST_TO: f64 = 0.25;
+/// Entries/s added to the rate per entry accepted in a clean window, and in a middling one.
 const INCREASE_PER_ENTRY: f64 = 0.5;
+const SLOW_INCREASE_PER_ENTRY: f64 = 0.1;
 /// Above this the pace no longer limits anything.
 const UNLIMITED_ABOVE: f64 = 10_000_000.0;
 
@@ -109,13 +115,16 @@ impl Pace {
         s.window_throttled += throttled as u64;
         let window = now.saturating_duration_since(s.window_start);
         let sent = s.window_accepted + s.window_throttled;
-        if window < WINDOW || sent == 0 {
+        if window < WINDOW || sent < MIN_SAMPLE {
             return;
         }
         let share = s.window_throttled as f64 / sent as f64;
         if share > HAMMERING {
             let accepted_rate = s.window_accepted as f64 / window.as_secs_f64();
-            let cut = (accepted_rate * CUT_TO_ACCEPTED).max(self.min_rate);
+            let sent_rate = sent as f64 / window.as_secs_f64();
+            let cut = (accepted_rate * CUT_TO_ACCEPTED)
+                .max(sent_rate * CUT_AT_MOST_TO)
+                .max(self.min_rate);
             let rate = s.rate.map_or(cut, |r| r.min(cut));
             if s.rate.is_none() {
                 info!(
@@ -124,10 +133,13 @@ impl Pace {
                 );
             }
             s.rate = Some(rate);
-        } else if share < CLEAN
-            && let Some(rate) = s.rate
-        {
-            let grown = rate + s.window_accepted as f64 * INCREASE_PER_ENTRY;
+        } else if let Some(rate) = s.rate {
+            let per_entry = if share < CLEAN {
+                INCREASE_PER_ENTRY
+            } else {
+                SLOW_INCREASE_PER_ENTRY
+            };
+            let grown = rate + s.window_accepted as f64 * per_entry;
             s.rate = (grown < UNLIMITED_ABOVE).then_some(grown);
             if s.rate.is_none() {
                 info!("no throttling for a while: send rate no longer limited");
@@ -143,60 +155,92 @@ impl Pace {
 mod tests {
     use super::*;
 
+    const SECOND: Duration = Duration::from_secs(1);
+
+    /// Windows are measured from when the pace was made, a hair before the test's `t0`.
+    #[track_caller]
+    fn assert_rate(pace: &Pace, expected: f64) {
+        let rate = pace.rate().expect("limited");
+        assert!(
+            (rate - expected).abs() <= expected * 1e-3,
+            "{rate} != {expected}"
+        );
+    }
+
     #[test]
     fn unlimited_until_most_of_a_window_is_throttled() {
         let pace = Pace::new(true, 10.0);
         let t0 = Instant::now();
         assert_eq!(pace.reserve(500, t0), Duration::ZERO);
         // 30% throttled: not hammering, nothing changes.
-        pace.record_at(700, 300, t0 + WINDOW);
+        pace.record_at(700, 300, t0 + SECOND);
         assert_eq!(pace.rate(), None);
-        // 80% throttled over a second: cut to 1.5 × the 200/s accepted.
-        pace.record_at(200, 800, t0 + WINDOW + Duration::from_secs(1));
-        let rate = pace.rate().expect("limited after hammering");
-        assert!((rate - 300.0).abs() < 1e-6, "{rate}");
+        // 80% of 1,000/s throttled: cut to 1.5 × the 200/s accepted.
+        pace.record_at(200, 800, t0 + SECOND * 2);
+        assert_rate(&pace, 300.0);
+        // Nothing accepted out of 2,000/s: cut to a quarter of what was sent, not to nothing.
+        pace.record_at(0, 2000, t0 + SECOND * 3);
+        assert_rate(&pace, 300.0);
+        pace.record_at(0, 600, t0 + SECOND * 4);
+        assert_rate(&pace, 150.0);
     }
 
     #[test]
-    fn decisions_wait_for_the_end_of_a_window() {
+    fn decisions_wait_for_a_full_window() {
         let pace = Pace::new(true, 10.0);
         let t0 = Instant::now();
         pace.record_at(0, 500, t0 + WINDOW / 2);
-        assert_eq!(pace.rate(), None);
-        pace.record_at(0, 500, t0 + WINDOW);
-        assert_eq!(pace.rate(), Some(10.0), "nothing accepted: the floor");
+        assert_eq!(pace.rate(), None, "too short");
+        pace.record_at(0, 20, t0 + SECOND);
+        assert_rate(&pace, 130.0); // a quarter of the 520/s sent
+        pace.record_at(0, 20, t0 + SECOND * 2);
+        assert_rate(&pace, 130.0); // 20 entries are too few to judge
+        pace.record_at(0, 40, t0 + SECOND * 3);
+        assert_rate(&pace, 10.0); // 60 entries in 2 s: a quarter is under the floor
+    }
+
+    #[test]
+    fn nothing_accepted_quarters_the_rate_down_to_the_floor() {
+        let pace = Pace::new(true, 10.0);
+        let t0 = Instant::now();
+        let mut sent = 1000.0;
+        for i in 1..=12 {
+            // Sending follows the rate; each window lasts a second.
+            pace.record_at(0, sent as usize, t0 + SECOND * i);
+            sent = pace.rate().unwrap().max(MIN_SAMPLE as f64);
+        }
+        assert_rate(&pace, 12.5); // a quarter of the 50 entries a window needs
     }
 
     #[test]
     fn requests_are_spaced_at_the_rate() {
         let pace = Pace::new(true, 100.0);
         let now = Instant::now();
-        pace.record_at(0, 10, now + WINDOW); // floor: 100 entries/s
-        assert_eq!(pace.rate(), Some(100.0));
+        pace.record_at(0, 50, now + SECOND); // a quarter of 50/s is under the floor
+        assert_rate(&pace, 100.0);
         assert_eq!(pace.reserve(50, now), Duration::ZERO);
         assert_eq!(pace.reserve(50, now), Duration::from_millis(500));
         assert_eq!(pace.reserve(10, now), Duration::from_millis(1000));
     }
 
     #[test]
-    fn grows_in_clean_windows_and_is_lifted_when_large() {
+    fn grows_fast_when_clean_slowly_when_middling_and_is_lifted_when_large() {
         let pace = Pace::new(true, 50.0);
         let t0 = Instant::now();
-        pace.record_at(0, 100, t0 + WINDOW);
-        assert_eq!(pace.rate(), Some(50.0));
-        // 40% throttled: in between, unchanged.
-        pace.record_at(60, 40, t0 + WINDOW * 2);
-        assert_eq!(pace.rate(), Some(50.0));
-        pace.record_at(100, 0, t0 + WINDOW * 3);
-        assert_eq!(pace.rate(), Some(100.0));
-        pace.record_at(usize::MAX / 4, 0, t0 + WINDOW * 4);
+        pace.record_at(0, 60, t0 + SECOND);
+        assert_rate(&pace, 50.0);
+        pace.record_at(60, 40, t0 + SECOND * 2);
+        assert_rate(&pace, 56.0); // 40% throttled: +0.1 per accepted entry
+        pace.record_at(100, 0, t0 + SECOND * 3);
+        assert_rate(&pace, 106.0); // clean: +0.5 per accepted entry
+        pace.record_at(usize::MAX / 4, 0, t0 + SECOND * 4);
         assert_eq!(pace.rate(), None);
     }
 
     #[test]
     fn disabled_never_limits() {
         let pace = Pace::new(false, 50.0);
-        pace.record_at(0, 500, Instant::now() + WINDOW);
+        pace.record_at(0, 500, Instant::now() + SECOND);
         assert_eq!(pace.rate(), None);
     }
 }

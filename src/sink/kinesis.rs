@@ -87,7 +87,6 @@ impl KinesisSink {
                             RequestError::Throttled(detail)
                         }
                         _ if status == 429 => RequestError::Throttled(detail),
-                        _ if status == 503 => RequestError::Overloaded(detail),
                         _ => RequestError::Transient(detail),
                     },
                 }

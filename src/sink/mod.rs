@@ -26,8 +26,8 @@ pub enum RequestError {
     /// Network problem or server error: the request may or may not have been applied.
     #[error("transient failure: {0}")]
     Transient(String),
-    /// No answer in time, or 503: the endpoint is overloaded. Retried, and it slows the send rate
-    /// down like throttling does, since sending more would only make it worse.
+    /// No answer in time: the endpoint may be overloaded. Retried, and it counts like throttling
+    /// for the send rate, since sending more would only make it worse.
     #[error("overloaded: {0}")]
     Overloaded(String),
     /// Credentials could not be obtained or were refused.
