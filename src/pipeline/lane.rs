@@ -540,12 +540,13 @@ mod tests {
              adaptive: sent {sent} throttled {throttled} in {secs:.1}s"
         );
         // Lanes back off when most of a request is throttled, so even without the shared pace
-        // nothing spins; the pace makes the stream fed closer to what it takes, and sooner done.
+        // nothing spins; with it, the stream is sent half as much for the same records.
         assert!(
             throttled * 2 <= fixed_throttled,
             "adaptive {throttled} vs fixed {fixed_throttled} throttled entries"
         );
-        assert!(secs <= fixed_secs * 1.1, "{secs:.1}s vs {fixed_secs:.1}s");
+        // Not at the price of throughput: within a fifth of the 30 s the capacity allows.
+        assert!(secs <= 36.0, "{secs:.1}s (hammering: {fixed_secs:.1}s)");
         assert!(
             throttled * 2 <= 3 * 30_000,
             "{throttled} entries throttled for 30,000 records"
