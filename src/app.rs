@@ -154,6 +154,8 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
             OversizedPolicy::Stop => Refuse::Stop,
         },
         on_tombstone: config.records.on_tombstone,
+        on_headers: config.records.on_headers,
+        headers_noted: AtomicBool::new(false),
     };
     info!("delivering {:?} to {target}", config.kafka.topics);
     let kafka = config.kafka.clone();

@@ -145,6 +145,21 @@ pub struct RecordsConfig {
     /// A record without a value (a tombstone) or with an empty one.
     #[serde(default)]
     pub on_tombstone: TombstonePolicy,
+    /// A record with Kafka headers, which a raw Kinesis record cannot carry.
+    #[serde(default)]
+    pub on_headers: HeadersPolicy,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadersPolicy {
+    /// Send key and value; the headers are not sent (said once in the log).
+    #[default]
+    Ignore,
+    /// Write records with headers to `dead_letter.topic`, headers and all.
+    DeadLetter,
+    /// Stop doka at the first record with headers.
+    Stop,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -872,6 +887,10 @@ impl Config {
                 (
                     "records.on_tombstone",
                     self.records.on_tombstone == TombstonePolicy::DeadLetter,
+                ),
+                (
+                    "records.on_headers",
+                    self.records.on_headers == HeadersPolicy::DeadLetter,
                 ),
             ];
             if let Some((key, _)) = wanting_a_topic.iter().find(|(_, wants)| *wants) {

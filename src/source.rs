@@ -13,12 +13,12 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{KafkaConfig, StartFrom, TombstonePolicy};
+use crate::config::{HeadersPolicy, KafkaConfig, StartFrom, TombstonePolicy};
 use crate::dead_letter::DeadLetter;
 use crate::pipeline::offsets::PartitionProgress;
 use crate::pipeline::partition_key::PartitionKeys;
@@ -212,6 +212,9 @@ pub struct SourceParts {
     pub dead_letter: Option<DeadLetter>,
     pub on_oversized: Refuse,
     pub on_tombstone: TombstonePolicy,
+    pub on_headers: HeadersPolicy,
+    /// Set once a record's headers were left out (logged the first time only).
+    pub headers_noted: AtomicBool,
 }
 
 /// How the consumer thread ended.
@@ -265,6 +268,30 @@ fn prepare<'m>(
                 reason: format!("{} is a tombstone (no value)", at()),
                 setting: "records.on_tombstone",
                 fix: "Set records.on_tombstone to send_empty (an empty record) or skip",
+            });
+        }
+    }
+    if msg.headers().is_some_and(|h| h.count() > 0) {
+        let action = match parts.on_headers {
+            HeadersPolicy::Ignore => {
+                if !parts.headers_noted.swap(true, AtomicOrdering::Relaxed) {
+                    info!(
+                        "{} has headers: they are not sent, a Kinesis record has none \
+                         (records.on_headers is ignore; said once)",
+                        at()
+                    );
+                }
+                None
+            }
+            HeadersPolicy::DeadLetter => Some(Refuse::DeadLetter),
+            HeadersPolicy::Stop => Some(Refuse::Stop),
+        };
+        if let Some(action) = action {
+            return Err(Refusal {
+                action,
+                reason: format!("{} has headers, which a Kinesis record cannot carry", at()),
+                setting: "records.on_headers",
+                fix: "Set records.on_headers to ignore to send key and value without them",
             });
         }
     }

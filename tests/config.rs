@@ -343,6 +343,7 @@ fn a_dead_letter_policy_needs_a_topic_that_is_not_consumed() {
     );
     for (section, key) in [
         ("records", "on_tombstone"),
+        ("records", "on_headers"),
         ("partition_key", "on_long_key"),
         ("partition_key", "on_binary_key"),
     ] {

@@ -12,6 +12,8 @@ const TOMBSTONE: usize = 100;
 const LONG_KEY: usize = 150;
 const BINARY_KEY: usize = 200;
 const BINARY_VALUE: usize = 250;
+/// Produced last, with headers.
+const WITH_HEADERS: usize = N;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tombstones_long_and_binary_keys_follow_their_policies() {
@@ -25,7 +27,19 @@ async fn tombstones_long_and_binary_keys_follow_their_policies() {
     let mut binary_value = format!("id={BINARY_VALUE};").into_bytes();
     binary_value.extend((0..=255u8).rev());
     messages[BINARY_VALUE].1 = binary_value.clone();
-    let placements = world.produce(&messages);
+    let mut placements = world.produce(&messages);
+    let headers_key = b"customer-7".to_vec();
+    let headers_value = format!("id={WITH_HEADERS};with headers").into_bytes();
+    placements.push(
+        produce_with_headers(
+            &world.kafka.bootstrap(),
+            &world.topic,
+            &headers_key,
+            &headers_value,
+            &[("trace-id", b"abc123"), ("binary", &[0xff, 0x00])],
+        )
+        .await,
+    );
 
     let doka = Doka::start(
         &world.yaml(None),
@@ -34,15 +48,17 @@ async fn tombstones_long_and_binary_keys_follow_their_policies() {
             ("DOKA_RECORDS__ON_TOMBSTONE", "skip"),
             ("DOKA_PARTITION_KEY__ON_LONG_KEY", "dead_letter"),
             ("DOKA_PARTITION_KEY__ON_BINARY_KEY", "hash"),
+            ("DOKA_RECORDS__ON_HEADERS", "dead_letter"),
         ],
     );
-    // Everything but the tombstone and the long-keyed record reaches the stream.
+    // Everything but the tombstone, the long-keyed record and the one with headers reaches the
+    // stream.
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut tail = StreamTail::new(&world.b, &world.stream).await;
     loop {
         let records = tail.poll().await;
-        let missing = tally(N, records).0;
-        if missing == vec![TOMBSTONE, LONG_KEY] {
+        let missing = tally(N + 1, records).0;
+        if missing == vec![TOMBSTONE, LONG_KEY, WITH_HEADERS] {
             break;
         }
         assert!(Instant::now() < deadline, "missing {missing:?}");
@@ -63,7 +79,7 @@ async fn tombstones_long_and_binary_keys_follow_their_policies() {
 
     // Counted and logged, each with where it came from.
     assert!(
-        log.contains("skipped=1") && log.contains("dead_lettered=1"),
+        log.contains("skipped=1") && log.contains("dead_lettered=2"),
         "{log}"
     );
     let tombstone = placements[TOMBSTONE];
@@ -82,17 +98,36 @@ async fn tombstones_long_and_binary_keys_follow_their_policies() {
     assert!(hashed.chars().all(|c| c.is_ascii_hexdigit()));
     assert_eq!(by_id(BINARY_VALUE).data, binary_value);
 
-    // The long-keyed record is in the dead-letter topic, key and all, saying why.
+    // The long-keyed record and the one with headers are in the dead-letter topic, key, value
+    // and headers as they were, saying why.
     let dead = world.kafka.read_all(&dead_letters);
-    assert_eq!(dead.len(), 1);
-    let (key, value, headers) = &dead[0];
-    assert_eq!(key.as_deref(), Some(messages[LONG_KEY].0.as_slice()));
-    assert_eq!(value, &messages[LONG_KEY].1);
-    let reason = headers
+    assert_eq!(dead.len(), 2);
+    let header = |headers: &[(String, Vec<u8>)], name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("header {name} missing: {headers:?}"))
+    };
+    let with_headers = dead
         .iter()
-        .find(|(k, _)| k == "doka.reason")
-        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-        .unwrap();
+        .find(|(_, value, _)| value == &headers_value)
+        .expect("the record with headers is dead-lettered");
+    assert_eq!(with_headers.0.as_deref(), Some(headers_key.as_slice()));
+    assert_eq!(header(&with_headers.2, "trace-id"), b"abc123");
+    assert_eq!(header(&with_headers.2, "binary"), [0xff, 0x00]);
+    let headers_reason =
+        String::from_utf8_lossy(&header(&with_headers.2, "doka.reason")).into_owned();
+    assert!(
+        headers_reason.contains("has headers, which a Kinesis record cannot carry"),
+        "{headers_reason}"
+    );
+    let (key, _, headers) = dead
+        .iter()
+        .find(|(_, value, _)| value == &messages[LONG_KEY].1)
+        .expect("the long-keyed record is dead-lettered");
+    assert_eq!(key.as_deref(), Some(messages[LONG_KEY].0.as_slice()));
+    let reason = String::from_utf8_lossy(&header(headers, "doka.reason")).into_owned();
     assert!(
         reason.contains("a key of 300 characters, over Kinesis' 256"),
         "{reason}"
@@ -102,7 +137,8 @@ async fn tombstones_long_and_binary_keys_follow_their_policies() {
         "the reason never quotes the key: {reason}"
     );
     println!(
-        "sent {N}: {} in the stream, 1 skipped (tombstone), 1 dead-lettered (long key), lost 0",
+        "sent {}: {} in the stream, 1 skipped (tombstone), 2 dead-lettered (long key, headers), lost 0",
+        N + 1,
         records.len()
     );
     world.finish().await;

@@ -401,6 +401,40 @@ pub fn produce(bootstrap: &str, topic: &str, messages: &[(Vec<u8>, Vec<u8>)]) ->
 }
 
 /// One past the last produced offset of each partition.
+/// Produces one message with headers; returns where it landed.
+pub async fn produce_with_headers(
+    bootstrap: &str,
+    topic: &str,
+    key: &[u8],
+    value: &[u8],
+    headers: &[(&str, &[u8])],
+) -> Placement {
+    let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("producer");
+    let mut owned = rdkafka::message::OwnedHeaders::new();
+    for (name, value) in headers {
+        owned = owned.insert(rdkafka::message::Header {
+            key: name,
+            value: Some(*value),
+        });
+    }
+    let record = rdkafka::producer::FutureRecord::to(topic)
+        .key(key)
+        .payload(value)
+        .headers(owned);
+    let delivery = producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .map_err(|(e, _)| e)
+        .expect("produce with headers");
+    Placement {
+        partition: delivery.partition,
+        offset: delivery.offset,
+    }
+}
+
 pub fn end_offsets(placements: &[Placement]) -> HashMap<i32, i64> {
     let mut ends = HashMap::new();
     for p in placements {
