@@ -8,13 +8,13 @@ use tokio::sync::mpsc::unbounded_channel;
 use tracing::{error, info, warn};
 
 use crate::aws;
-use crate::config::{Config, OversizedPolicy, default_session_name};
+use crate::config::{Config, default_session_name};
 use crate::dead_letter::DeadLetter;
 use crate::pipeline::batch::{BatchLimits, Batcher};
 use crate::pipeline::lane::{Backoff, Lane};
 use crate::pipeline::pace::Pace;
 use crate::pipeline::partition_key::PartitionKeys;
-use crate::pipeline::{Budget, Halt, Refuse, Stats};
+use crate::pipeline::{Budget, Halt, Stats};
 use crate::sink::kinesis::KinesisSink;
 use crate::source::{self, SourceExit, SourceParts};
 
@@ -149,10 +149,7 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
         shutdown_timeout: config.pipeline.shutdown_timeout(),
         shutdown,
         dead_letter,
-        on_oversized: match config.dead_letter.oversized_policy() {
-            OversizedPolicy::DeadLetter => Refuse::DeadLetter,
-            OversizedPolicy::Stop => Refuse::Stop,
-        },
+        on_oversized: config.dead_letter.oversized_policy().refusal(),
         on_tombstone: config.records.on_tombstone,
         on_headers: config.records.on_headers,
         headers_noted: AtomicBool::new(false),

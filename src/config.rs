@@ -14,6 +14,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Yaml};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::pipeline::Refuse;
 use crate::pipeline::partition_key::{
     BinaryKeyPolicy, KeyRule, LongKeyPolicy, MAX_PARTITION_KEY_CHARS,
 };
@@ -150,6 +151,18 @@ pub struct RecordsConfig {
     pub on_headers: HeadersPolicy,
 }
 
+impl TombstonePolicy {
+    /// `None`: send it.
+    pub fn refusal(self) -> Option<Refuse> {
+        match self {
+            Self::SendEmpty => None,
+            Self::Skip => Some(Refuse::Skip),
+            Self::DeadLetter => Some(Refuse::DeadLetter),
+            Self::Stop => Some(Refuse::Stop),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HeadersPolicy {
@@ -160,6 +173,17 @@ pub enum HeadersPolicy {
     DeadLetter,
     /// Stop doka at the first record with headers.
     Stop,
+}
+
+impl HeadersPolicy {
+    /// `None`: send it without its headers.
+    pub fn refusal(self) -> Option<Refuse> {
+        match self {
+            Self::Ignore => None,
+            Self::DeadLetter => Some(Refuse::DeadLetter),
+            Self::Stop => Some(Refuse::Stop),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -266,6 +290,15 @@ pub enum OversizedPolicy {
     DeadLetter,
     /// Stop doka with a clear error; the record and everything after it stay uncommitted.
     Stop,
+}
+
+impl OversizedPolicy {
+    pub fn refusal(self) -> Refuse {
+        match self {
+            Self::DeadLetter => Refuse::DeadLetter,
+            Self::Stop => Refuse::Stop,
+        }
+    }
 }
 
 impl DeadLetterConfig {

@@ -255,44 +255,32 @@ fn prepare<'m>(
         )
     };
     let data = msg.payload().unwrap_or_default();
-    if data.is_empty() {
-        let action = match parts.on_tombstone {
-            TombstonePolicy::SendEmpty => None,
-            TombstonePolicy::Skip => Some(Refuse::Skip),
-            TombstonePolicy::DeadLetter => Some(Refuse::DeadLetter),
-            TombstonePolicy::Stop => Some(Refuse::Stop),
-        };
-        if let Some(action) = action {
-            return Err(Refusal {
-                action,
-                reason: format!("{} is a tombstone (no value)", at()),
-                setting: "records.on_tombstone",
-                fix: "Set records.on_tombstone to send_empty (an empty record) or skip",
-            });
-        }
+    if data.is_empty()
+        && let Some(action) = parts.on_tombstone.refusal()
+    {
+        return Err(Refusal {
+            action,
+            reason: format!("{} is a tombstone (no value)", at()),
+            setting: "records.on_tombstone",
+            fix: "Set records.on_tombstone to send_empty (an empty record) or skip",
+        });
     }
     if msg.headers().is_some_and(|h| h.count() > 0) {
-        let action = match parts.on_headers {
-            HeadersPolicy::Ignore => {
-                if !parts.headers_noted.swap(true, AtomicOrdering::Relaxed) {
-                    info!(
-                        "{} has headers: they are not sent, a Kinesis record has none \
-                         (records.on_headers is ignore; said once)",
-                        at()
-                    );
-                }
-                None
+        match parts.on_headers.refusal() {
+            Some(action) => {
+                return Err(Refusal {
+                    action,
+                    reason: format!("{} has headers, which a Kinesis record cannot carry", at()),
+                    setting: "records.on_headers",
+                    fix: "Set records.on_headers to ignore to send key and value without them",
+                });
             }
-            HeadersPolicy::DeadLetter => Some(Refuse::DeadLetter),
-            HeadersPolicy::Stop => Some(Refuse::Stop),
-        };
-        if let Some(action) = action {
-            return Err(Refusal {
-                action,
-                reason: format!("{} has headers, which a Kinesis record cannot carry", at()),
-                setting: "records.on_headers",
-                fix: "Set records.on_headers to ignore to send key and value without them",
-            });
+            None if !parts.headers_noted.swap(true, AtomicOrdering::Relaxed) => info!(
+                "{} has headers: they are not sent, a Kinesis record has none \
+                 (records.on_headers is ignore; said once)",
+                at()
+            ),
+            None => {}
         }
     }
     let partition_key = parts
@@ -360,7 +348,8 @@ fn handle_refusal(
             ));
             return false;
         }
-        (Refuse::Skip | Refuse::Stop, _) => {
+        (Refuse::Stop, _) => unreachable!("a stop returned above"),
+        (Refuse::Skip, _) => {
             parts.stats.skipped.fetch_add(1, AtomicOrdering::Relaxed);
             info!("{reason}: not sent ({setting} is skip); counted as skipped");
             progress.ack(offset);
