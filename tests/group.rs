@@ -65,8 +65,7 @@ async fn three_members_a_fourth_joining_and_one_killed_lose_nothing() {
 
     let records = world.wait_for_all(N, Duration::from_secs(300)).await;
     for member in members {
-        let (status, log) = member.terminate();
-        assert_eq!(status.code(), Some(0), "{log}");
+        member.stop();
     }
     assert_eq!(world.committed(PARTITIONS), end_offsets(&placements));
     let (missing, duplicates) = tally(N, &records);
@@ -81,6 +80,65 @@ async fn three_members_a_fourth_joining_and_one_killed_lose_nothing() {
     println!(
         "4 members (one joined, one killed): sent {N} received {} duplicated {duplicates} lost 0; \
          {uncommitted_at_kill} delivered but uncommitted at the kill",
+        records.len()
+    );
+    world.finish().await;
+}
+
+/// A member stopped while the group hands it more partitions exits cleanly.
+///
+/// librdkafka 2.12 hangs in close when a cooperative rebalance assigns partitions to a closing
+/// member (confluentinc/librdkafka#4527); doka leaves the group before it closes. Here one member
+/// is stopping, held up by undeliverable records, when another dies and the group gives the
+/// stopping member a share of the dead one's partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_stopping_while_partitions_are_assigned_to_it_exits_cleanly() {
+    const N: usize = 4_000;
+    const PARTITIONS: i32 = 8;
+    let world = World::new(PARTITIONS, 2).await;
+    let messages = keyed_messages(0..N, 500);
+    let placements = world.produce(&messages);
+    let proxy = proxy::FaultProxy::start(&world.ep.kinesis, proxy::Faults::default()).await;
+    let yaml = world.yaml(Some(&proxy.url));
+    let slow = [
+        ("DOKA_BATCH__MAX_RECORDS", "20"),
+        ("DOKA_PIPELINE__LANES", "1"),
+        ("DOKA_PIPELINE__MAX_IN_FLIGHT_RECORDS", "100"),
+        ("DOKA_RETRY__MAX_BACKOFF_MS", "1000"),
+    ];
+    let mut dying = Doka::start(&yaml, &slow);
+    let mut stopping = Doka::start(&yaml, &slow);
+    let mut staying = Doka::start(&yaml, &slow);
+    for member in [&mut dying, &mut stopping, &mut staying] {
+        member.wait_for_log("partitions assigned", 1, Duration::from_secs(60));
+    }
+    wait_for_records(&world.b, &world.stream, 500, Duration::from_secs(60)).await;
+
+    // Every request fails: the stopping member waits for its records in flight, not polling
+    // Kafka, while the group reassigns the dead member's partitions after the session timeout.
+    proxy.faults.lock().unwrap().error_every = Some(1);
+    stopping.wait_for_log("request failed, retrying", 1, Duration::from_secs(30));
+    stopping.signal_stop();
+    stopping.wait_for_log(
+        "stopping: waiting for records in flight",
+        1,
+        Duration::from_secs(30),
+    );
+    let _ = dying.kill();
+    staying.wait_for_log("partitions assigned", 2, Duration::from_secs(60));
+    proxy.faults.lock().unwrap().error_every = None;
+
+    let (status, log) = stopping.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("left the consumer group"), "{log}");
+
+    let records = world.wait_for_all(N, Duration::from_secs(300)).await;
+    staying.stop();
+    assert_eq!(world.committed(PARTITIONS), end_offsets(&placements));
+    let (missing, duplicates) = tally(N, &records);
+    assert!(missing.is_empty(), "lost {missing:?}");
+    println!(
+        "member stopped while partitions were assigned to it: sent {N} received {} duplicated {duplicates} lost 0",
         records.len()
     );
     world.finish().await;

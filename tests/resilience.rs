@@ -51,13 +51,11 @@ async fn two_members_share_the_partitions_and_survive_rebalances() {
     assert_committed_were_delivered(&world, 6, &placements).await;
 
     // The first member leaves: the second takes everything over.
-    let (status, first_log) = first.terminate();
-    assert_eq!(status.code(), Some(0), "{first_log}");
+    let first_log = first.stop();
     second.wait_for_log("partitions assigned", 2, Duration::from_secs(60));
 
     let records = world.wait_for_all(N, Duration::from_secs(240)).await;
-    let (status, second_log) = second.terminate();
-    assert_eq!(status.code(), Some(0), "{second_log}");
+    let second_log = second.stop();
     let (missing, duplicates) = tally(N, &records);
     assert!(missing.is_empty());
     assert_eq!(world.committed(6), end_offsets(&placements));
@@ -132,8 +130,7 @@ async fn an_outage_pauses_fetching_at_the_bound_and_commits_nothing_undelivered(
     proxy.set_faults(proxy::Faults::default());
     let doka = Doka::start(&world.yaml(Some(&proxy.url)), &[]);
     let records = world.wait_for_all(N, Duration::from_secs(120)).await;
-    let (status, log) = doka.terminate();
-    assert_eq!(status.code(), Some(0), "{log}");
+    doka.stop();
     assert_eq!(world.committed(4), end_offsets(&placements));
     let (_, duplicates) = tally(N, &records);
     println!(
@@ -212,8 +209,7 @@ async fn a_missing_stream_is_reported_and_everything_arrives_once_it_exists() {
 
     create_stream(&world.b, &world.stream, 1).await;
     let records = world.wait_for_all(N, Duration::from_secs(120)).await;
-    let (status, log) = doka.terminate();
-    assert_eq!(status.code(), Some(0), "{log}");
+    doka.stop();
     assert!(tally(N, &records).0.is_empty());
     assert_eq!(world.committed(2), end_offsets(&placements));
     world.finish().await;
@@ -252,8 +248,7 @@ async fn an_oversized_record_goes_to_the_dead_letter_topic_and_the_rest_flows() 
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
-    let (status, log) = doka.terminate();
-    assert_eq!(status.code(), Some(0), "{log}");
+    let log = doka.stop();
     assert!(log.contains("dead_lettered=1"), "{log}");
     assert!(records.iter().all(|r| message_id(&r.data) != 200));
     assert_eq!(
@@ -325,8 +320,7 @@ async fn assumed_role_credentials_are_renewed_while_records_flow() {
         sent += 100;
         wait_for_records(&world.b, &world.stream, sent, Duration::from_secs(60)).await;
     }
-    let (status, log) = doka.terminate();
-    assert_eq!(status.code(), Some(0), "{log}");
+    let log = doka.stop();
     let records = read_stream(&world.b, &world.stream).await;
     let (missing, duplicates) = tally(sent, &records);
     assert!(missing.is_empty());
@@ -364,8 +358,7 @@ async fn a_kafka_outage_mid_run_loses_nothing() {
 
     let records = world.wait_for_all(N, Duration::from_secs(180)).await;
     doka.wait_for_log("partitions assigned", 1, Duration::from_secs(5));
-    let (status, log) = doka.terminate();
-    assert_eq!(status.code(), Some(0), "{log}");
+    doka.stop();
     assert!(during < N, "the outage must come mid-run");
     let (missing, duplicates) = tally(N, &records);
     assert!(missing.is_empty());

@@ -618,6 +618,29 @@ impl Doka {
         (status, log)
     }
 
+    /// Sends SIGTERM and returns at once.
+    pub fn signal_stop(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// SIGTERM and a clean exit (code 0) expected; returns the log. On any other exit the
+    /// failure names the status first and shows the end of the log, where the reason is.
+    pub fn stop(self) -> String {
+        let (status, log) = self.terminate();
+        if status.code() != Some(0) {
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+            panic!(
+                "doka exited with {status} after SIGTERM, expected 0; the last {} of {} log lines:\n{tail}",
+                lines.len().min(60),
+                lines.len()
+            );
+        }
+        log
+    }
+
     /// SIGKILL: no chance to commit or leave the group.
     pub fn kill(mut self) -> String {
         let _ = self.child.kill();
@@ -675,6 +698,12 @@ impl Drop for Doka {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // For a post-mortem of a run that passed but looked odd: keep every log.
+        if let Some(dir) = std::env::var_os("DOKA_TEST_LOG_DIR") {
+            let name = format!("doka-{}.log", self.child.id());
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::copy(&self.log, Path::new(&dir).join(name));
+        }
     }
 }
 
