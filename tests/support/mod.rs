@@ -610,9 +610,7 @@ impl Doka {
 
     /// SIGTERM, then waits for the exit.
     pub fn terminate(mut self) -> (ExitStatus, String) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        self.signal_stop();
         let status = wait_with_timeout(&mut self.child, Duration::from_secs(60));
         let log = self.log_text();
         (status, log)
