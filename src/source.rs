@@ -531,7 +531,7 @@ const LEAVE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Hands every partition back before the consumer is closed.
 ///
 /// librdkafka 2.12 can hang in close, or abort, when a cooperative rebalance assigns partitions
-/// while the consumer closes (confluentinc/librdkafka#4527, seen here as a member that never
+/// while the consumer closes (confluentinc/librdkafka#4527 and #4792, seen here as a member that never
 /// exited). Unsubscribing first and serving the resulting assignment changes on this thread
 /// leaves close nothing to do but send LeaveGroup. Records fetched meanwhile are dropped
 /// unregistered: they are not delivered, so no commit passes them.
