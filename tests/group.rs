@@ -87,10 +87,10 @@ async fn three_members_a_fourth_joining_and_one_killed_lose_nothing() {
 
 /// A member stopped while the group hands it more partitions exits cleanly.
 ///
-/// librdkafka 2.12 hangs in close when a cooperative rebalance assigns partitions to a closing
-/// member (confluentinc/librdkafka#4527, #4792); doka leaves the group before it closes. Here one member
-/// is stopping, held up by undeliverable records, when another dies and the group gives the
-/// stopping member a share of the dead one's partitions.
+/// librdkafka 2.12 can hang in close when a cooperative rebalance assigns partitions to a
+/// closing member (confluentinc/librdkafka#4527, #4792); doka leaves the group before it closes.
+/// Here one member is stopping, held up by undeliverable records, when another dies and the group
+/// gives the stopping member a share of the dead one's partitions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_stopping_while_partitions_are_assigned_to_it_exits_cleanly() {
     const N: usize = 4_000;
