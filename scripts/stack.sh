@@ -3,7 +3,11 @@
 #   - moto server     : STS (AssumeRole, AssumeRoleWithWebIdentity) that keeps accounts apart
 #   - kinesis-mock    : Kinesis Data Streams; 12-digit access key ids select an account,
 #                       any other key (the ASIA... keys STS hands out) lands in account B.
-# The Kafka side needs nothing installed: tests and the demo host librdkafka's mock cluster,
+# and, for the authenticated Kafka listeners MSK offers (TLS, mutual TLS, SASL/SCRAM, IAM):
+#   - auth_broker     : examples/auth_broker.rs, four librdkafka mock brokers, the SCRAM and
+#                       OAUTHBEARER ones behind a SASL-handling proxy (tokens are recorded)
+#   - stunnel         : terminates TLS in front of them, with a test CA generated here
+# Plain Kafka needs nothing: tests and the demo host librdkafka's mock cluster themselves,
 # a real Kafka-protocol broker on a TCP port (see ../shared/reference/local-stack.md for why).
 #
 # Usage: scripts/stack.sh install|up|down|status|env
@@ -19,8 +23,88 @@ MOTO_VERSION="moto[server]>=5.1,<6"
 KINESIS_MOCK_VERSION="kinesis-local@0.6.2"
 RUN_DIR="$STACK_DIR/run"
 KINESIS_PKG="$STACK_DIR/kinesis/node_modules/kinesis-local"
+# Kafka with authentication, in the order tls, mtls, scram, iam: clients use the public (TLS,
+# stunnel) ports, which the mock brokers advertise; stunnel forwards to auth_broker's internal ones.
+KAFKA_HOST=127.0.0.1
+KAFKA_PUBLIC_PORTS=(4611 4612 4613 4614)
+KAFKA_INTERNAL_PORTS=(4621 4622 4623 4624)
+SCRAM_USER=doka-test
+SCRAM_PASSWORD=doka-test-secret
+TLS_DIR="$STACK_DIR/tls"
+TOKENS_FILE="$RUN_DIR/oauth-tokens.jsonl"
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+AUTH_BROKER_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/examples/auth_broker"
+# Stopped in this order (stunnel before the brokers behind it).
+SERVICES=(stunnel auth_broker moto kinesis)
 
 log() { echo "stack: $*" >&2; }
+
+# Runs a noisy command quietly; shows its output only when it fails.
+quiet() {
+  local out
+  if ! out=$("$@" 2>&1); then echo "$out" >&2; return 1; fi
+}
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+stunnel_bin() { command -v stunnel4 || command -v stunnel; }
+
+install_stunnel() {
+  stunnel_bin >/dev/null && return 0
+  log "installing stunnel4 (apt-get)"
+  if ! quiet as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q stunnel4; then
+    quiet as_root apt-get update -q
+    quiet as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q stunnel4
+  fi
+}
+
+# A test CA, a server certificate for 127.0.0.1/localhost and a client certificate signed by it,
+# plus an unrelated CA and a key that matches no certificate, for the negative tests.
+make_certs() {
+  local f missing=0
+  for f in ca.pem ca-key.pem server.pem server-key.pem client.pem client-key.pem other-ca.pem other-key.pem; do
+    [ -s "$TLS_DIR/$f" ] || missing=1
+  done
+  [ "$missing" = 0 ] && return 0
+  log "generating the test CA and certificates in $TLS_DIR"
+  local tmp
+  tmp=$(mktemp -d "$STACK_DIR/tls.XXXXXX")
+  (
+    cd "$tmp"
+    printf '%s\n' '[req]' 'distinguished_name = dn' '[dn]' '[ca]' \
+      'basicConstraints = critical, CA:TRUE' 'keyUsage = critical, keyCertSign, cRLSign' \
+      'subjectKeyIdentifier = hash' >ca.cnf
+    printf '%s\n' 'basicConstraints = CA:FALSE' 'keyUsage = critical, digitalSignature, keyEncipherment' \
+      'extendedKeyUsage = serverAuth' 'subjectAltName = IP:127.0.0.1, DNS:localhost' >server.ext
+    printf '%s\n' 'basicConstraints = CA:FALSE' 'keyUsage = critical, digitalSignature, keyEncipherment' \
+      'extendedKeyUsage = clientAuth' >client.ext
+    for ca in "ca:doka test CA" "other-ca:unrelated test CA"; do
+      quiet openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -config ca.cnf -extensions ca \
+        -subj "/CN=${ca#*:}" -keyout "${ca%%:*}-key.pem" -out "${ca%%:*}.pem"
+    done
+    for leaf in server:localhost client:doka-test-client; do
+      name=${leaf%%:*}
+      quiet openssl req -new -newkey rsa:2048 -nodes -config ca.cnf -subj "/CN=${leaf#*:}" \
+        -keyout "$name-key.pem" -out "$name.csr"
+      quiet openssl x509 -req -in "$name.csr" -CA ca.pem -CAkey ca-key.pem -days 3650 \
+        -set_serial "0x$(openssl rand -hex 8)" -extfile "$name.ext" -out "$name.pem"
+    done
+    quiet openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out other-key.pem
+  )
+  mkdir -p "$TLS_DIR"
+  mv "$tmp"/*.pem "$TLS_DIR/"
+  rm -rf "$tmp"
+}
+
+build_auth_broker() {
+  if [ -x "$AUTH_BROKER_BIN" ] && [ "$AUTH_BROKER_BIN" -nt "$ROOT/examples/auth_broker.rs" ]; then return 0; fi
+  log "building examples/auth_broker.rs"
+  if ! (cd "$ROOT" && cargo build --quiet --example auth_broker) >&2; then
+    # Examples link the crate's library: a half-edited src/ must not take the stack down.
+    [ -x "$AUTH_BROKER_BIN" ] || return 1
+    log "build failed; using the older $AUTH_BROKER_BIN"
+  fi
+}
 
 install() {
   mkdir -p "$STACK_DIR" "$RUN_DIR"
@@ -33,6 +117,9 @@ install() {
     log "installing kinesis-mock ($KINESIS_MOCK_VERSION) into $STACK_DIR/kinesis"
     npm install --silent --no-audit --no-fund --prefix "$STACK_DIR/kinesis" "$KINESIS_MOCK_VERSION"
   fi
+  install_stunnel
+  make_certs
+  build_auth_broker
 }
 
 answers() { # port path
@@ -42,6 +129,15 @@ answers() { # port path
 running() { # name
   local pidfile="$RUN_DIR/$1.pid"
   [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+}
+
+port_open() { # port
+  (: </dev/tcp/"$KAFKA_HOST"/"$1") 2>/dev/null
+}
+
+ports_open() { # port...
+  local p
+  for p in "$@"; do port_open "$p" || return 1; done
 }
 
 wait_for() { # name port path
@@ -78,25 +174,112 @@ up() {
     echo $! >"$RUN_DIR/kinesis.pid"
     wait_for kinesis "$KINESIS_PORT" /
   fi
+  start_auth_broker
+  start_stunnel
   env_lines
 }
 
-down() {
-  for name in moto kinesis; do
-    if running "$name"; then
-      log "stopping $name"
-      pid=$(cat "$RUN_DIR/$name.pid")
-      kill "$pid" 2>/dev/null || true
-      # Wait for the port to be free before anyone starts it again.
-      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-      kill -9 "$pid" 2>/dev/null || true
+start_auth_broker() {
+  if running auth_broker && ports_open "${KAFKA_INTERNAL_PORTS[@]}"; then
+    if [ "$AUTH_BROKER_BIN" -nt "$RUN_DIR/auth_broker.pid" ]; then
+      log "auth_broker was rebuilt since it started; restarting it"
+      stop auth_broker
+    else
+      log "auth_broker already up on ${KAFKA_INTERNAL_PORTS[*]}"
+      return 0
     fi
-    rm -f "$RUN_DIR/$name.pid"
+  fi
+  stop auth_broker # a half-started one would hold some of the ports
+  log "starting auth_broker (mock brokers with TLS/mTLS/SCRAM/IAM listeners)"
+  local ports public
+  ports=$(IFS=,; echo "${KAFKA_INTERNAL_PORTS[*]}")
+  public=$(IFS=,; echo "${KAFKA_PUBLIC_PORTS[*]}")
+  # The password goes by environment, not on the command line that `ps` shows.
+  DOKA_TEST_SCRAM_USER="$SCRAM_USER" DOKA_TEST_SCRAM_PASSWORD="$SCRAM_PASSWORD" \
+    nohup "$AUTH_BROKER_BIN" --host "$KAFKA_HOST" --advertise-host "$KAFKA_HOST" \
+    --ports "$ports" --public-ports "$public" --tokens-file "$TOKENS_FILE" \
+    </dev/null >"$RUN_DIR/auth_broker.log" 2>&1 &
+  echo $! >"$RUN_DIR/auth_broker.pid"
+  for _ in $(seq 1 120); do
+    if grep -q "^auth_broker: ready" "$RUN_DIR/auth_broker.log"; then return 0; fi
+    if ! running auth_broker; then
+      log "auth_broker exited during start-up; its log:"; tail -n 30 "$RUN_DIR/auth_broker.log" >&2; return 1
+    fi
+    sleep 0.5
+  done
+  log "auth_broker was not ready within 60 s; its log:"; tail -n 30 "$RUN_DIR/auth_broker.log" >&2
+  return 1
+}
+
+start_stunnel() {
+  if running stunnel && ports_open "${KAFKA_PUBLIC_PORTS[@]}"; then
+    log "stunnel already up on ${KAFKA_PUBLIC_PORTS[*]}"
+    return 0
+  fi
+  stop stunnel
+  local conf="$RUN_DIR/stunnel.conf" i
+  local names=(tls mtls scram iam)
+  {
+    echo "; written by scripts/stack.sh: TLS in front of auth_broker's plain listeners"
+    echo "foreground = yes"
+    echo "pid ="
+    echo "debug = warning"
+    # Kafka is request/response with small frames: Nagle would add delayed-ACK stalls.
+    echo "socket = l:TCP_NODELAY=1"
+    echo "socket = r:TCP_NODELAY=1"
+    for i in 0 1 2 3; do
+      echo
+      echo "[kafka-${names[$i]}]"
+      echo "accept = $KAFKA_HOST:${KAFKA_PUBLIC_PORTS[$i]}"
+      echo "connect = $KAFKA_HOST:${KAFKA_INTERNAL_PORTS[$i]}"
+      echo "cert = $TLS_DIR/server.pem"
+      echo "key = $TLS_DIR/server-key.pem"
+      if [ "${names[$i]}" = mtls ]; then
+        # Mutual TLS: no certificate, or one not signed by the test CA, is refused in the handshake.
+        echo "CAfile = $TLS_DIR/ca.pem"
+        echo "verifyChain = yes"
+        echo "requireCert = yes"
+      fi
+    done
+  } >"$conf"
+  log "starting stunnel (TLS) on ${KAFKA_PUBLIC_PORTS[*]}"
+  nohup "$(stunnel_bin)" "$conf" </dev/null >"$RUN_DIR/stunnel.log" 2>&1 &
+  echo $! >"$RUN_DIR/stunnel.pid"
+  for _ in $(seq 1 60); do
+    if ports_open "${KAFKA_PUBLIC_PORTS[@]}"; then return 0; fi
+    if ! running stunnel; then
+      log "stunnel exited during start-up; its log:"; tail -n 30 "$RUN_DIR/stunnel.log" >&2; return 1
+    fi
+    sleep 0.5
+  done
+  log "stunnel did not listen on ${KAFKA_PUBLIC_PORTS[*]} within 30 s; its log:"; tail -n 30 "$RUN_DIR/stunnel.log" >&2
+  return 1
+}
+
+stop() { # name
+  local name=$1 pid
+  if running "$name"; then
+    log "stopping $name"
+    pid=$(cat "$RUN_DIR/$name.pid")
+    kill "$pid" 2>/dev/null || true
+    # Wait for the port to be free before anyone starts it again.
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$RUN_DIR/$name.pid"
+}
+
+down() {
+  local name p
+  for name in "${SERVICES[@]}"; do stop "$name"; done
+  for p in "${KAFKA_PUBLIC_PORTS[@]}" "${KAFKA_INTERNAL_PORTS[@]}"; do
+    for _ in $(seq 1 50); do port_open "$p" || break; sleep 0.2; done
+    if port_open "$p"; then log "port $p is still in use (by a process not started by this script?)"; fi
   done
 }
 
 status() {
-  for name in moto kinesis; do
+  for name in "${SERVICES[@]}"; do
     if running "$name"; then echo "$name: running (pid $(cat "$RUN_DIR/$name.pid"))"; else echo "$name: stopped"; fi
   done
 }
@@ -104,6 +287,14 @@ status() {
 env_lines() {
   echo "DOKA_TEST_STS_ENDPOINT=http://127.0.0.1:$MOTO_PORT"
   echo "DOKA_TEST_KINESIS_ENDPOINT=http://127.0.0.1:$KINESIS_PORT"
+  echo "DOKA_TEST_KAFKA_TLS=$KAFKA_HOST:${KAFKA_PUBLIC_PORTS[0]}"
+  echo "DOKA_TEST_KAFKA_MTLS=$KAFKA_HOST:${KAFKA_PUBLIC_PORTS[1]}"
+  echo "DOKA_TEST_KAFKA_SCRAM=$KAFKA_HOST:${KAFKA_PUBLIC_PORTS[2]}"
+  echo "DOKA_TEST_KAFKA_IAM=$KAFKA_HOST:${KAFKA_PUBLIC_PORTS[3]}"
+  echo "DOKA_TEST_TLS_DIR=$TLS_DIR"
+  echo "DOKA_TEST_OAUTH_TOKENS=$TOKENS_FILE"
+  echo "DOKA_TEST_SCRAM_USER=$SCRAM_USER"
+  echo "DOKA_TEST_SCRAM_PASSWORD=$SCRAM_PASSWORD"
 }
 
 case "${1:-}" in

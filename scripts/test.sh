@@ -9,7 +9,7 @@ was_running=$(scripts/stack.sh status | grep -c running || true)
 set -a
 eval "$(scripts/stack.sh up)"
 set +a
-if [ "$was_running" -lt 2 ]; then
+if [ "$was_running" -lt 4 ]; then
   trap 'scripts/stack.sh down' EXIT
 fi
 

@@ -7,9 +7,10 @@ use std::time::Duration;
 use tokio::sync::mpsc::unbounded_channel;
 use tracing::{error, info, warn};
 
-use crate::aws;
-use crate::config::{Config, default_session_name};
+use crate::aws::{self, msk_iam::MskTokenSigner};
+use crate::config::{AuthMode, Config, default_session_name};
 use crate::dead_letter::DeadLetter;
+use crate::kafka::Connection;
 use crate::pipeline::batch::{BatchLimits, Batcher};
 use crate::pipeline::lane::{Backoff, Lane};
 use crate::pipeline::pace::Pace;
@@ -36,6 +37,8 @@ pub mod exit {
     pub const CREDENTIALS: u8 = 5;
     /// At start-up, no Kafka broker answered within `kafka.connect_timeout_ms`.
     pub const KAFKA_UNREACHABLE: u8 = 6;
+    /// At start-up, the brokers refused the TLS handshake or the authentication (`kafka.auth`).
+    pub const KAFKA_REFUSED: u8 = 7;
 }
 
 /// Runs doka until a signal or a halt. Returns the process exit code.
@@ -44,7 +47,11 @@ pub async fn run(config: Config, profile: Option<String>) -> u8 {
         Ok(code) => code,
         Err(e) => {
             error!("{e:#}");
-            exit::FAILURE
+            if e.downcast_ref::<crate::kafka::ClientSetupError>().is_some() {
+                exit::CONFIG
+            } else {
+                exit::FAILURE
+            }
         }
     }
 }
@@ -55,13 +62,25 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
         .session_name
         .clone()
         .unwrap_or_else(|| default_session_name(profile.as_deref()));
-    let access = aws::kinesis_access(&config.aws, &config.kinesis, session_name).await?;
+    let base = aws::base_config(&config.aws).await;
+    let access = aws::kinesis_access(&base, &config.aws, &config.kinesis, session_name).await?;
     let target = describe_target(&config, &access.region);
-    match aws::check_credentials(&access.credentials).await {
-        Ok(expiry) => info!(
-            session = access.session_name.as_deref().unwrap_or("-"),
-            "credentials for {target} obtained; they {expiry}"
-        ),
+    let signer = match msk_token_signer(&config, &base).await {
+        Ok(signer) => signer,
+        Err(problem) => {
+            error!("{problem}");
+            return Ok(exit::CONFIG);
+        }
+    };
+    match aws::resolve(&access.credentials).await {
+        Ok(credentials) => {
+            info!(
+                session = access.session_name.as_deref().unwrap_or("-"),
+                "credentials for {target} obtained; they {}",
+                aws::describe_expiry(&credentials)
+            );
+            log_identities(&config, &base, credentials).await;
+        }
         Err(e) => {
             error!(
                 "cannot obtain credentials for {target}: {e}. Check the source identity \
@@ -120,12 +139,14 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
 
     let shutdown = Arc::new(AtomicBool::new(false));
     tokio::spawn(watch_signals(shutdown.clone()));
+    let runtime = tokio::runtime::Handle::current();
 
     let dead_letter = match &config.dead_letter.topic {
         Some(topic) => Some(DeadLetter::new(
             &config.kafka,
+            Connection::new(&config.kafka.auth, signer.clone(), runtime.clone()),
             topic.clone(),
-            tokio::runtime::Handle::current(),
+            runtime.clone(),
             budget.clone(),
             halt.clone(),
             stats.clone(),
@@ -156,7 +177,9 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
     };
     info!("delivering {:?} to {target}", config.kafka.topics);
     let kafka = config.kafka.clone();
-    let source_exit = tokio::task::spawn_blocking(move || source::run(&kafka, parts)).await??;
+    let connection = Connection::new(&config.kafka.auth, signer, runtime);
+    let source_exit =
+        tokio::task::spawn_blocking(move || source::run(&kafka, connection, parts)).await??;
 
     // The consumer has dropped the lane senders: lanes end once their queues are delivered. If
     // shutdown timed out they may still be retrying; their records are uncommitted, so stop them.
@@ -167,6 +190,7 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
     Ok(match source_exit {
         SourceExit::Clean => exit::CLEAN,
         SourceExit::BrokersUnreachable => exit::KAFKA_UNREACHABLE,
+        SourceExit::AuthFailed => exit::KAFKA_REFUSED,
         SourceExit::Undelivered(_) => exit::UNDELIVERED,
         SourceExit::Halted => {
             error!(
@@ -176,6 +200,55 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
             exit::HALTED
         }
     })
+}
+
+/// For mode `iam`: the signer of MSK tokens, with the source identity (never the assumed role)
+/// and the cluster's region. Err: the region cannot be told (a config problem).
+pub async fn msk_token_signer(
+    config: &Config,
+    base: &aws_types::SdkConfig,
+) -> Result<Option<MskTokenSigner>, String> {
+    if config.kafka.auth.mode != AuthMode::Iam {
+        return Ok(None);
+    }
+    let region = match config.kafka.auth.iam_region(&config.kafka.brokers) {
+        Some(region) => region,
+        None => aws::environment_region().await.ok_or_else(|| {
+            "invalid config: key `kafka.auth.iam.region`: the MSK cluster's region cannot be told: \
+             the broker names are not MSK names (…kafka.<region>.amazonaws.com) and AWS_REGION is not \
+             set. Set kafka.auth.iam.region, e.g. eu-west-1"
+                .to_owned()
+        })?,
+    };
+    let source = base
+        .credentials_provider()
+        .ok_or("no AWS credential chain to sign MSK IAM tokens with")?;
+    Ok(Some(MskTokenSigner::new(source, region)))
+}
+
+/// Says in the log who doka is on each side (ARNs carry the session names); not fatal.
+async fn log_identities(
+    config: &Config,
+    base: &aws_types::SdkConfig,
+    target: aws_credential_types::Credentials,
+) {
+    let source = match base.credentials_provider() {
+        Some(chain) => aws::resolve(&chain).await,
+        None => Err("no credential chain".into()),
+    };
+    match source {
+        Ok(creds) => match aws::caller_identity(base, &config.aws, creds).await {
+            Ok(id) => info!(account = %id.account, "source identity: {}", id.arn),
+            Err(e) => warn!("cannot tell the source identity (GetCallerIdentity): {e}"),
+        },
+        Err(e) => warn!("cannot tell the source identity: {e}"),
+    }
+    if config.aws.role_arn.is_some() {
+        match aws::caller_identity(base, &config.aws, target).await {
+            Ok(id) => info!(account = %id.account, "target identity: {}", id.arn),
+            Err(e) => warn!("cannot tell the target identity (GetCallerIdentity): {e}"),
+        }
+    }
 }
 
 fn describe_target(config: &Config, region: &str) -> String {

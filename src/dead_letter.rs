@@ -14,6 +14,7 @@ use rdkafka::util::Timeout;
 use tracing::warn;
 
 use crate::config::KafkaConfig;
+use crate::kafka::{self, Connection, ConnectionContext};
 use crate::pipeline::offsets::PartitionProgress;
 use crate::pipeline::{Budget, Halt, Stats};
 
@@ -24,7 +25,7 @@ pub const HEADER_PARTITION: &str = "doka.source.partition";
 pub const HEADER_OFFSET: &str = "doka.source.offset";
 
 pub struct DeadLetter {
-    producer: FutureProducer,
+    producer: FutureProducer<ConnectionContext>,
     topic: String,
     runtime: tokio::runtime::Handle,
     budget: Arc<Budget>,
@@ -34,10 +35,9 @@ pub struct DeadLetter {
 
 /// Producer settings: the brokers and the connection/security properties of `kafka.properties`
 /// (consumer-only properties would only make librdkafka warn).
-pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", kafka.brokers.join(","))
-        .set("client.id", "doka-dead-letter")
+pub fn producer_config(kafka: &KafkaConfig) -> anyhow::Result<ClientConfig> {
+    let mut cc = kafka::client_config(kafka)?;
+    cc.set("client.id", "doka-dead-letter")
         .set("enable.idempotence", "true");
     for (k, v) in &kafka.properties {
         if [
@@ -54,21 +54,25 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
             cc.set(k, v);
         }
     }
-    cc
+    Ok(cc)
 }
 
 impl DeadLetter {
     pub fn new(
         kafka: &KafkaConfig,
+        connection: Connection,
         topic: String,
         runtime: tokio::runtime::Handle,
         budget: Arc<Budget>,
         halt: Arc<Halt>,
         stats: Arc<Stats>,
     ) -> anyhow::Result<Self> {
-        let producer = producer_config(kafka)
-            .create()
-            .map_err(|e| anyhow::anyhow!("cannot create the dead-letter producer: {e}"))?;
+        let producer = producer_config(kafka)?
+            .create_with_context(ConnectionContext(connection))
+            .map_err(|e| {
+                anyhow::Error::new(kafka::describe_create_error(&kafka.auth, &e))
+                    .context("cannot create the dead-letter producer")
+            })?;
         Ok(Self {
             producer,
             topic,

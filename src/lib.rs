@@ -10,8 +10,10 @@
 
 pub mod app;
 pub mod aws;
+pub mod check;
 pub mod config;
 pub mod dead_letter;
+pub mod kafka;
 pub mod pipeline;
 pub mod sink;
 pub mod source;

@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::client::ClientContext;
+use rdkafka::client::{ClientContext, OAuthToken};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedSender;
@@ -20,6 +20,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{HeadersPolicy, KafkaConfig, StartFrom, TombstonePolicy};
 use crate::dead_letter::DeadLetter;
+use crate::kafka::{self, ConnectFailure, Connection};
 use crate::pipeline::offsets::PartitionProgress;
 use crate::pipeline::partition_key::PartitionKeys;
 use crate::pipeline::{Budget, Halt, Record, Refuse, Stats, lane_of};
@@ -37,6 +38,7 @@ pub struct SourceContext {
     /// Set when a rebalance completed: the broker refused commits while it was under way, so
     /// commit at once rather than at the next interval (a member that dies now re-sends less).
     commit_now: AtomicBool,
+    connection: Connection,
 }
 
 impl SourceContext {
@@ -104,7 +106,20 @@ fn mark_committed(partitions: &[Arc<PartitionProgress>], tpl: &TopicPartitionLis
     }
 }
 
-impl ClientContext for SourceContext {}
+impl ClientContext for SourceContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        _config: Option<&str>,
+    ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        self.connection.oauth_token()
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.connection.on_error(error, reason);
+    }
+}
 
 impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -228,6 +243,8 @@ pub enum SourceExit {
     Halted,
     /// No broker answered at start-up within `kafka.connect_timeout_ms`.
     BrokersUnreachable,
+    /// At start-up, the brokers answered but refused the TLS handshake or the authentication.
+    AuthFailed,
 }
 
 /// A record that a policy keeps from Kinesis as it is.
@@ -358,10 +375,9 @@ fn handle_refusal(
     true
 }
 
-pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", kafka.brokers.join(","))
-        .set("group.id", &kafka.group_id)
+pub fn consumer_config(kafka: &KafkaConfig) -> anyhow::Result<ClientConfig> {
+    let mut cc = kafka::client_config(kafka)?;
+    cc.set("group.id", &kafka.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set(
@@ -378,11 +394,15 @@ pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
     for (k, v) in &kafka.properties {
         cc.set(k, v);
     }
-    cc
+    Ok(cc)
 }
 
 /// Runs the consumer until shutdown or halt. Blocks the calling thread.
-pub fn run(kafka: &KafkaConfig, parts: SourceParts) -> anyhow::Result<SourceExit> {
+pub fn run(
+    kafka: &KafkaConfig,
+    connection: Connection,
+    parts: SourceParts,
+) -> anyhow::Result<SourceExit> {
     let context = SourceContext {
         partitions: Mutex::new(HashMap::new()),
         budget: parts.budget.clone(),
@@ -390,12 +410,18 @@ pub fn run(kafka: &KafkaConfig, parts: SourceParts) -> anyhow::Result<SourceExit
         paused: AtomicBool::new(false),
         closing: AtomicBool::new(false),
         commit_now: AtomicBool::new(false),
+        connection,
     };
-    let consumer: BaseConsumer<SourceContext> = consumer_config(kafka)
+    let consumer: BaseConsumer<SourceContext> = consumer_config(kafka)?
         .create_with_context(context)
         .map_err(|e| {
-            anyhow::anyhow!("cannot create the Kafka consumer: {e} (check kafka.properties)")
+            anyhow::Error::new(kafka::describe_create_error(&kafka.auth, &e))
+                .context("cannot create the Kafka consumer")
         })?;
+    consumer.context().connection.await_first_token(|timeout| {
+        // Nothing is subscribed yet: a poll serves events, it returns no records.
+        let _ = consumer.poll(timeout);
+    });
     let topics: Vec<&str> = kafka.topics.iter().map(String::as_str).collect();
     // Fail fast at start-up: a broker list that reaches nothing is a set-up problem, best shown
     // by exiting (Kubernetes shows the crash loop). Outages later on are waited out.
@@ -416,12 +442,20 @@ pub fn run(kafka: &KafkaConfig, parts: SourceParts) -> anyhow::Result<SourceExit
             }
         }
         Err(e) => {
+            let explained = consumer.context().connection.explain_failure(|timeout| {
+                let _ = consumer.poll(timeout);
+            });
+            if let Some(failure) = explained {
+                report_refused(kafka, &failure);
+                return Ok(SourceExit::AuthFailed);
+            }
             error!(
                 "cannot reach the Kafka brokers {} within kafka.connect_timeout_ms ({} ms): {e}. Check \
-                 kafka.brokers, the network path (DNS, security groups) and kafka.properties \
-                 (security.protocol, SASL settings)",
+                 kafka.brokers, the network path (DNS, security groups) and kafka.auth.mode ({}; \
+                 MSK listens for TLS on 9094, SCRAM on 9096, IAM on 9098)",
                 kafka.brokers.join(","),
-                kafka.connect_timeout_ms
+                kafka.connect_timeout_ms,
+                kafka.auth.mode.name()
             );
             return Ok(SourceExit::BrokersUnreachable);
         }
@@ -523,6 +557,14 @@ pub fn run(kafka: &KafkaConfig, parts: SourceParts) -> anyhow::Result<SourceExit
         );
         SourceExit::Undelivered(undelivered)
     })
+}
+
+fn report_refused(kafka: &KafkaConfig, failure: &ConnectFailure) {
+    error!(
+        "the Kafka brokers {} refused doka (kafka.auth.mode {}): {failure}",
+        kafka.brokers.join(","),
+        kafka.auth.mode.name()
+    );
 }
 
 /// How long shutdown waits for the group to take the partitions back.

@@ -364,3 +364,187 @@ fn a_dead_letter_policy_needs_a_topic_that_is_not_consumed() {
     );
     assert_eq!(ok.code, Some(0), "{}", ok.stderr);
 }
+
+// ---------------------------------------------------------------------------------------------
+// kafka.auth
+
+/// VALID with `section` under `kafka:` (and without its raw sasl.password property).
+fn with_auth(section: &str) -> String {
+    VALID
+        .replace("    sasl.password: hunter2-kafka\n", "")
+        .replacen("kafka:\n", &format!("kafka:\n{section}"), 1)
+}
+
+#[test]
+fn scram_reads_its_password_from_a_file_and_never_prints_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, "s3cret-from-file\n").unwrap();
+    let yaml = with_auth(&format!(
+        "  auth:\n    mode: scram\n    scram:\n      username: doka\n      password_file: {}\n",
+        password.display()
+    ));
+    let run = run_with(&yaml, &[], &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(run.stdout.contains("mode: scram"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("mechanism: SCRAM-SHA-512"),
+        "the default"
+    );
+    assert!(!run.stdout.contains("s3cret-from-file"));
+
+    let inline = with_auth(
+        "  auth:\n    mode: scram\n    scram:\n      username: doka\n      password: inline-s3cret\n",
+    );
+    let run = run_with(&inline, &[], &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stdout.contains("password: <redacted>"),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains("inline-s3cret"));
+}
+
+#[test]
+fn a_missing_tls_file_names_the_key_and_the_path() {
+    let run = broken(
+        &with_auth("  auth:\n    mode: tls\n    tls:\n      ca_file: /nowhere/msk-ca.pem\n"),
+        &[],
+    );
+    assert_mentions(
+        &run,
+        &[
+            "kafka.auth.tls.ca_file",
+            "/nowhere/msk-ca.pem",
+            "cannot read",
+        ],
+    );
+}
+
+#[test]
+fn a_file_that_is_not_pem_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let der = dir.path().join("client.der");
+    std::fs::write(&der, [0x30u8, 0x82, 0x01, 0x0a]).unwrap();
+    let key = dir.path().join("client.key");
+    std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\n").unwrap();
+    let run = broken(
+        &with_auth(&format!(
+            "  auth:\n    mode: tls\n    tls:\n      cert_file: {}\n      key_file: {}\n",
+            der.display(),
+            key.display()
+        )),
+        &[],
+    );
+    assert_mentions(
+        &run,
+        &["kafka.auth.tls.cert_file", "is not a PEM file", "openssl"],
+    );
+}
+
+#[test]
+fn a_client_certificate_needs_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("client.pem");
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\n").unwrap();
+    let run = broken(
+        &with_auth(&format!(
+            "  auth:\n    mode: tls\n    tls:\n      cert_file: {}\n",
+            cert.display()
+        )),
+        &[],
+    );
+    assert_mentions(&run, &["kafka.auth.tls.key_file", "private key"]);
+}
+
+#[test]
+fn scram_without_a_user_or_a_password_is_refused() {
+    let run = broken(
+        &with_auth("  auth:\n    mode: scram\n    scram:\n      password: x\n"),
+        &[],
+    );
+    assert_mentions(&run, &["kafka.auth.scram.username", "user name"]);
+
+    let run = broken(
+        &with_auth("  auth:\n    mode: scram\n    scram:\n      username: doka\n"),
+        &[],
+    );
+    assert_mentions(&run, &["kafka.auth.scram.password", "password_file"]);
+
+    let run = broken(
+        &with_auth(
+            "  auth:\n    mode: scram\n    scram:\n      username: doka\n      password_file: /nowhere/pw\n",
+        ),
+        &[],
+    );
+    assert_mentions(&run, &["kafka.auth.scram.password_file", "/nowhere/pw"]);
+
+    let run = broken(
+        &with_auth(
+            "  auth:\n    mode: scram\n    scram:\n      username: doka\n      password_env: DOKA_TEST_UNSET_PASSWORD\n",
+        ),
+        &[],
+    );
+    assert_mentions(
+        &run,
+        &[
+            "kafka.auth.scram.password_env",
+            "DOKA_TEST_UNSET_PASSWORD",
+            "not set",
+        ],
+    );
+}
+
+#[test]
+fn an_auth_section_for_another_mode_is_refused() {
+    let run = broken(
+        &with_auth("  auth:\n    mode: tls\n    scram:\n      username: doka\n"),
+        &[],
+    );
+    assert_mentions(
+        &run,
+        &["kafka.auth.scram", "only used with kafka.auth.mode scram"],
+    );
+}
+
+#[test]
+fn raw_security_properties_conflicting_with_kafka_auth_are_refused() {
+    let yaml = with_auth("  auth:\n    mode: iam\n").replace(
+        "    fetch.wait.max.ms: 50\n",
+        "    fetch.wait.max.ms: 50\n    security.protocol: SASL_SSL\n",
+    );
+    let run = broken(&yaml, &[]);
+    assert_mentions(
+        &run,
+        &["kafka.properties.security.protocol", "kafka.auth.mode iam"],
+    );
+}
+
+#[test]
+fn the_auth_mode_can_come_from_the_environment() {
+    let run = run_with(
+        &with_auth(""),
+        &[],
+        &[
+            ("DOKA_KAFKA__AUTH__MODE", "iam"),
+            ("DOKA_KAFKA__AUTH__IAM__REGION", "eu-central-1"),
+        ],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(run.stdout.contains("mode: iam"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("region: eu-central-1"),
+        "{}",
+        run.stdout
+    );
+
+    let run = broken(&with_auth(""), &[("DOKA_KAFKA__AUTH__MODE", "kerberos")]);
+    assert_mentions(
+        &run,
+        &[
+            "DOKA_KAFKA__AUTH__MODE",
+            "`plaintext`, `tls`, `scram`, `iam`",
+        ],
+    );
+}

@@ -246,6 +246,36 @@ pub async fn wait_for_records(
     }
 }
 
+/// Reads `stream` until every id below `n` is in it (copies allowed), or panics after `timeout`.
+pub async fn wait_for_all(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    n: usize,
+    timeout: Duration,
+) -> Vec<StreamRecord> {
+    let deadline = Instant::now() + timeout;
+    let mut tail = StreamTail::new(client, stream).await;
+    let mut present = vec![false; n];
+    let mut missing = n;
+    loop {
+        let seen = tail.records.len();
+        for r in &tail.poll().await[seen..] {
+            if let Some(p) = present.get_mut(message_id(&r.data)) {
+                missing -= usize::from(!*p);
+                *p = true;
+            }
+        }
+        if missing == 0 {
+            return tail.records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {n} records still missing after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Orders sequence numbers (decimal strings of up to 128 bits).
 pub fn sequence_key(s: &str) -> (usize, &str) {
     (s.len(), s)
@@ -356,7 +386,21 @@ pub struct Placement {
 
 /// Produces keyed messages in order; returns where each landed (from the delivery reports).
 pub fn produce(bootstrap: &str, topic: &str, messages: &[(Vec<u8>, Vec<u8>)]) -> Vec<Placement> {
-    let producer: BaseProducer<Deliveries> = ClientConfig::new()
+    produce_with(bootstrap, &[], topic, messages)
+}
+
+/// [`produce`] with extra client properties (TLS, SASL).
+pub fn produce_with(
+    bootstrap: &str,
+    properties: &[(&str, String)],
+    topic: &str,
+    messages: &[(Vec<u8>, Vec<u8>)],
+) -> Vec<Placement> {
+    let mut config = ClientConfig::new();
+    for (k, v) in properties {
+        config.set(*k, v);
+    }
+    let producer: BaseProducer<Deliveries> = config
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "5")
         .set("enable.idempotence", "true")
@@ -446,7 +490,22 @@ pub fn end_offsets(placements: &[Placement]) -> HashMap<i32, i64> {
 
 /// The group's committed offset per partition (absent: none committed).
 pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> HashMap<i32, i64> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    committed_with(bootstrap, &[], group, topic, partitions)
+}
+
+/// [`committed`] with extra client properties (TLS, SASL).
+pub fn committed_with(
+    bootstrap: &str,
+    properties: &[(&str, String)],
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> HashMap<i32, i64> {
+    let mut config = ClientConfig::new();
+    for (k, v) in properties {
+        config.set(*k, v);
+    }
+    let consumer: BaseConsumer = config
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
         .create()
@@ -534,6 +593,9 @@ pub fn doka_binary() -> String {
     }
 }
 
+/// An `env` value for [`doka_command`] that removes the variable instead of setting it.
+pub const UNSET: &str = "<unset>";
+
 /// A command for the doka binary with a clean environment: only the source identity (account A
 /// keys) and the given variables, so nothing from the machine leaks in.
 pub fn doka_command(args: &[&str], env: &[(&str, &str)]) -> Command {
@@ -548,7 +610,11 @@ pub fn doka_command(args: &[&str], env: &[(&str, &str)]) -> Command {
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
         .env("RUST_LOG", "info,doka=debug");
     for (k, v) in env {
-        cmd.env(k, v);
+        if *v == UNSET {
+            cmd.env_remove(k);
+        } else {
+            cmd.env(k, v);
+        }
     }
     cmd
 }
@@ -742,27 +808,7 @@ impl World {
     /// Reads the stream until every id below `n` is in it (copies allowed), or panics after
     /// `timeout`.
     pub async fn wait_for_all(&self, n: usize, timeout: Duration) -> Vec<StreamRecord> {
-        let deadline = Instant::now() + timeout;
-        let mut tail = StreamTail::new(&self.b, &self.stream).await;
-        let mut present = vec![false; n];
-        let mut missing = n;
-        loop {
-            let seen = tail.records.len();
-            for r in &tail.poll().await[seen..] {
-                if let Some(p) = present.get_mut(message_id(&r.data)) {
-                    missing -= usize::from(!*p);
-                    *p = true;
-                }
-            }
-            if missing == 0 {
-                return tail.records;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{missing} of {n} records still missing after {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        wait_for_all(&self.b, &self.stream, n, timeout).await
     }
 
     /// Deletes the stream: kinesis-mock spends CPU on every stream it keeps.

@@ -38,6 +38,18 @@ pub struct Faults {
     pub capacity_per_sec: Option<f64>,
     /// Answer every PutRecords with this error type and status 400 (e.g. AccessDeniedException).
     pub deny_with: Option<&'static str>,
+    /// In front of STS: refuse AssumeRole as a role's trust policy would (the emulator trusts
+    /// everyone and ignores external ids).
+    pub trust: Option<Trust>,
+}
+
+/// What a role's trust policy lets through, for the STS proxy.
+#[derive(Debug, Clone, Copy)]
+pub struct Trust {
+    /// AssumeRole into this role is refused to everyone.
+    pub refused_role: Option<&'static str>,
+    /// AssumeRole without exactly this external id is refused.
+    pub external_id: Option<&'static str>,
 }
 
 #[derive(Debug, Default)]
@@ -175,6 +187,16 @@ impl State {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
+        let trust = self.faults.lock().unwrap().trust;
+        if let Some(trust) = trust
+            && let Some(refusal) = refuse_assume_role(&trust, &body)
+        {
+            return Response::builder()
+                .status(StatusCode::FORBIDDEN)
+                .header("content-type", "text/xml")
+                .body(Full::new(Bytes::from(refusal)))
+                .unwrap();
+        }
         if !target.ends_with(".PutRecords") {
             let (status, body) = self.forward(&parts, body).await;
             return respond(status, body);
@@ -326,6 +348,29 @@ impl State {
             ),
         }
     }
+}
+
+/// STS's AccessDenied answer when `trust` refuses this AssumeRole request (a form-encoded
+/// query); `None` for anything else.
+fn refuse_assume_role(trust: &Trust, body: &[u8]) -> Option<String> {
+    let form: std::collections::HashMap<String, String> =
+        form_urlencoded::parse(body).into_owned().collect();
+    if form.get("Action").map(String::as_str) != Some("AssumeRole") {
+        return None;
+    }
+    let role = form.get("RoleArn").cloned().unwrap_or_default();
+    let refused = trust.refused_role == Some(role.as_str())
+        || trust
+            .external_id
+            .is_some_and(|id| form.get("ExternalId").map(String::as_str) != Some(id));
+    refused.then(|| {
+        format!(
+            "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Sender</Type>\
+             <Code>AccessDenied</Code><Message>User: arn:aws:iam::123456789012:user/doka is not \
+             authorized to perform: sts:AssumeRole on resource: {role} (trust policy emulated by \
+             the test proxy)</Message></Error><RequestId>test</RequestId></ErrorResponse>"
+        )
+    })
 }
 
 fn respond(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {

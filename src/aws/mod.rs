@@ -1,6 +1,8 @@
 //! AWS identity: source credentials from the standard chain, then AssumeRole into the target
 //! account, refreshed by the SDK before expiry while records keep flowing.
 
+pub mod msk_iam;
+
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
@@ -23,6 +25,20 @@ pub struct KinesisAccess {
     pub session_name: Option<String>,
 }
 
+/// Makes `aws.sts_endpoint` the endpoint of every STS call. The SDK's web identity (IRSA)
+/// provider builds its own STS client, which reads `AWS_ENDPOINT_URL_STS` but knows nothing of
+/// doka's config; without this the pod's first hop would go to the public endpoint while
+/// AssumeRole uses the configured one (a VPC endpoint in private subnets).
+///
+/// # Safety
+/// Changes the process environment: call it before any other thread runs.
+pub unsafe fn export_sts_endpoint(aws: &AwsConfig) {
+    if let Some(endpoint) = &aws.sts_endpoint {
+        // SAFETY: the caller guarantees no other thread reads the environment meanwhile.
+        unsafe { std::env::set_var("AWS_ENDPOINT_URL_STS", endpoint) };
+    }
+}
+
 /// Loads the SDK's default configuration (region, credential chain, `AWS_ENDPOINT_URL_*`), with
 /// the region from the config file when set.
 pub async fn base_config(aws: &AwsConfig) -> SdkConfig {
@@ -33,13 +49,57 @@ pub async fn base_config(aws: &AwsConfig) -> SdkConfig {
     loader.load().await
 }
 
+/// The region the AWS SDK finds on its own (`AWS_REGION`, the profile), ignoring `aws.region`:
+/// the MSK cluster's region may differ from the stream's.
+pub async fn environment_region() -> Option<String> {
+    aws_config::default_provider::region::DefaultRegionChain::builder()
+        .build()
+        .region()
+        .await
+        .map(|r| r.to_string())
+}
+
+/// Who a set of credentials belongs to, as STS GetCallerIdentity tells it.
+#[derive(Debug, Clone)]
+pub struct CallerIdentity {
+    pub account: String,
+    pub arn: String,
+}
+
+/// GetCallerIdentity with these credentials (needs no permission), at `aws.sts_endpoint` when set.
+pub async fn caller_identity(
+    base: &SdkConfig,
+    aws: &AwsConfig,
+    credentials: Credentials,
+) -> Result<CallerIdentity, String> {
+    let mut builder = aws_sdk_sts::config::Builder::from(base)
+        .credentials_provider(credentials)
+        .timeout_config(
+            TimeoutConfig::builder()
+                .operation_timeout(Duration::from_secs(15))
+                .build(),
+        );
+    if let Some(endpoint) = &aws.sts_endpoint {
+        builder = builder.endpoint_url(endpoint);
+    }
+    let out = aws_sdk_sts::Client::from_conf(builder.build())
+        .get_caller_identity()
+        .send()
+        .await
+        .map_err(|e| aws_smithy_types::error::display::DisplayErrorContext(&e).to_string())?;
+    Ok(CallerIdentity {
+        account: out.account.unwrap_or_default(),
+        arn: out.arn.unwrap_or_default(),
+    })
+}
+
 /// Builds the Kinesis client whose credentials come from AssumeRole (when `aws.role_arn` is set).
 pub async fn kinesis_access(
+    base: &SdkConfig,
     aws: &AwsConfig,
     kinesis: &KinesisConfig,
     session_name: String,
 ) -> anyhow::Result<KinesisAccess> {
-    let base = base_config(aws).await;
     let Some(region) = base.region().map(|r| r.to_string()) else {
         anyhow::bail!("no AWS region: set aws.region in the config (or AWS_REGION)");
     };
@@ -73,7 +133,7 @@ pub async fn kinesis_access(
     };
 
     let request_timeout = Duration::from_millis(kinesis.request_timeout_ms);
-    let mut builder = aws_sdk_kinesis::config::Builder::from(&base)
+    let mut builder = aws_sdk_kinesis::config::Builder::from(base)
         .credentials_provider(credentials.clone())
         .identity_cache(if aws.role_arn.is_some() {
             // `Renewed` already moved the expiry `credential_refresh_margin_secs` early.
@@ -154,19 +214,20 @@ impl<P: ProvideCredentials> ProvideCredentials for Renewed<P> {
     }
 }
 
-/// Resolves the target credentials once, to report a broken chain at start-up. Returns when they
-/// are due for renewal (never a key or secret).
-pub async fn check_credentials(credentials: &SharedCredentialsProvider) -> Result<String, String> {
+/// Resolves credentials once, to report a broken chain at start-up (never shows a key).
+pub async fn resolve(credentials: &SharedCredentialsProvider) -> Result<Credentials, String> {
     match tokio::time::timeout(Duration::from_secs(30), credentials.provide_credentials()).await {
-        Ok(Ok(c)) => {
-            let expiry = c
-                .expiry()
-                .and_then(|t| t.duration_since(std::time::SystemTime::now()).ok())
-                .map(|d| format!("are renewed in {}s", d.as_secs()))
-                .unwrap_or_else(|| "do not expire".into());
-            Ok(expiry)
-        }
+        Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => Err(aws_smithy_types::error::display::DisplayErrorContext(&e).to_string()),
         Err(_) => Err("timed out after 30 s".into()),
     }
+}
+
+/// "are renewed in 840s" or "do not expire", for the log.
+pub fn describe_expiry(credentials: &Credentials) -> String {
+    credentials
+        .expiry()
+        .and_then(|t| t.duration_since(std::time::SystemTime::now()).ok())
+        .map(|d| format!("are renewed in {}s", d.as_secs()))
+        .unwrap_or_else(|| "do not expire".into())
 }

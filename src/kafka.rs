@@ -1,0 +1,332 @@
+//! Connecting to the brokers: librdkafka properties from `kafka.auth`, MSK IAM tokens for
+//! SASL/OAUTHBEARER, and connection failures told in terms of doka's settings.
+//!
+//! Every Kafka client doka creates (the consumer, the dead-letter producer, `doka check`) goes
+//! through [`client_config`] and carries a [`Connection`] in its context, so all of them connect
+//! the same way.
+
+use std::error::Error;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::time::{Duration, Instant, SystemTime};
+
+use rdkafka::client::{ClientContext, OAuthToken};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use tracing::{error, info, warn};
+
+use crate::aws::msk_iam::MskTokenSigner;
+use crate::config::{AuthMode, KafkaAuth, KafkaConfig};
+
+/// How long signing one MSK IAM token may take (it may renew the source credentials first).
+/// librdkafka calls back synchronously and retries 10 s after a failure.
+const TOKEN_SIGN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The brokers and the security properties `kafka.auth` stands for, then `kafka.properties`.
+/// Errors name the setting (a password file that became unreadable since start-up, say).
+pub fn client_config(kafka: &KafkaConfig) -> anyhow::Result<ClientConfig> {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", kafka.brokers.join(","));
+    for (name, value) in auth_properties(&kafka.auth)? {
+        cc.set(name, value);
+    }
+    Ok(cc)
+}
+
+/// The librdkafka properties of one auth mode (values may be secrets: never log them).
+fn auth_properties(auth: &KafkaAuth) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let mut props = Vec::new();
+    let protocol = match auth.mode {
+        AuthMode::Plaintext => return Ok(props),
+        AuthMode::Tls => "SSL",
+        AuthMode::Scram | AuthMode::Iam => "SASL_SSL",
+    };
+    props.push(("security.protocol", protocol.to_owned()));
+    if let Some(tls) = &auth.tls {
+        for (name, path) in [
+            ("ssl.ca.location", &tls.ca_file),
+            ("ssl.certificate.location", &tls.cert_file),
+            ("ssl.key.location", &tls.key_file),
+        ] {
+            if let Some(path) = path {
+                props.push((name, path.display().to_string()));
+            }
+        }
+    }
+    match auth.mode {
+        AuthMode::Scram => {
+            let scram = auth.scram.clone().unwrap_or_default();
+            let password = scram
+                .password()
+                .map_err(|e| anyhow::anyhow!("kafka.auth.scram: the password: {e}"))?;
+            props.push(("sasl.mechanism", scram.mechanism.name().to_owned()));
+            props.push(("sasl.username", scram.username.unwrap_or_default()));
+            props.push(("sasl.password", password));
+        }
+        AuthMode::Iam => props.push(("sasl.mechanism", "OAUTHBEARER".to_owned())),
+        AuthMode::Plaintext | AuthMode::Tls => {}
+    }
+    Ok(props)
+}
+
+/// What every doka Kafka client context shares: the MSK IAM token source and the last
+/// connection failure librdkafka reported, kept to explain a failed start.
+pub struct Connection {
+    mode: AuthMode,
+    iam: Option<IamTokens>,
+    failure: Mutex<Option<ConnectFailure>>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// Signs MSK IAM tokens on behalf of librdkafka's synchronous refresh callback.
+struct IamTokens {
+    signer: MskTokenSigner,
+    /// What librdkafka is told the lifetime is; it asks again at 80% of it.
+    lifetime: Duration,
+    /// Set once a token was handed over (or refused), so start-up knows the callback ran.
+    served: AtomicBool,
+}
+
+/// Why the brokers could not be used, in doka's terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectFailure {
+    /// What failed: "TLS handshake", "SASL/SCRAM authentication", "MSK IAM token signing", ...
+    pub step: &'static str,
+    /// librdkafka's or the signer's own words.
+    pub reason: String,
+    /// Which settings to check.
+    pub fix: String,
+}
+
+impl std::fmt::Display for ConnectFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} failed: {}. {}", self.step, self.reason, self.fix)
+    }
+}
+
+impl Connection {
+    /// `signer` is required for mode `iam` and ignored otherwise.
+    pub fn new(
+        auth: &KafkaAuth,
+        signer: Option<MskTokenSigner>,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        let iam = (auth.mode == AuthMode::Iam).then(|| IamTokens {
+            signer: signer.expect("mode iam has a token signer"),
+            lifetime: Duration::from_secs(
+                auth.iam.as_ref().map_or(900, |iam| iam.token_lifetime_secs),
+            ),
+            served: AtomicBool::new(false),
+        });
+        Self {
+            mode: auth.mode,
+            iam,
+            failure: Mutex::new(None),
+            runtime,
+        }
+    }
+
+    /// The last failure to connect or authenticate librdkafka reported, if any.
+    pub fn failure(&self) -> Option<ConnectFailure> {
+        self.failure.lock().unwrap().clone()
+    }
+
+    /// With OAUTHBEARER nothing connects until a poll has served the first token request, so a
+    /// metadata request made before that times out as if the brokers were down. `poll` is the
+    /// client's own poll (consumers deliver no messages before they subscribe). Returns at once
+    /// for other modes.
+    pub fn await_first_token(&self, mut poll: impl FnMut(Duration)) {
+        let Some(iam) = &self.iam else { return };
+        let deadline = Instant::now() + TOKEN_SIGN_TIMEOUT + Duration::from_secs(1);
+        while !iam.served.load(AtomicOrdering::SeqCst) && Instant::now() < deadline {
+            poll(Duration::from_millis(100));
+        }
+    }
+
+    /// librdkafka's token request, answered synchronously on the polling thread, bounded in
+    /// time. A failure is logged with its reason and librdkafka asks again 10 s later.
+    pub fn oauth_token(&self) -> Result<OAuthToken, Box<dyn Error>> {
+        let Some(iam) = &self.iam else {
+            return Err("OAUTHBEARER tokens are only made for kafka.auth.mode iam".into());
+        };
+        let signed = self.runtime.block_on(async {
+            tokio::time::timeout(TOKEN_SIGN_TIMEOUT, iam.signer.sign())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "signing took longer than {TOKEN_SIGN_TIMEOUT:?} (source credentials not available?)"
+                    ))
+                })
+        });
+        iam.served.store(true, AtomicOrdering::SeqCst);
+        let token = match signed {
+            Ok(token) => token,
+            Err(reason) => {
+                error!(
+                    region = iam.signer.region(),
+                    "cannot sign an MSK IAM token (retried in 10 s): {reason}"
+                );
+                self.note(ConnectFailure {
+                    step: "MSK IAM token signing",
+                    reason,
+                    fix: "Check the source identity (the pod's IRSA role: AWS_ROLE_ARN and \
+                          AWS_WEB_IDENTITY_TOKEN_FILE, or another provider of the default chain)"
+                        .into(),
+                });
+                return Err("cannot sign an MSK IAM token; see doka's log".into());
+            }
+        };
+        let expires_at = token
+            .expires_at
+            .min(SystemTime::now() + iam.lifetime)
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        info!(
+            region = iam.signer.region(),
+            lifetime_secs = iam.lifetime.as_secs(),
+            "MSK IAM token signed with the source identity (librdkafka renews it at 80% of its lifetime)"
+        );
+        Ok(OAuthToken {
+            token: token.token,
+            principal_name: "kafka-cluster".into(),
+            lifetime_ms: expires_at.as_millis() as i64,
+        })
+    }
+
+    /// librdkafka's error events: authentication and TLS failures are explained with the
+    /// settings to check and kept for start-up; the rest is logged as before.
+    pub fn on_error(&self, error: KafkaError, reason: &str) {
+        let code = error.rdkafka_error_code();
+        let failure = match code {
+            Some(RDKafkaErrorCode::Authentication) => Some(ConnectFailure {
+                step: match self.mode {
+                    AuthMode::Scram => "SASL/SCRAM authentication",
+                    AuthMode::Iam => "MSK IAM authentication",
+                    _ => "authentication",
+                },
+                reason: reason.to_owned(),
+                fix: self.auth_fix(),
+            }),
+            // A refused client certificate arrives as a TLS alert on the first read: a transport
+            // error in librdkafka's eyes, a TLS failure in the user's.
+            Some(RDKafkaErrorCode::SSL) => Some(self.tls_failure(reason)),
+            Some(RDKafkaErrorCode::BrokerTransportFailure)
+                if reason.contains("SSL routines") || reason.contains("alert") =>
+            {
+                Some(self.tls_failure(reason))
+            }
+            _ => None,
+        };
+
+        match failure {
+            Some(failure) => {
+                error!("Kafka {failure}");
+                self.note(failure);
+            }
+            None if code == Some(RDKafkaErrorCode::AllBrokersDown) => {
+                warn!("librdkafka: {error}: {reason}")
+            }
+            None => error!("librdkafka: {error}: {reason}"),
+        }
+    }
+
+    fn tls_failure(&self, reason: &str) -> ConnectFailure {
+        ConnectFailure {
+            step: "TLS handshake",
+            reason: reason.to_owned(),
+            fix: "Check kafka.auth.tls.ca_file (the CA that signed the brokers' certificates; the \
+                  system CAs without it), that kafka.brokers uses the names in those certificates, \
+                  and for mutual TLS kafka.auth.tls.cert_file and key_file (a certificate the \
+                  cluster's CA signed)"
+                .into(),
+        }
+    }
+
+    /// After a failed request: serves the error events librdkafka queued meanwhile (they
+    /// explain the failure) and returns the failure they told, if any.
+    pub fn explain_failure(&self, mut poll: impl FnMut(Duration)) -> Option<ConnectFailure> {
+        for _ in 0..5 {
+            if self.failure().is_some() {
+                break;
+            }
+            poll(Duration::from_millis(100));
+        }
+        self.failure()
+    }
+
+    fn auth_fix(&self) -> String {
+        match self.mode {
+            AuthMode::Scram => "Check kafka.auth.scram.username, the password \
+                (kafka.auth.scram.password_file, password_env or password) and \
+                kafka.auth.scram.mechanism (MSK uses SCRAM-SHA-512)"
+                .into(),
+            AuthMode::Iam => format!(
+                "Check that the source identity (role A) may kafka-cluster:Connect on the \
+                 cluster, and kafka.auth.iam.region (signing for {})",
+                self.iam.as_ref().map_or("?", |i| i.signer.region())
+            ),
+            _ => "Check kafka.auth.mode: the brokers ask for authentication".into(),
+        }
+    }
+
+    fn note(&self, failure: ConnectFailure) {
+        *self.failure.lock().unwrap() = Some(failure);
+    }
+}
+
+/// A client context that only connects: for the dead-letter producer and `doka check`.
+pub struct ConnectionContext(pub Connection);
+
+impl ClientContext for ConnectionContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(&self, _config: Option<&str>) -> Result<OAuthToken, Box<dyn Error>> {
+        self.0.oauth_token()
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.0.on_error(error, reason);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ConnectionContext {}
+
+/// A Kafka client that cannot be created from the config: a property librdkafka refuses, TLS
+/// files that do not belong together. A configuration problem (exit code 2), not an outage.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ClientSetupError(pub String);
+
+/// A client creation error (librdkafka refuses a property, or the TLS files) told with the
+/// setting behind it.
+pub fn describe_create_error(auth: &KafkaAuth, error: &KafkaError) -> ClientSetupError {
+    ClientSetupError(describe_create_error_text(auth, error))
+}
+
+fn describe_create_error_text(auth: &KafkaAuth, error: &KafkaError) -> String {
+    let text = error.to_string();
+    if auth.mode != AuthMode::Plaintext && (text.contains("ssl") || text.contains("SSL")) {
+        let tls = auth.tls.clone().unwrap_or_default();
+        let show = |p: &Option<std::path::PathBuf>| {
+            p.as_ref()
+                .map_or("-".to_owned(), |p| p.display().to_string())
+        };
+        if text.contains("key") && (text.contains("mismatch") || text.contains("check")) {
+            return format!(
+                "kafka.auth.tls.key_file ({}) is not the private key of kafka.auth.tls.cert_file ({}): \
+                 point key_file at the key the certificate was issued for ({text})",
+                show(&tls.key_file),
+                show(&tls.cert_file)
+            );
+        }
+        return format!(
+            "cannot set up TLS from kafka.auth.tls (ca_file {}, cert_file {}, key_file {}): {text}. \
+             Check that the files are PEM and belong together",
+            show(&tls.ca_file),
+            show(&tls.cert_file),
+            show(&tls.key_file)
+        );
+    }
+    format!("{text} (check kafka.properties and kafka.auth)")
+}

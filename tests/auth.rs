@@ -1,0 +1,625 @@
+//! doka against authenticated brokers, as on Amazon MSK: TLS with hostname verification, mutual
+//! TLS, SASL/SCRAM and MSK IAM (SASL/OAUTHBEARER), and the pod's IRSA identity chain.
+//!
+//! The brokers are librdkafka mock clusters behind the stack's real TLS terminator (stunnel) and
+//! SASL proxy (`examples/auth_broker.rs`), started by `scripts/stack.sh up`: every TLS handshake,
+//! SCRAM exchange and OAUTHBEARER token here is the real protocol. Each mode moves records end to
+//! end, counted by id, and each wrong credential is refused with an error naming `kafka.auth`.
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::{Digest, Sha256};
+use support::*;
+
+fn stack_var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: start the local stack with `scripts/stack.sh up` and export its lines (or run `make test`)")
+    })
+}
+
+fn tls_file(name: &str) -> String {
+    PathBuf::from(stack_var("DOKA_TEST_TLS_DIR"))
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// One authenticated listener: where it is, how the test's own clients reach it, and the
+/// `kafka.auth` section doka gets.
+struct Listener {
+    bootstrap: String,
+    client: Vec<(&'static str, String)>,
+    auth_yaml: String,
+}
+
+fn tls() -> Listener {
+    Listener {
+        bootstrap: stack_var("DOKA_TEST_KAFKA_TLS"),
+        client: vec![
+            ("security.protocol", "SSL".into()),
+            ("ssl.ca.location", tls_file("ca.pem")),
+        ],
+        auth_yaml: format!(
+            "  auth:\n    mode: tls\n    tls:\n      ca_file: {}\n",
+            tls_file("ca.pem")
+        ),
+    }
+}
+
+fn mutual_tls(cert: Option<(&str, &str)>) -> Listener {
+    let mut auth_yaml = format!(
+        "  auth:\n    mode: tls\n    tls:\n      ca_file: {}\n",
+        tls_file("ca.pem")
+    );
+    if let Some((cert, key)) = cert {
+        auth_yaml += &format!(
+            "      cert_file: {}\n      key_file: {}\n",
+            tls_file(cert),
+            tls_file(key)
+        );
+    }
+    Listener {
+        bootstrap: stack_var("DOKA_TEST_KAFKA_MTLS"),
+        client: vec![
+            ("security.protocol", "SSL".into()),
+            ("ssl.ca.location", tls_file("ca.pem")),
+            ("ssl.certificate.location", tls_file("client.pem")),
+            ("ssl.key.location", tls_file("client-key.pem")),
+        ],
+        auth_yaml,
+    }
+}
+
+/// SCRAM; doka reads the password from `TEST_KAFKA_PASSWORD` (`password_env`).
+fn scram(mechanism: &str) -> Listener {
+    let user = stack_var("DOKA_TEST_SCRAM_USER");
+    Listener {
+        bootstrap: stack_var("DOKA_TEST_KAFKA_SCRAM"),
+        client: vec![
+            ("security.protocol", "SASL_SSL".into()),
+            ("ssl.ca.location", tls_file("ca.pem")),
+            ("sasl.mechanism", "SCRAM-SHA-512".into()),
+            ("sasl.username", user.clone()),
+            ("sasl.password", stack_var("DOKA_TEST_SCRAM_PASSWORD")),
+        ],
+        auth_yaml: format!(
+            "  auth:\n    mode: scram\n    tls:\n      ca_file: {}\n    scram:\n      mechanism: {mechanism}\n      username: {user}\n      password_env: TEST_KAFKA_PASSWORD\n",
+            tls_file("ca.pem")
+        ),
+    }
+}
+
+/// MSK IAM; `region: None` leaves the region to doka's defaults.
+fn iam(region: Option<&str>) -> Listener {
+    let mut auth_yaml = format!(
+        "  auth:\n    mode: iam\n    tls:\n      ca_file: {}\n",
+        tls_file("ca.pem")
+    );
+    if let Some(region) = region {
+        auth_yaml += &format!("    iam:\n      region: {region}\n");
+    }
+    Listener {
+        bootstrap: stack_var("DOKA_TEST_KAFKA_IAM"),
+        // The proxy accepts any token; the test's own clients use librdkafka's unsigned one.
+        client: vec![
+            ("security.protocol", "SASL_SSL".into()),
+            ("ssl.ca.location", tls_file("ca.pem")),
+            ("sasl.mechanism", "OAUTHBEARER".into()),
+            ("enable.sasl.oauthbearer.unsecure.jwt", "true".into()),
+            (
+                "sasl.oauthbearer.config",
+                "principal=doka-test-client".into(),
+            ),
+        ],
+        auth_yaml,
+    }
+}
+
+/// A topic on one listener's cluster and a stream in account B.
+struct AuthWorld {
+    ep: Endpoints,
+    listener: Listener,
+    topic: String,
+    group: String,
+    stream: String,
+    /// The `client.id` doka uses, to find its tokens in the proxy's record.
+    client_id: String,
+    b: aws_sdk_kinesis::Client,
+}
+
+impl AuthWorld {
+    async fn new(listener: Listener) -> Self {
+        let ep = endpoints();
+        let b = account_b_kinesis(&ep).await;
+        let stream = unique("doka-auth");
+        create_stream(&b, &stream, 2).await;
+        Self {
+            ep,
+            listener,
+            topic: unique("orders"),
+            group: unique("doka-group"),
+            stream,
+            client_id: unique("doka-auth-test"),
+            b,
+        }
+    }
+
+    fn yaml(&self) -> String {
+        let yaml = DokaSetup {
+            bootstrap: &self.listener.bootstrap,
+            group: &self.group,
+            topic: &self.topic,
+            stream: &self.stream,
+            sts: &self.ep.sts,
+            kinesis: &self.ep.kinesis,
+        }
+        .yaml()
+        .replacen(
+            "kafka:\n",
+            &format!("kafka:\n{}", self.listener.auth_yaml),
+            1,
+        )
+        .replacen(
+            "  properties:\n",
+            &format!("  properties:\n    client.id: {}\n", self.client_id),
+            1,
+        );
+        assert!(yaml.contains(&self.client_id));
+        yaml
+    }
+
+    /// Produces through the listener (the mock cluster creates the topic with 4 partitions).
+    fn produce(&self, messages: &[(Vec<u8>, Vec<u8>)]) -> Vec<Placement> {
+        produce_with(
+            &self.listener.bootstrap,
+            &self.listener.client,
+            &self.topic,
+            messages,
+        )
+    }
+
+    fn committed(&self) -> HashMap<i32, i64> {
+        committed_with(
+            &self.listener.bootstrap,
+            &self.listener.client,
+            &self.group,
+            &self.topic,
+            4,
+        )
+    }
+
+    /// Runs doka until every record is in the stream, stops it, and checks the count and the
+    /// commits. Returns doka's log.
+    async fn deliver(&self, n: usize, env: &[(&str, &str)]) -> String {
+        let messages = keyed_messages(0..n, 40);
+        let placements = self.produce(&messages);
+        let doka = Doka::start(&self.yaml(), env);
+        let records = wait_for_all(&self.b, &self.stream, n, Duration::from_secs(120)).await;
+        let log = doka.stop();
+        let (missing, _duplicates) = tally(n, &records);
+        assert!(missing.is_empty(), "lost {missing:?}");
+        assert_eq!(
+            self.committed(),
+            end_offsets(&placements),
+            "every partition committed to its end"
+        );
+        log
+    }
+
+    /// Starts doka and expects it to give up at start-up with `code`; returns the log.
+    async fn refused(&self, code: i32, env: &[(&str, &str)]) -> String {
+        self.produce(&keyed_messages(0..20, 4));
+        let mut env = env.to_vec();
+        env.push(("DOKA_KAFKA__CONNECT_TIMEOUT_MS", "5000"));
+        let doka = Doka::start(&self.yaml(), &env);
+        let (status, log) = doka.wait_exit(Duration::from_secs(60));
+        assert_eq!(status.code(), Some(code), "{log}");
+        assert!(
+            read_stream(&self.b, &self.stream).await.is_empty(),
+            "nothing may be delivered"
+        );
+        log
+    }
+
+    async fn finish(self) {
+        let _ = self
+            .b
+            .delete_stream()
+            .stream_name(&self.stream)
+            .send()
+            .await;
+    }
+}
+
+fn assert_mentions(log: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(log.contains(part), "`{part}` missing from:\n{log}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_hostname_verification_moves_every_record() {
+    let world = AuthWorld::new(tls()).await;
+    world.deliver(600, &[]).await;
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_ca_that_did_not_sign_the_brokers_is_refused() {
+    let mut listener = tls();
+    listener.auth_yaml = listener
+        .auth_yaml
+        .replace(&tls_file("ca.pem"), &tls_file("other-ca.pem"));
+    let world = AuthWorld::new(listener).await;
+    let log = world.refused(7, &[]).await;
+    assert_mentions(
+        &log,
+        &[
+            "TLS handshake failed",
+            "kafka.auth.tls.ca_file",
+            "kafka.auth.mode tls",
+        ],
+    );
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_with_the_client_certificate_moves_every_record() {
+    let world = AuthWorld::new(mutual_tls(Some(("client.pem", "client-key.pem")))).await;
+    world.deliver(400, &[]).await;
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_without_a_client_certificate_is_refused() {
+    let world = AuthWorld::new(mutual_tls(None)).await;
+    let log = world.refused(7, &[]).await;
+    assert_mentions(
+        &log,
+        &[
+            "refused doka (kafka.auth.mode tls)",
+            "kafka.auth.tls.cert_file",
+        ],
+    );
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_does_not_match_its_certificate_is_a_config_error() {
+    let world = AuthWorld::new(mutual_tls(Some(("client.pem", "other-key.pem")))).await;
+    let log = world.refused(2, &[]).await;
+    assert_mentions(
+        &log,
+        &[
+            "kafka.auth.tls.key_file",
+            "other-key.pem",
+            "is not the private key of kafka.auth.tls.cert_file",
+        ],
+    );
+    world.finish().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// SASL/SCRAM
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_sha_512_moves_every_record() {
+    let world = AuthWorld::new(scram("SCRAM-SHA-512")).await;
+    let password = stack_var("DOKA_TEST_SCRAM_PASSWORD");
+    let log = world
+        .deliver(500, &[("TEST_KAFKA_PASSWORD", &password)])
+        .await;
+    assert!(!log.contains(&password), "the password leaked into the log");
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_sha_256_moves_every_record() {
+    let world = AuthWorld::new(scram("SCRAM-SHA-256")).await;
+    let password = stack_var("DOKA_TEST_SCRAM_PASSWORD");
+    world
+        .deliver(200, &[("TEST_KAFKA_PASSWORD", &password)])
+        .await;
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_scram_password_is_refused_naming_kafka_auth() {
+    let world = AuthWorld::new(scram("SCRAM-SHA-512")).await;
+    let log = world
+        .refused(7, &[("TEST_KAFKA_PASSWORD", "not-the-password")])
+        .await;
+    assert_mentions(
+        &log,
+        &[
+            "SASL/SCRAM authentication failed",
+            "kafka.auth.scram.username",
+            "password_file",
+        ],
+    );
+    assert!(!log.contains("not-the-password"), "the password leaked");
+    world.finish().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// MSK IAM
+
+/// The proxy's record of OAUTHBEARER tokens presented by `client_id`, oldest first.
+fn recorded_tokens(client_id: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(stack_var("DOKA_TEST_OAUTH_TOKENS")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["client_id"] == client_id)
+        .map(|v| v["token"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// What an MSK IAM token says, after its structure has been checked.
+struct TokenFacts {
+    access_key: String,
+    signed_at: SystemTime,
+    /// Every query parameter but the signature, decoded.
+    params: HashMap<String, String>,
+    signature: String,
+    region: String,
+}
+
+/// Decodes a token and checks it is a presigned `kafka-cluster:Connect` for `region`.
+fn read_token(token: &str, region: &str) -> TokenFacts {
+    let url = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .expect("base64url without padding");
+    let url = String::from_utf8(url).unwrap();
+    let (base, query) = url.split_once('?').expect("a query");
+    assert_eq!(base, format!("https://kafka.{region}.amazonaws.com/"));
+    let mut params: HashMap<String, String> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    assert_eq!(params["Action"], "kafka-cluster:Connect");
+    assert_eq!(params["X-Amz-Algorithm"], "AWS4-HMAC-SHA256");
+    assert_eq!(params["X-Amz-SignedHeaders"], "host");
+    assert_eq!(params["X-Amz-Expires"], "900");
+    assert!(params.contains_key("User-Agent"));
+    let credential: Vec<&str> = params["X-Amz-Credential"].split('/').collect();
+    assert_eq!(credential.len(), 5, "{credential:?}");
+    assert_eq!(&credential[2..], [region, "kafka-cluster", "aws4_request"]);
+    let date = &params["X-Amz-Date"];
+    assert_eq!(&date[..8], credential[1]);
+    let signed_at = parse_amz_date(date);
+    let access_key = credential[0].to_owned();
+    let signature = params.remove("X-Amz-Signature").expect("a signature");
+    TokenFacts {
+        access_key,
+        signed_at,
+        params,
+        signature,
+        region: region.to_owned(),
+    }
+}
+
+fn parse_amz_date(date: &str) -> SystemTime {
+    // YYYYMMDDTHHMMSSZ → days from civil (Howard Hinnant's algorithm), no date crate needed.
+    let n = |r: std::ops::Range<usize>| date[r].parse::<i64>().unwrap();
+    let (y, m, d) = (n(0..4), n(4..6), n(6..8));
+    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let secs = days * 86_400 + n(9..11) * 3600 + n(11..13) * 60 + n(13..15);
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64)
+}
+
+/// Recomputes the SigV4 query signature with `secret` (AWS's published algorithm, written out
+/// here independently of the SDK doka signs with).
+fn signature_matches(facts: &TokenFacts, secret: &str) -> bool {
+    fn encode(s: &str) -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    }
+    fn hmac(key: &[u8], data: &str) -> Vec<u8> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
+        mac.update(data.as_bytes());
+        mac.finalize().into_bytes().to_vec()
+    }
+    let mut query: Vec<(String, String)> = facts
+        .params
+        .iter()
+        .filter(|(k, _)| *k != "User-Agent")
+        .map(|(k, v)| (encode(k), encode(v)))
+        .collect();
+    query.sort();
+    let query = query
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let host = format!("kafka.{}.amazonaws.com", facts.region);
+    let canonical = format!(
+        "GET\n/\n{query}\nhost:{host}\n\nhost\n{}",
+        hex::encode(Sha256::digest(b""))
+    );
+    let date = &facts.params["X-Amz-Date"];
+    let scope = format!("{}/{}/kafka-cluster/aws4_request", &date[..8], facts.region);
+    let to_sign = format!(
+        "AWS4-HMAC-SHA256\n{date}\n{scope}\n{}",
+        hex::encode(Sha256::digest(canonical.as_bytes()))
+    );
+    let key = hmac(format!("AWS4{secret}").as_bytes(), &date[..8]);
+    let key = hmac(&key, &facts.region);
+    let key = hmac(&key, "kafka-cluster");
+    let key = hmac(&key, "aws4_request");
+    hex::encode(hmac(&key, &to_sign)) == facts.signature
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iam_tokens_are_signed_by_the_source_identity_for_the_cluster_region() {
+    // The cluster's region differs from the stream's (us-east-1) on purpose.
+    let world = AuthWorld::new(iam(Some("eu-central-1"))).await;
+    let started = SystemTime::now();
+    world.deliver(500, &[]).await;
+    let tokens = recorded_tokens(&world.client_id);
+    assert!(!tokens.is_empty(), "doka's token never reached the broker");
+    for token in &tokens {
+        let facts = read_token(token, "eu-central-1");
+        assert_eq!(
+            facts.access_key, ACCOUNT_A_KEY,
+            "signed by account A's source key, not an assumed-role (ASIA…) key"
+        );
+        assert!(
+            signature_matches(&facts, "source-secret"),
+            "the SigV4 signature does not verify with the source secret"
+        );
+        assert!(
+            !facts.params.contains_key("X-Amz-Security-Token"),
+            "static source keys carry no session token"
+        );
+        let age = facts
+            .signed_at
+            .duration_since(started - Duration::from_secs(5))
+            .expect("signed during this test");
+        assert!(age < Duration::from_secs(300), "signed {age:?} after start");
+    }
+    // A token signed with another secret must not verify: the check itself can fail.
+    assert!(!signature_matches(
+        &read_token(&tokens[0], "eu-central-1"),
+        "another-secret"
+    ));
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iam_tokens_are_renewed_at_80_percent_of_their_lifetime() {
+    let mut listener = iam(Some("us-east-1"));
+    listener.auth_yaml += "      token_lifetime_secs: 10\n";
+    let world = AuthWorld::new(listener).await;
+    world.produce(&keyed_messages(0..50, 5));
+    let mut doka = Doka::start(&world.yaml(), &[]);
+    wait_for_all(&world.b, &world.stream, 50, Duration::from_secs(60)).await;
+    doka.wait_for_log("MSK IAM token signed", 3, Duration::from_secs(60));
+    let log = doka.stop();
+    let times: Vec<f64> = log
+        .lines()
+        .filter(|l| l.contains("MSK IAM token signed"))
+        .map(log_seconds)
+        .collect();
+    assert!(times.len() >= 2, "{log}");
+    for pair in times.windows(2) {
+        let gap = pair[1] - pair[0];
+        // librdkafka asks at 80% of the 10 s lifetime.
+        assert!((6.0..10.0).contains(&gap), "renewed after {gap} s:\n{log}");
+    }
+    world.finish().await;
+}
+
+/// Seconds of the day of a text log line's timestamp (`2026-11-27T23:01:02.123456Z ...`).
+fn log_seconds(line: &str) -> f64 {
+    let time = line.split('T').nth(1).expect("a timestamp");
+    let h: f64 = time[0..2].parse().unwrap();
+    let m: f64 = time[3..5].parse().unwrap();
+    let s: f64 = time[6..].split('Z').next().unwrap().parse().unwrap();
+    h * 3600.0 + m * 60.0 + s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iam_without_a_region_it_can_tell_is_a_config_error() {
+    let world = AuthWorld::new(iam(None)).await;
+    let doka = Doka::start(&world.yaml(), &[]);
+    let (status, log) = doka.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert_mentions(&log, &["kafka.auth.iam.region", "AWS_REGION"]);
+    world.finish().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pod's identity chain
+
+const ROLE_A: &str = "arn:aws:iam::123456789012:role/doka-pod";
+
+/// Who moto says an access key belongs to (moto identifies callers by key id).
+async fn owner_of_key(ep: &Endpoints, access_key: &str) -> String {
+    let conf = aws_sdk_sts::Config::builder()
+        .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
+        .region(aws_sdk_sts::config::Region::new(REGION))
+        .endpoint_url(&ep.sts)
+        .credentials_provider(aws_sdk_sts::config::Credentials::new(
+            access_key, "unused", None, None, "test",
+        ))
+        .build();
+    aws_sdk_sts::Client::from_conf(conf)
+        .get_caller_identity()
+        .send()
+        .await
+        .expect("GetCallerIdentity")
+        .arn
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_irsa_chain_runs_as_in_a_pod_and_signs_msk_tokens_with_role_a() {
+    // As EKS sets it up: a projected token file, the role to exchange it for, the region; no keys.
+    let world = AuthWorld::new(iam(None)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "eyJhbGciOiJSUzI1NiJ9.irsa-test-token.sig").unwrap();
+    let token_path = token_file.display().to_string();
+    let env = [
+        ("AWS_ACCESS_KEY_ID", UNSET),
+        ("AWS_SECRET_ACCESS_KEY", UNSET),
+        ("AWS_ROLE_ARN", ROLE_A),
+        ("AWS_WEB_IDENTITY_TOKEN_FILE", token_path.as_str()),
+        ("AWS_REGION", REGION),
+    ];
+    let log = world.deliver(300, &env).await;
+
+    // Source: role A through AssumeRoleWithWebIdentity; target: role B through AssumeRole, with
+    // the documented session name doka-<profile>-<suffix> (no profile here: "default").
+    let source = log
+        .lines()
+        .find(|l| l.contains("source identity:"))
+        .unwrap_or_else(|| panic!("no source identity in:\n{log}"));
+    assert!(
+        source.contains("arn:aws:sts::123456789012:assumed-role/doka-pod/"),
+        "{source}"
+    );
+    let target = log
+        .lines()
+        .find(|l| l.contains("target identity:"))
+        .unwrap_or_else(|| panic!("no target identity in:\n{log}"));
+    assert!(
+        target.contains("arn:aws:sts::222222222222:assumed-role/doka-writer/doka-default-"),
+        "{target}"
+    );
+
+    // The MSK token: signed with role A's temporary key, which is neither the static test key
+    // nor B's (moto says whose key it is).
+    let tokens = recorded_tokens(&world.client_id);
+    assert!(!tokens.is_empty(), "doka's token never reached the broker");
+    let facts = read_token(&tokens[0], REGION);
+    assert_ne!(facts.access_key, ACCOUNT_A_KEY, "not the static test key");
+    assert!(
+        facts.params.contains_key("X-Amz-Security-Token"),
+        "temporary credentials carry a session token"
+    );
+    let owner = owner_of_key(&world.ep, &facts.access_key).await;
+    assert!(
+        owner.contains(":assumed-role/doka-pod/"),
+        "the token's key belongs to {owner}, expected role A"
+    );
+    world.finish().await;
+}

@@ -1,0 +1,331 @@
+//! `doka check` against the local stack: a healthy chain passes every hop (and `--write-test`
+//! really writes), and each broken hop is named with its fix — one test per failing hop.
+
+mod support;
+
+use std::process::Output;
+
+use serde_json::Value;
+use support::*;
+
+/// A finished `doka check --output json`.
+struct Checked {
+    code: Option<i32>,
+    report: Value,
+    stdout: String,
+}
+
+impl Checked {
+    fn hops(&self, name: &str) -> Vec<&Value> {
+        self.report["hops"]
+            .as_array()
+            .expect("hops")
+            .iter()
+            .filter(|h| h["hop"] == name)
+            .collect()
+    }
+
+    /// The one failed hop: its name, detail and fix.
+    fn failure(&self) -> (&str, String, String) {
+        let failed: Vec<&Value> = self.report["hops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h["status"] == "fail")
+            .collect();
+        assert_eq!(failed.len(), 1, "exactly one failed hop:\n{}", self.stdout);
+        let hop = failed[0];
+        (
+            hop["hop"].as_str().unwrap(),
+            hop["detail"].as_str().unwrap().to_owned(),
+            hop["fix"].as_str().unwrap_or_default().to_owned(),
+        )
+    }
+
+    fn status_of(&self, name: &str) -> Vec<&str> {
+        self.hops(name)
+            .iter()
+            .map(|h| h["status"].as_str().unwrap())
+            .collect()
+    }
+}
+
+fn check(yaml: &str, args: &[&str], env: &[(&str, &str)]) -> Checked {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("doka.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let mut all = vec![
+        "check",
+        "--config",
+        file.to_str().unwrap(),
+        "--output",
+        "json",
+    ];
+    all.extend_from_slice(args);
+    let mut env = env.to_vec();
+    env.push(("DOKA_KAFKA__CONNECT_TIMEOUT_MS", "5000"));
+    let out: Output = doka_command(&all, &env).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let report = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}):\n{stdout}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    Checked {
+        code: out.status.code(),
+        report,
+        stdout,
+    }
+}
+
+fn assert_mentions(text: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(text.contains(part), "`{part}` missing from: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_chain_passes_every_hop_and_the_write_test_lands_in_b() {
+    let world = World::new(2, 1).await;
+    world.produce(&keyed_messages(0..10, 3));
+    let checked = check(&world.yaml(None), &["--write-test"], &[]);
+    assert_eq!(checked.code, Some(0), "{}", checked.stdout);
+    assert_eq!(checked.report["ok"], true);
+    for hop in [
+        "config",
+        "kafka.broker",
+        "kafka.metadata",
+        "kafka.topic",
+        "aws.source_identity",
+        "aws.assume_role",
+        "kinesis.stream",
+        "kinesis.write_test",
+    ] {
+        assert_eq!(checked.status_of(hop), ["ok"], "{hop}: {}", checked.stdout);
+    }
+    let detail = |hop: &str| checked.hops(hop)[0]["detail"].as_str().unwrap().to_owned();
+    assert_mentions(&detail("kafka.topic"), &[&world.topic, "2 partitions"]);
+    // Nothing committed yet: a warning, and the lag counts every record from the start.
+    assert_eq!(checked.status_of("kafka.group"), ["warn"]);
+    assert_mentions(
+        &detail("kafka.group"),
+        &[
+            "coordinator reachable",
+            "committed offsets on 0 of 2",
+            "lag 10",
+        ],
+    );
+    assert_mentions(&detail("aws.source_identity"), &["account 123456789012"]);
+    assert_mentions(
+        &detail("aws.assume_role"),
+        &[
+            ROLE_B,
+            "account 222222222222",
+            "with external id",
+            "expires",
+        ],
+    );
+    assert_mentions(
+        &detail("kinesis.stream"),
+        &[&world.stream, "ACTIVE", "1 open shards", "us-east-1"],
+    );
+    assert_mentions(&detail("kinesis.write_test"), &["TEST RECORD WRITTEN"]);
+
+    let records = read_stream(&world.b, &world.stream).await;
+    assert_eq!(records.len(), 1, "exactly the test record");
+    assert_eq!(records[0].partition_key, "doka-check");
+    assert!(String::from_utf8_lossy(&records[0].data).contains("doka check --write-test"));
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_output_is_one_line_per_hop_and_writes_nothing_by_default() {
+    let world = World::new(1, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("doka.yaml");
+    std::fs::write(&file, world.yaml(None)).unwrap();
+    let out = doka_command(&["check", "--config", file.to_str().unwrap()], &[])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    for line in [
+        "✓ config",
+        "✓ kafka.topic",
+        "✓ aws.assume_role",
+        "✓ kinesis.stream",
+    ] {
+        assert!(stdout.contains(line), "`{line}` missing:\n{stdout}");
+    }
+    assert!(!stdout.contains("test-external-id"), "a secret leaked");
+    assert!(read_stream(&world.b, &world.stream).await.is_empty());
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_is_named_and_the_aws_side_is_still_checked() {
+    let world = World::new(1, 1).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    drop(listener);
+    let yaml = world.yaml(None).replace(&world.kafka.bootstrap(), &closed);
+    let checked = check(&yaml, &[], &[]);
+    assert_eq!(checked.code, Some(1), "{}", checked.stdout);
+    let (hop, detail, fix) = checked.failure();
+    assert_eq!(hop, "kafka.broker");
+    assert_mentions(&detail, &[&closed, "unreachable"]);
+    assert_mentions(&fix, &["kafka.brokers"]);
+    assert_eq!(checked.status_of("aws.assume_role"), ["ok"]);
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_topic_is_named() {
+    let world = World::new(1, 1).await;
+    let yaml = world.yaml(None).replace(
+        &format!("topics: [{}]", world.topic),
+        "topics: [no-such-topic]",
+    );
+    let checked = check(&yaml, &[], &[]);
+    assert_eq!(checked.code, Some(1), "{}", checked.stdout);
+    let (hop, detail, fix) = checked.failure();
+    assert_eq!(hop, "kafka.topic");
+    assert_mentions(&detail, &["no-such-topic", "does not exist"]);
+    assert_mentions(&fix, &["kafka.topics"]);
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_scram_password_is_named_with_kafka_auth() {
+    let world = World::new(1, 1).await;
+    let scram = std::env::var("DOKA_TEST_KAFKA_SCRAM").expect("the stack's SCRAM listener");
+    let ca = format!("{}/ca.pem", std::env::var("DOKA_TEST_TLS_DIR").unwrap());
+    let yaml = world
+        .yaml(None)
+        .replace(&world.kafka.bootstrap(), &scram)
+        .replacen(
+            "kafka:\n",
+            &format!(
+                "kafka:\n  auth:\n    mode: scram\n    tls:\n      ca_file: {ca}\n    scram:\n      username: doka-test\n      password: wrong-password\n"
+            ),
+            1,
+        );
+    let checked = check(&yaml, &[], &[]);
+    assert_eq!(checked.code, Some(1), "{}", checked.stdout);
+    let (hop, detail, fix) = checked.failure();
+    assert_eq!(hop, "kafka.auth");
+    assert_mentions(&detail, &["SASL/SCRAM authentication failed"]);
+    assert_mentions(&fix, &["kafka.auth.scram.username", "password"]);
+    assert!(
+        !checked.stdout.contains("wrong-password"),
+        "a secret leaked"
+    );
+    world.finish().await;
+}
+
+/// STS behind a proxy that plays the role's trust policy.
+async fn sts_with_trust(world: &World, trust: proxy::Trust) -> proxy::FaultProxy {
+    proxy::FaultProxy::start(
+        &world.ep.sts,
+        proxy::Faults {
+            trust: Some(trust),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sts_refusing_the_role_is_named_with_the_trust_policy_to_fix() {
+    let world = World::new(1, 1).await;
+    let sts = sts_with_trust(
+        &world,
+        proxy::Trust {
+            refused_role: Some(ROLE_B),
+            external_id: None,
+        },
+    )
+    .await;
+    let yaml = world.yaml(None).replace(&world.ep.sts, &sts.url);
+    let checked = check(&yaml, &[], &[]);
+    assert_eq!(checked.code, Some(1), "{}", checked.stdout);
+    let (hop, detail, fix) = checked.failure();
+    assert_eq!(hop, "aws.assume_role");
+    assert_mentions(&detail, &["STS refused AssumeRole", ROLE_B, "AccessDenied"]);
+    assert_mentions(&fix, &["trust policy", "arn:aws:sts::123456789012"]);
+    // The Kafka side does not depend on it.
+    assert_eq!(checked.status_of("kafka.topic"), ["ok"]);
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_external_id_is_named() {
+    let world = World::new(1, 1).await;
+    let sts = sts_with_trust(
+        &world,
+        proxy::Trust {
+            refused_role: None,
+            external_id: Some("the-external-id-b-expects"),
+        },
+    )
+    .await;
+    let yaml = world.yaml(None).replace(&world.ep.sts, &sts.url);
+    let checked = check(&yaml, &[], &[]);
+    assert_eq!(checked.code, Some(1), "{}", checked.stdout);
+    let (hop, _detail, fix) = checked.failure();
+    assert_eq!(hop, "aws.assume_role");
+    assert_mentions(&fix, &["sts:ExternalId", "aws.external_id"]);
+    assert!(
+        !checked.stdout.contains("test-external-id"),
+        "a secret leaked"
+    );
+
+    // The right external id passes the same trust policy.
+    let yaml = yaml.replace("test-external-id", "the-external-id-b-expects");
+    let checked = check(&yaml, &[], &[]);
+    assert_eq!(
+        checked.status_of("aws.assume_role"),
+        ["ok"],
+        "{}",
+        checked.stdout
+    );
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_stream_is_named_with_its_account_and_region() {
+    let world = World::without_stream(1).await;
+    let checked = check(&world.yaml(None), &[], &[]);
+    assert_eq!(checked.code, Some(1), "{}", checked.stdout);
+    let (hop, detail, fix) = checked.failure();
+    assert_eq!(hop, "kinesis.stream");
+    assert_mentions(
+        &detail,
+        &[&world.stream, "does not exist", "us-east-1", "222222222222"],
+    );
+    assert_mentions(&fix, &["kinesis.stream", "aws.region", "aws.role_arn"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_looked_for_in_the_wrong_region_is_named_with_the_region() {
+    let world = World::new(1, 1).await;
+    let yaml = world
+        .yaml(None)
+        .replace("region: us-east-1", "region: eu-west-1");
+    let checked = check(&yaml, &[], &[]);
+    assert_eq!(checked.code, Some(1), "{}", checked.stdout);
+    let (hop, detail, _fix) = checked.failure();
+    assert_eq!(hop, "kinesis.stream");
+    assert_mentions(&detail, &["does not exist in region eu-west-1"]);
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_config_is_the_first_failed_hop() {
+    let checked = check("kafka:\n  brokers: b:9092\n", &[], &[]);
+    assert_eq!(checked.code, Some(2), "{}", checked.stdout);
+    let (hop, detail, _) = checked.failure();
+    assert_eq!(hop, "config");
+    assert_mentions(&detail, &["missing config key"]);
+}
