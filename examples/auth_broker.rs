@@ -35,6 +35,10 @@ use sha2::{Digest, Sha256, Sha512};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
+/// Shared with the tests: the same reading of a token, independent of the SDK doka signs with.
+#[path = "../tests/support/msk_token.rs"]
+mod msk_token;
+
 #[derive(Parser)]
 struct Args {
     /// Address the plain-TCP listeners bind to.
@@ -64,6 +68,16 @@ struct Args {
     )]
     #[arg(hide_env_values = true, hide_default_value = true)]
     scram_password: String,
+    /// KEY_ID=SECRET pairs whose MSK IAM tokens are verified (signature, expiry); tokens of
+    /// other keys (temporary STS keys, unsigned test JWTs) are accepted unverified.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "123456789012=source-secret"
+    )]
+    #[arg(env = "DOKA_AUTH_BROKER_IAM_KEYS", hide_env_values = true)]
+    #[arg(hide_default_value = true)]
+    iam_keys: Vec<String>,
     /// How long a new consumer group waits for more members before the first assignment. The
     /// default is Kafka's (and MSK's) and costs each test that joins a group about 3 s.
     #[arg(long, env = "DOKA_AUTH_BROKER_GROUP_DELAY_MS", default_value_t = 3000)]
@@ -101,6 +115,9 @@ impl Mode {
 struct Auth {
     scram: ScramStore,
     tokens: Mutex<std::fs::File>,
+    /// Access key id → secret of the identities whose MSK IAM tokens are verified, as MSK
+    /// verifies the cluster account's: a wrong signature or an expired token is refused.
+    iam_keys: BTreeMap<String, String>,
 }
 
 #[tokio::main]
@@ -121,9 +138,19 @@ async fn main() -> anyhow::Result<()> {
     let tokens = tokens.create(true).append(true).open(&tokens_path);
     let tokens = tokens.with_context(|| format!("opening {}", tokens_path.display()))?;
     let scram = ScramStore::new(&args.scram_user, &args.scram_password);
+    let iam_keys = args
+        .iam_keys
+        .iter()
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .context("--iam-keys takes KEY_ID=SECRET pairs")
+        })
+        .collect::<anyhow::Result<_>>()?;
     let auth = Arc::new(Auth {
         scram,
         tokens: Mutex::new(tokens),
+        iam_keys,
     });
 
     // The mock clusters live as long as the clients that own them: as long as this process.
@@ -343,7 +370,7 @@ impl Conn {
         let mechanism = session.mechanism();
         let outcome = match session {
             Session::Scram(server) => server.step(message, &self.auth.scram),
-            Session::OAuthBearer => self.record_token(message).map(|()| (Vec::new(), true)),
+            Session::OAuthBearer => self.check_token(message).map(|()| (Vec::new(), true)),
         };
         match &outcome {
             Ok((_, true)) => self.log(&format!(
@@ -356,11 +383,37 @@ impl Conn {
         outcome.map_err(|e| e.to_string())
     }
 
-    fn record_token(&self, message: &[u8]) -> anyhow::Result<()> {
+    /// Records the token, then verifies it when it is an MSK IAM token of a known key.
+    fn check_token(&self, message: &[u8]) -> anyhow::Result<()> {
         let token = bearer_token(message)?;
+        let verdict = self.verify_token(&token);
+        self.record_token(&token, verdict.is_ok())?;
+        verdict
+    }
+
+    fn verify_token(&self, token: &str) -> anyhow::Result<()> {
+        let Ok(facts) = msk_token::read_token(token) else {
+            return Ok(()); // not an MSK IAM token: the test clients' unsigned JWTs
+        };
+        let Some(secret) = self.auth.iam_keys.get(&facts.access_key) else {
+            return Ok(()); // a key this stand-in cannot check (temporary STS credentials)
+        };
+        ensure!(
+            msk_token::signature_matches(&facts, secret),
+            "Authentication failed: the IAM token's signature does not match the secret of access key {}",
+            facts.access_key
+        );
+        ensure!(
+            facts.signed_at + facts.expires_in > SystemTime::now(),
+            "Authentication failed: the IAM token has expired"
+        );
+        Ok(())
+    }
+
+    fn record_token(&self, token: &str, accepted: bool) -> anyhow::Result<()> {
         let received_at_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
         let line = serde_json::json!({"client_id": self.client_id, "mechanism": "OAUTHBEARER",
-            "token": token, "received_at_ms": received_at_ms});
+            "token": token, "accepted": accepted, "received_at_ms": received_at_ms});
         let mut file = self.auth.tokens.lock().unwrap_or_else(|e| e.into_inner());
         writeln!(file, "{line}")
             .and_then(|()| file.flush())

@@ -27,6 +27,9 @@ KINESIS_PKG="$STACK_DIR/kinesis/node_modules/kinesis-local"
 # stunnel) ports, which the mock brokers advertise; stunnel forwards to auth_broker's internal ones.
 KAFKA_HOST=127.0.0.1
 KAFKA_PUBLIC_PORTS=(4611 4612 4613 4614)
+# A second TLS door to the tls cluster, with a certificate for another host name: hostname
+# verification must refuse it.
+KAFKA_WRONG_NAME_PORT=4615
 KAFKA_INTERNAL_PORTS=(4621 4622 4623 4624)
 SCRAM_USER=doka-test
 SCRAM_PASSWORD=doka-test-secret
@@ -62,7 +65,8 @@ install_stunnel() {
 # plus an unrelated CA and a key that matches no certificate, for the negative tests.
 make_certs() {
   local f missing=0
-  for f in ca.pem ca-key.pem server.pem server-key.pem client.pem client-key.pem other-ca.pem other-key.pem; do
+  for f in ca.pem ca-key.pem server.pem server-key.pem client.pem client-key.pem other-ca.pem other-key.pem \
+    wrong-name.pem wrong-name-key.pem; do
     [ -s "$TLS_DIR/$f" ] || missing=1
   done
   [ "$missing" = 0 ] && return 0
@@ -78,11 +82,13 @@ make_certs() {
       'extendedKeyUsage = serverAuth' 'subjectAltName = IP:127.0.0.1, DNS:localhost' >server.ext
     printf '%s\n' 'basicConstraints = CA:FALSE' 'keyUsage = critical, digitalSignature, keyEncipherment' \
       'extendedKeyUsage = clientAuth' >client.ext
+    printf '%s\n' 'basicConstraints = CA:FALSE' 'keyUsage = critical, digitalSignature, keyEncipherment' \
+      'extendedKeyUsage = serverAuth' 'subjectAltName = DNS:wrong-name.example' >wrong-name.ext
     for ca in "ca:doka test CA" "other-ca:unrelated test CA"; do
       quiet openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -config ca.cnf -extensions ca \
         -subj "/CN=${ca#*:}" -keyout "${ca%%:*}-key.pem" -out "${ca%%:*}.pem"
     done
-    for leaf in server:localhost client:doka-test-client; do
+    for leaf in server:localhost client:doka-test-client wrong-name:wrong-name.example; do
       name=${leaf%%:*}
       quiet openssl req -new -newkey rsa:2048 -nodes -config ca.cnf -subj "/CN=${leaf#*:}" \
         -keyout "$name-key.pem" -out "$name.csr"
@@ -194,6 +200,8 @@ start_auth_broker() {
   local ports public
   ports=$(IFS=,; echo "${KAFKA_INTERNAL_PORTS[*]}")
   public=$(IFS=,; echo "${KAFKA_PUBLIC_PORTS[*]}")
+  # A fresh record of OAUTHBEARER tokens for each start (tests look theirs up by client id).
+  : >"$TOKENS_FILE"
   # The password goes by environment, not on the command line that `ps` shows.
   DOKA_TEST_SCRAM_USER="$SCRAM_USER" DOKA_TEST_SCRAM_PASSWORD="$SCRAM_PASSWORD" \
     nohup "$AUTH_BROKER_BIN" --host "$KAFKA_HOST" --advertise-host "$KAFKA_HOST" \
@@ -212,7 +220,9 @@ start_auth_broker() {
 }
 
 start_stunnel() {
-  if running stunnel && ports_open "${KAFKA_PUBLIC_PORTS[@]}"; then
+  # A running stunnel serves the certificates it read at its start: restart it when they changed.
+  if running stunnel && ports_open "${KAFKA_PUBLIC_PORTS[@]}" "$KAFKA_WRONG_NAME_PORT" \
+    && [ "$RUN_DIR/stunnel.pid" -nt "$TLS_DIR/ca.pem" ]; then
     log "stunnel already up on ${KAFKA_PUBLIC_PORTS[*]}"
     return 0
   fi
@@ -241,12 +251,18 @@ start_stunnel() {
         echo "requireCert = yes"
       fi
     done
+    echo
+    echo "[kafka-tls-wrong-name]"
+    echo "accept = $KAFKA_HOST:$KAFKA_WRONG_NAME_PORT"
+    echo "connect = $KAFKA_HOST:${KAFKA_INTERNAL_PORTS[0]}"
+    echo "cert = $TLS_DIR/wrong-name.pem"
+    echo "key = $TLS_DIR/wrong-name-key.pem"
   } >"$conf"
   log "starting stunnel (TLS) on ${KAFKA_PUBLIC_PORTS[*]}"
   nohup "$(stunnel_bin)" "$conf" </dev/null >"$RUN_DIR/stunnel.log" 2>&1 &
   echo $! >"$RUN_DIR/stunnel.pid"
   for _ in $(seq 1 60); do
-    if ports_open "${KAFKA_PUBLIC_PORTS[@]}"; then return 0; fi
+    if ports_open "${KAFKA_PUBLIC_PORTS[@]}" "$KAFKA_WRONG_NAME_PORT"; then return 0; fi
     if ! running stunnel; then
       log "stunnel exited during start-up; its log:"; tail -n 30 "$RUN_DIR/stunnel.log" >&2; return 1
     fi
@@ -272,7 +288,7 @@ stop() { # name
 down() {
   local name p
   for name in "${SERVICES[@]}"; do stop "$name"; done
-  for p in "${KAFKA_PUBLIC_PORTS[@]}" "${KAFKA_INTERNAL_PORTS[@]}"; do
+  for p in "${KAFKA_PUBLIC_PORTS[@]}" "$KAFKA_WRONG_NAME_PORT" "${KAFKA_INTERNAL_PORTS[@]}"; do
     for _ in $(seq 1 50); do port_open "$p" || break; sleep 0.2; done
     if port_open "$p"; then log "port $p is still in use (by a process not started by this script?)"; fi
   done
@@ -291,6 +307,7 @@ env_lines() {
   echo "DOKA_TEST_KAFKA_MTLS=$KAFKA_HOST:${KAFKA_PUBLIC_PORTS[1]}"
   echo "DOKA_TEST_KAFKA_SCRAM=$KAFKA_HOST:${KAFKA_PUBLIC_PORTS[2]}"
   echo "DOKA_TEST_KAFKA_IAM=$KAFKA_HOST:${KAFKA_PUBLIC_PORTS[3]}"
+  echo "DOKA_TEST_KAFKA_TLS_WRONG_NAME=$KAFKA_HOST:$KAFKA_WRONG_NAME_PORT"
   echo "DOKA_TEST_TLS_DIR=$TLS_DIR"
   echo "DOKA_TEST_OAUTH_TOKENS=$TOKENS_FILE"
   echo "DOKA_TEST_SCRAM_USER=$SCRAM_USER"

@@ -109,13 +109,7 @@ async fn kafka_chain(walk: &mut Walk<'_>, config: &Config, base: &aws_types::Sdk
     let kafka = &config.kafka;
     let timeout = Duration::from_millis(kafka.connect_timeout_ms);
     for broker in &kafka.brokers {
-        let reached = tokio::task::spawn_blocking({
-            let broker = broker.clone();
-            move || tcp_reachable(&broker, timeout.min(Duration::from_secs(10)))
-        })
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
-        let good = match reached {
+        let good = match reachable(broker, timeout.min(Duration::from_secs(10))).await {
             Ok(()) => walk.ok("kafka.broker", format!("broker {broker} reachable (TCP)")),
             Err(e) => walk.fail(
                 "kafka.broker",
@@ -182,18 +176,17 @@ async fn kafka_chain(walk: &mut Walk<'_>, config: &Config, base: &aws_types::Sdk
             return;
         }
     };
-    match kafka.auth.mode {
-        AuthMode::Plaintext => {}
-        AuthMode::Tls => {
-            let mutual = kafka
-                .auth
-                .tls
-                .as_ref()
-                .is_some_and(|t| t.cert_file.is_some());
+    if kafka.auth.mode != AuthMode::Plaintext {
+        let mutual = kafka
+            .auth
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.cert_file.is_some());
+        if verifies_certificates(kafka) {
             walk.ok(
                 "kafka.tls",
                 format!(
-                    "TLS handshake with certificate verification{}",
+                    "TLS handshake with certificate and host name verification{}",
                     if mutual {
                         ", client certificate accepted (mutual TLS)"
                     } else {
@@ -201,25 +194,30 @@ async fn kafka_chain(walk: &mut Walk<'_>, config: &Config, base: &aws_types::Sdk
                     }
                 ),
             );
-        }
-        AuthMode::Scram | AuthMode::Iam => {
-            walk.ok(
+        } else {
+            walk.warn(
                 "kafka.tls",
-                "TLS handshake with certificate verification".into(),
+                "TLS handshake WITHOUT full certificate verification".into(),
+                "kafka.properties turns verification off (enable.ssl.certificate.verification or \
+                 ssl.endpoint.identification.algorithm): anyone on the path can pose as the \
+                 brokers; remove it and set kafka.auth.tls.ca_file instead",
             );
-            let how = match kafka.auth.mode {
-                AuthMode::Scram => {
-                    let scram = kafka.auth.scram.clone().unwrap_or_default();
-                    format!(
-                        "{} as user {}",
-                        scram.mechanism.name(),
-                        scram.username.unwrap_or_default()
-                    )
-                }
-                _ => "MSK IAM (OAUTHBEARER token signed by the source identity)".into(),
-            };
-            walk.ok("kafka.auth", format!("authenticated: {how}"));
         }
+    }
+    let authenticated = match kafka.auth.mode {
+        AuthMode::Scram => {
+            let scram = kafka.auth.scram.clone().unwrap_or_default();
+            Some(format!(
+                "{} as user {}",
+                scram.mechanism.name(),
+                scram.username.unwrap_or_default()
+            ))
+        }
+        AuthMode::Iam => Some("MSK IAM (OAUTHBEARER token signed by the source identity)".into()),
+        AuthMode::Plaintext | AuthMode::Tls => None,
+    };
+    if let Some(how) = authenticated {
+        walk.ok("kafka.auth", format!("authenticated: {how}"));
     }
     walk.ok(
         "kafka.metadata",
@@ -227,7 +225,7 @@ async fn kafka_chain(walk: &mut Walk<'_>, config: &Config, base: &aws_types::Sdk
     );
     for broker in &probe.brokers {
         if !kafka.brokers.contains(broker)
-            && let Err(e) = tcp_reachable(broker, Duration::from_secs(5))
+            && let Err(e) = reachable(broker, Duration::from_secs(5)).await
         {
             walk.fail(
                 "kafka.broker",
@@ -290,6 +288,26 @@ async fn kafka_chain(walk: &mut Walk<'_>, config: &Config, base: &aws_types::Sdk
     }
 }
 
+/// A TCP connection to `broker` (host:port), off the async threads (name resolution blocks).
+async fn reachable(broker: &str, timeout: Duration) -> Result<(), String> {
+    let broker = broker.to_owned();
+    tokio::task::spawn_blocking(move || tcp_reachable(&broker, timeout))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()))
+}
+
+/// False when raw properties switch off certificate or host name verification.
+fn verifies_certificates(kafka: &crate::config::KafkaConfig) -> bool {
+    let off = |name: &str, value: &str| {
+        kafka
+            .properties
+            .get(name)
+            .is_some_and(|v| v.eq_ignore_ascii_case(value))
+    };
+    !off("enable.ssl.certificate.verification", "false")
+        && !off("ssl.endpoint.identification.algorithm", "none")
+}
+
 fn tcp_reachable(broker: &str, timeout: Duration) -> Result<(), String> {
     let addrs: Vec<_> = broker
         .to_socket_addrs()
@@ -328,13 +346,12 @@ fn probe_kafka(
     connection: Connection,
 ) -> Result<Probe, ProbeError> {
     let timeout = Duration::from_millis(kafka.connect_timeout_ms);
-    let mut cc = kafka::client_config(kafka).map_err(|e| ProbeError::Other(format!("{e:#}")))?;
-    for (k, v) in &kafka.properties {
-        cc.set(k, v);
+    // The consumer doka runs, under a client id of its own (kafka.properties may still set one).
+    let mut cc =
+        crate::source::consumer_config(kafka).map_err(|e| ProbeError::Other(format!("{e:#}")))?;
+    if !kafka.properties.contains_key("client.id") {
+        cc.set("client.id", "doka-check");
     }
-    cc.set("group.id", &kafka.group_id)
-        .set("enable.auto.commit", "false")
-        .set("client.id", "doka-check");
     let consumer: BaseConsumer<ConnectionContext> = cc
         .create_with_context(ConnectionContext(connection))
         .map_err(|e| ProbeError::Other(kafka::describe_create_error(&kafka.auth, &e).0))?;

@@ -590,9 +590,47 @@ impl PipelineConfig {
 }
 
 /// A value that must never be printed: `Debug`, `Display` and serialisation show `<redacted>`.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
+
+/// Only strings: a password such as `0123` or `true` would reach doka as a number or a boolean
+/// (YAML, and figment parses environment values), changed — and serde's usual type error would
+/// quote it. This error quotes nothing.
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = Secret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret(v.to_owned()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
+                Err(not_text())
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
+                Err(not_text())
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+                Err(not_text())
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+                Err(not_text())
+            }
+        }
+        fn not_text<E: serde::de::Error>() -> E {
+            E::custom(
+                "this secret reads as a number or a boolean and would not be kept exactly (its \
+                 value is not shown): quote it in YAML, or give it through a file or an \
+                 environment variable of its own (e.g. kafka.auth.scram.password_file or \
+                 password_env)",
+            )
+        }
+        d.deserialize_any(Text)
+    }
+}
 
 impl Secret {
     pub fn expose(&self) -> &str {
@@ -1317,13 +1355,13 @@ fn check_pem_file(key: &str, path: &Path) -> Result<(), (String, String)> {
 }
 
 /// librdkafka properties `kafka.auth` sets; with a mode other than plaintext they may not also be
-/// in `kafka.properties`.
+/// in `kafka.properties`. (`ssl.key.password`, for an encrypted client key, stays there.)
 fn is_auth_property(name: &str) -> bool {
     name == "security.protocol"
         || name.starts_with("sasl.")
         || name.starts_with("ssl.ca.")
         || name.starts_with("ssl.certificate.")
-        || name.starts_with("ssl.key.")
+        || (name.starts_with("ssl.key.") && name != "ssl.key.password")
         || name == "enable.sasl.oauthbearer.unsecure.jwt"
 }
 

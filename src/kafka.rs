@@ -70,14 +70,23 @@ fn auth_properties(auth: &KafkaAuth) -> anyhow::Result<Vec<(&'static str, String
     Ok(props)
 }
 
+/// The [`ConnectFailure::step`] of a token doka could not sign (not a refusal by the brokers).
+pub const TOKEN_SIGNING: &str = "MSK IAM token signing";
+
 /// What every doka Kafka client context shares: the MSK IAM token source and the last
 /// connection failure librdkafka reported, kept to explain a failed start.
 pub struct Connection {
     mode: AuthMode,
     iam: Option<IamTokens>,
     failure: Mutex<Option<ConnectFailure>>,
+    /// When a failure was last explained in the log: librdkafka reconnects (and fails) again
+    /// and again, its own lines already say so each time.
+    explained_at: Mutex<Option<Instant>>,
     runtime: tokio::runtime::Handle,
 }
+
+/// How often the same kind of connection failure is explained in the log.
+const EXPLAIN_EVERY: Duration = Duration::from_secs(30);
 
 /// Signs MSK IAM tokens on behalf of librdkafka's synchronous refresh callback.
 struct IamTokens {
@@ -123,6 +132,7 @@ impl Connection {
             mode: auth.mode,
             iam,
             failure: Mutex::new(None),
+            explained_at: Mutex::new(None),
             runtime,
         }
     }
@@ -150,14 +160,23 @@ impl Connection {
         let Some(iam) = &self.iam else {
             return Err("OAUTHBEARER tokens are only made for kafka.auth.mode iam".into());
         };
-        let signed = self.runtime.block_on(async {
-            tokio::time::timeout(TOKEN_SIGN_TIMEOUT, iam.signer.sign())
-                .await
-                .unwrap_or_else(|_| {
-                    Err(format!(
-                        "signing took longer than {TOKEN_SIGN_TIMEOUT:?} (source credentials not available?)"
-                    ))
+        // On a thread of its own: librdkafka may call from a tokio worker (a producer dropped in
+        // async code flushes and polls there), where blocking on the runtime would panic.
+        let signed = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    self.runtime.block_on(async {
+                        tokio::time::timeout(TOKEN_SIGN_TIMEOUT, iam.signer.sign())
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(format!(
+                                    "signing took longer than {TOKEN_SIGN_TIMEOUT:?} (source credentials not available?)"
+                                ))
+                            })
+                    })
                 })
+                .join()
+                .unwrap_or_else(|_| Err("the signing thread panicked".into()))
         });
         iam.served.store(true, AtomicOrdering::SeqCst);
         let token = match signed {
@@ -168,7 +187,7 @@ impl Connection {
                     "cannot sign an MSK IAM token (retried in 10 s): {reason}"
                 );
                 self.note(ConnectFailure {
-                    step: "MSK IAM token signing",
+                    step: TOKEN_SIGNING,
                     reason,
                     fix: "Check the source identity (the pod's IRSA role: AWS_ROLE_ARN and \
                           AWS_WEB_IDENTITY_TOKEN_FILE, or another provider of the default chain)"
@@ -221,7 +240,13 @@ impl Connection {
 
         match failure {
             Some(failure) => {
-                error!("Kafka {failure}");
+                let mut explained_at = self.explained_at.lock().unwrap();
+                let repeated = self.failure().is_some_and(|last| last.step == failure.step)
+                    && explained_at.is_some_and(|t| t.elapsed() < EXPLAIN_EVERY);
+                if !repeated {
+                    error!("Kafka {failure}");
+                    *explained_at = Some(Instant::now());
+                }
                 self.note(failure);
             }
             None if code == Some(RDKafkaErrorCode::AllBrokersDown) => {
@@ -329,4 +354,79 @@ fn describe_create_error_text(auth: &KafkaAuth, error: &KafkaError) -> String {
         );
     }
     format!("{text} (check kafka.properties and kafka.auth)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::IamSettings;
+    use aws_config::web_identity_token::{
+        StaticConfiguration, WebIdentityTokenCredentialsProvider,
+    };
+    use aws_credential_types::provider::SharedCredentialsProvider;
+
+    /// The pod's identity chain with its token file gone: the SDK's own provider fails.
+    fn broken_source() -> SharedCredentialsProvider {
+        SharedCredentialsProvider::new(
+            WebIdentityTokenCredentialsProvider::builder()
+                .static_configuration(StaticConfiguration {
+                    web_identity_token_file: "/nonexistent/doka-test/token".into(),
+                    role_arn: "arn:aws:iam::123456789012:role/doka-pod".into(),
+                    session_name: "doka-test".into(),
+                })
+                .build(),
+        )
+    }
+
+    #[test]
+    fn a_token_that_cannot_be_signed_is_an_error_for_librdkafka_to_retry_not_a_crash() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let auth = KafkaAuth {
+            mode: AuthMode::Iam,
+            iam: Some(IamSettings::default()),
+            ..Default::default()
+        };
+        let signer = MskTokenSigner::new(broken_source(), "eu-west-1".into());
+        let connection = Connection::new(&auth, Some(signer), runtime.handle().clone());
+
+        // From a plain thread, as librdkafka's poll thread calls it.
+        assert!(connection.oauth_token().is_err());
+        let failure = connection
+            .failure()
+            .expect("the failure is kept for start-up");
+        assert_eq!(failure.step, TOKEN_SIGNING);
+        assert!(
+            failure.reason.contains("no source AWS credentials"),
+            "{}",
+            failure.reason
+        );
+        // From inside the runtime, as a producer dropped in async code polls: no panic.
+        let again = runtime.block_on(async { connection.oauth_token().is_err() });
+        assert!(again);
+    }
+
+    #[test]
+    fn a_token_expires_with_the_lifetime_doka_was_told() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let auth = KafkaAuth {
+            mode: AuthMode::Iam,
+            iam: Some(IamSettings {
+                region: None,
+                token_lifetime_secs: 60,
+            }),
+            ..Default::default()
+        };
+        let keys = aws_credential_types::Credentials::new("AKIDTEST", "secret", None, None, "t");
+        let signer = MskTokenSigner::new(SharedCredentialsProvider::new(keys), "eu-west-1".into());
+        let connection = Connection::new(&auth, Some(signer), runtime.handle().clone());
+        let before = SystemTime::now();
+        let token = connection.oauth_token().expect("signed");
+        let lifetime = Duration::from_millis(token.lifetime_ms as u64)
+            .saturating_sub(before.duration_since(SystemTime::UNIX_EPOCH).unwrap());
+        assert!(
+            (Duration::from_secs(59)..=Duration::from_secs(61)).contains(&lifetime),
+            "{lifetime:?}"
+        );
+        assert_eq!(token.principal_name, "kafka-cluster");
+    }
 }

@@ -560,11 +560,15 @@ pub fn run(
 }
 
 fn report_refused(kafka: &KafkaConfig, failure: &ConnectFailure) {
-    error!(
-        "the Kafka brokers {} refused doka (kafka.auth.mode {}): {failure}",
-        kafka.brokers.join(","),
-        kafka.auth.mode.name()
-    );
+    let brokers = kafka.brokers.join(",");
+    let mode = kafka.auth.mode.name();
+    if failure.step == kafka::TOKEN_SIGNING {
+        error!(
+            "doka cannot authenticate to the Kafka brokers {brokers} (kafka.auth.mode {mode}): {failure}"
+        );
+    } else {
+        error!("the Kafka brokers {brokers} refused doka (kafka.auth.mode {mode}): {failure}");
+    }
 }
 
 /// How long shutdown waits for the group to take the partitions back.

@@ -12,9 +12,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use base64::Engine;
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::{Digest, Sha256};
+use support::msk_token::{self, TokenFacts, signature_matches};
 use support::*;
 
 fn stack_var(name: &str) -> String {
@@ -273,6 +271,27 @@ async fn tls_with_a_ca_that_did_not_sign_the_brokers_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_certificate_for_another_host_name_is_refused() {
+    // The same cluster behind a certificate issued by the right CA, but for wrong-name.example:
+    // only host name verification can tell.
+    let mut listener = tls();
+    listener.bootstrap = stack_var("DOKA_TEST_KAFKA_TLS_WRONG_NAME");
+    let world = AuthWorld::new(listener).await;
+    let doka = Doka::start(&world.yaml(), &[("DOKA_KAFKA__CONNECT_TIMEOUT_MS", "5000")]);
+    let (status, log) = doka.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(7), "{log}");
+    assert_mentions(
+        &log,
+        &[
+            "TLS handshake failed",
+            "certificate verify failed",
+            "kafka.brokers uses the names",
+        ],
+    );
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_with_the_client_certificate_moves_every_record() {
     let world = AuthWorld::new(mutual_tls(Some(("client.pem", "client-key.pem")))).await;
     world.deliver(400, &[]).await;
@@ -353,118 +372,30 @@ async fn a_wrong_scram_password_is_refused_naming_kafka_auth() {
 // ---------------------------------------------------------------------------------------------
 // MSK IAM
 
-/// The proxy's record of OAUTHBEARER tokens presented by `client_id`, oldest first.
-fn recorded_tokens(client_id: &str) -> Vec<String> {
+/// The proxy's record of OAUTHBEARER tokens presented by `client_id`, oldest first, each with
+/// whether the proxy accepted it.
+fn recorded_tokens(client_id: &str) -> Vec<(String, bool)> {
     let text = std::fs::read_to_string(stack_var("DOKA_TEST_OAUTH_TOKENS")).unwrap_or_default();
     text.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["client_id"] == client_id)
-        .map(|v| v["token"].as_str().unwrap().to_owned())
+        .map(|v| {
+            (
+                v["token"].as_str().unwrap().to_owned(),
+                v["accepted"] == true,
+            )
+        })
         .collect()
 }
 
-/// What an MSK IAM token says, after its structure has been checked.
-struct TokenFacts {
-    access_key: String,
-    signed_at: SystemTime,
-    /// Every query parameter but the signature, decoded.
-    params: HashMap<String, String>,
-    signature: String,
-    region: String,
-}
-
-/// Decodes a token and checks it is a presigned `kafka-cluster:Connect` for `region`.
+/// Decodes a token and checks it is a presigned `kafka-cluster:Connect` for `region`, valid
+/// 900 s.
 fn read_token(token: &str, region: &str) -> TokenFacts {
-    let url = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(token)
-        .expect("base64url without padding");
-    let url = String::from_utf8(url).unwrap();
-    let (base, query) = url.split_once('?').expect("a query");
-    assert_eq!(base, format!("https://kafka.{region}.amazonaws.com/"));
-    let mut params: HashMap<String, String> = form_urlencoded::parse(query.as_bytes())
-        .into_owned()
-        .collect();
-    assert_eq!(params["Action"], "kafka-cluster:Connect");
-    assert_eq!(params["X-Amz-Algorithm"], "AWS4-HMAC-SHA256");
-    assert_eq!(params["X-Amz-SignedHeaders"], "host");
-    assert_eq!(params["X-Amz-Expires"], "900");
-    assert!(params.contains_key("User-Agent"));
-    let credential: Vec<&str> = params["X-Amz-Credential"].split('/').collect();
-    assert_eq!(credential.len(), 5, "{credential:?}");
-    assert_eq!(&credential[2..], [region, "kafka-cluster", "aws4_request"]);
-    let date = &params["X-Amz-Date"];
-    assert_eq!(&date[..8], credential[1]);
-    let signed_at = parse_amz_date(date);
-    let access_key = credential[0].to_owned();
-    let signature = params.remove("X-Amz-Signature").expect("a signature");
-    TokenFacts {
-        access_key,
-        signed_at,
-        params,
-        signature,
-        region: region.to_owned(),
-    }
-}
-
-fn parse_amz_date(date: &str) -> SystemTime {
-    // YYYYMMDDTHHMMSSZ → days from civil (Howard Hinnant's algorithm), no date crate needed.
-    let n = |r: std::ops::Range<usize>| date[r].parse::<i64>().unwrap();
-    let (y, m, d) = (n(0..4), n(4..6), n(6..8));
-    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + d - 1;
-    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
-    let secs = days * 86_400 + n(9..11) * 3600 + n(11..13) * 60 + n(13..15);
-    SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64)
-}
-
-/// Recomputes the SigV4 query signature with `secret` (AWS's published algorithm, written out
-/// here independently of the SDK doka signs with).
-fn signature_matches(facts: &TokenFacts, secret: &str) -> bool {
-    fn encode(s: &str) -> String {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect()
-    }
-    fn hmac(key: &[u8], data: &str) -> Vec<u8> {
-        let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
-        mac.update(data.as_bytes());
-        mac.finalize().into_bytes().to_vec()
-    }
-    let mut query: Vec<(String, String)> = facts
-        .params
-        .iter()
-        .filter(|(k, _)| *k != "User-Agent")
-        .map(|(k, v)| (encode(k), encode(v)))
-        .collect();
-    query.sort();
-    let query = query
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("&");
-    let host = format!("kafka.{}.amazonaws.com", facts.region);
-    let canonical = format!(
-        "GET\n/\n{query}\nhost:{host}\n\nhost\n{}",
-        hex::encode(Sha256::digest(b""))
-    );
-    let date = &facts.params["X-Amz-Date"];
-    let scope = format!("{}/{}/kafka-cluster/aws4_request", &date[..8], facts.region);
-    let to_sign = format!(
-        "AWS4-HMAC-SHA256\n{date}\n{scope}\n{}",
-        hex::encode(Sha256::digest(canonical.as_bytes()))
-    );
-    let key = hmac(format!("AWS4{secret}").as_bytes(), &date[..8]);
-    let key = hmac(&key, &facts.region);
-    let key = hmac(&key, "kafka-cluster");
-    let key = hmac(&key, "aws4_request");
-    hex::encode(hmac(&key, &to_sign)) == facts.signature
+    let facts =
+        msk_token::read_token(token).unwrap_or_else(|e| panic!("not an MSK IAM token: {e}"));
+    assert_eq!(facts.region, region);
+    assert_eq!(facts.expires_in, Duration::from_secs(900));
+    facts
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -475,7 +406,8 @@ async fn iam_tokens_are_signed_by_the_source_identity_for_the_cluster_region() {
     world.deliver(500, &[]).await;
     let tokens = recorded_tokens(&world.client_id);
     assert!(!tokens.is_empty(), "doka's token never reached the broker");
-    for token in &tokens {
+    for (token, accepted) in &tokens {
+        assert!(accepted, "the proxy verified and accepted it");
         let facts = read_token(token, "eu-central-1");
         assert_eq!(
             facts.access_key, ACCOUNT_A_KEY,
@@ -497,9 +429,32 @@ async fn iam_tokens_are_signed_by_the_source_identity_for_the_cluster_region() {
     }
     // A token signed with another secret must not verify: the check itself can fail.
     assert!(!signature_matches(
-        &read_token(&tokens[0], "eu-central-1"),
+        &read_token(&tokens[0].0, "eu-central-1"),
         "another-secret"
     ));
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_iam_token_signed_with_the_wrong_secret_is_refused_naming_kafka_auth() {
+    // The proxy knows account A's key and its secret, as MSK knows the cluster account's
+    // identities: a token signed with another secret fails its signature check.
+    let world = AuthWorld::new(iam(Some(REGION))).await;
+    let log = world
+        .refused(7, &[("AWS_SECRET_ACCESS_KEY", "not-the-source-secret")])
+        .await;
+    assert_mentions(
+        &log,
+        &[
+            "MSK IAM authentication failed",
+            "signature",
+            "kafka-cluster:Connect",
+            "kafka.auth.iam.region",
+        ],
+    );
+    assert!(!log.contains("not-the-source-secret"), "a secret leaked");
+    let tokens = recorded_tokens(&world.client_id);
+    assert!(!tokens.is_empty() && tokens.iter().all(|(_, accepted)| !accepted));
     world.finish().await;
 }
 
@@ -520,8 +475,9 @@ async fn iam_tokens_are_renewed_at_80_percent_of_their_lifetime() {
         .collect();
     assert!(times.len() >= 2, "{log}");
     for pair in times.windows(2) {
-        let gap = pair[1] - pair[0];
-        // librdkafka asks at 80% of the 10 s lifetime.
+        let gap = (pair[1] - pair[0]).rem_euclid(86_400.0);
+        // librdkafka asks at 80% of the 10 s lifetime (its timer ticks each second): before the
+        // token expires, never right after the last one.
         assert!((6.0..10.0).contains(&gap), "renewed after {gap} s:\n{log}");
     }
     world.finish().await;
@@ -582,19 +538,21 @@ async fn the_irsa_chain_runs_as_in_a_pod_and_signs_msk_tokens_with_role_a() {
         ("AWS_ACCESS_KEY_ID", UNSET),
         ("AWS_SECRET_ACCESS_KEY", UNSET),
         ("AWS_ROLE_ARN", ROLE_A),
+        ("AWS_ROLE_SESSION_NAME", "doka-pod-session"),
         ("AWS_WEB_IDENTITY_TOKEN_FILE", token_path.as_str()),
         ("AWS_REGION", REGION),
     ];
     let log = world.deliver(300, &env).await;
 
-    // Source: role A through AssumeRoleWithWebIdentity; target: role B through AssumeRole, with
-    // the documented session name doka-<profile>-<suffix> (no profile here: "default").
+    // Source: role A through AssumeRoleWithWebIdentity, session AWS_ROLE_SESSION_NAME; target:
+    // role B through AssumeRole, with the documented session name doka-<profile>-<suffix> (no
+    // profile here: "default").
     let source = log
         .lines()
         .find(|l| l.contains("source identity:"))
         .unwrap_or_else(|| panic!("no source identity in:\n{log}"));
     assert!(
-        source.contains("arn:aws:sts::123456789012:assumed-role/doka-pod/"),
+        source.contains("arn:aws:sts::123456789012:assumed-role/doka-pod/doka-pod-session"),
         "{source}"
     );
     let target = log
@@ -610,7 +568,7 @@ async fn the_irsa_chain_runs_as_in_a_pod_and_signs_msk_tokens_with_role_a() {
     // nor B's (moto says whose key it is).
     let tokens = recorded_tokens(&world.client_id);
     assert!(!tokens.is_empty(), "doka's token never reached the broker");
-    let facts = read_token(&tokens[0], REGION);
+    let facts = read_token(&tokens[0].0, REGION);
     assert_ne!(facts.access_key, ACCOUNT_A_KEY, "not the static test key");
     assert!(
         facts.params.contains_key("X-Amz-Security-Token"),

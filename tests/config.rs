@@ -548,3 +548,18 @@ fn the_auth_mode_can_come_from_the_environment() {
         ],
     );
 }
+
+#[test]
+fn a_secret_that_reads_as_a_number_is_refused_without_showing_it() {
+    let yaml = with_auth("  auth:\n    mode: scram\n    scram:\n      username: doka\n");
+    let run = broken(&yaml, &[("DOKA_KAFKA__AUTH__SCRAM__PASSWORD", "8675309")]);
+    assert_mentions(
+        &run,
+        &["kafka.auth.scram.password", "password_file", "not shown"],
+    );
+    assert!(
+        !run.stderr.contains("8675309"),
+        "the secret leaked:\n{}",
+        run.stderr
+    );
+}

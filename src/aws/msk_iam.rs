@@ -8,6 +8,7 @@
 //! in doka's picture the pod's source identity (IRSA role A), never the role assumed in the data
 //! account.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
@@ -34,13 +35,21 @@ pub struct MskToken {
 pub struct MskTokenSigner {
     credentials: SharedCredentialsProvider,
     region: String,
+    /// The last source credentials, reused while they have [`REUSE_MARGIN`] left: the default
+    /// chain caches nothing, and with IRSA each resolution is an STS call (a brief STS outage
+    /// at renewal time must not cost the Kafka connection).
+    cached: Arc<Mutex<Option<Credentials>>>,
 }
+
+/// Credentials closer than this to their expiry are resolved again before signing.
+const REUSE_MARGIN: Duration = Duration::from_secs(300);
 
 impl MskTokenSigner {
     pub fn new(credentials: SharedCredentialsProvider, region: String) -> Self {
         Self {
             credentials,
             region,
+            cached: Arc::default(),
         }
     }
 
@@ -51,17 +60,28 @@ impl MskTokenSigner {
     /// Resolves the source credentials (the SDK chain renews them) and signs a token valid from
     /// now. The error says which step failed, never a key.
     pub async fn sign(&self) -> Result<MskToken, String> {
-        let credentials = self.credentials.provide_credentials().await.map_err(|e| {
-            format!(
-                "no source AWS credentials to sign the MSK IAM token with: {}",
-                aws_smithy_types::error::display::DisplayErrorContext(&e)
-            )
-        })?;
-        presign(&credentials, &self.region, SystemTime::now())
+        let now = SystemTime::now();
+        let fresh = |c: &Credentials| c.expiry().is_none_or(|e| e > now + REUSE_MARGIN);
+        let cached = self.cached.lock().unwrap().clone().filter(fresh);
+        let credentials = match cached {
+            Some(c) => c,
+            None => {
+                let c = self.credentials.provide_credentials().await.map_err(|e| {
+                    format!(
+                        "no source AWS credentials to sign the MSK IAM token with: {}",
+                        aws_smithy_types::error::display::DisplayErrorContext(&e)
+                    )
+                })?;
+                *self.cached.lock().unwrap() = Some(c.clone());
+                c
+            }
+        };
+        presign(&credentials, &self.region, now)
     }
 }
 
-/// The token for `credentials` in `region`, signed at `now`.
+/// The token for `credentials` in `region`, signed at `now`. It is valid for 900 s, or until the
+/// credentials expire when that is sooner.
 pub fn presign(
     credentials: &Credentials,
     region: &str,
@@ -94,7 +114,9 @@ pub fn presign(
     let presigned = format!("{}&User-Agent={USER_AGENT}", signed.uri());
     Ok(MskToken {
         token: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(presigned),
-        expires_at: now + TOKEN_VALIDITY,
+        expires_at: credentials
+            .expiry()
+            .map_or(now + TOKEN_VALIDITY, |e| e.min(now + TOKEN_VALIDITY)),
     })
 }
 
