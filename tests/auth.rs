@@ -235,12 +235,6 @@ impl AuthWorld {
     }
 }
 
-fn assert_mentions(log: &str, parts: &[&str]) {
-    for part in parts {
-        assert!(log.contains(part), "`{part}` missing from:\n{log}");
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // TLS
 

@@ -79,12 +79,6 @@ fn check(yaml: &str, args: &[&str], env: &[(&str, &str)]) -> Checked {
     }
 }
 
-fn assert_mentions(text: &str, parts: &[&str]) {
-    for part in parts {
-        assert!(text.contains(part), "`{part}` missing from: {text}");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_chain_passes_every_hop_and_the_write_test_lands_in_b() {
     let world = World::new(2, 1).await;

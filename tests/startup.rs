@@ -17,12 +17,6 @@ fn closed_port() -> u16 {
         .port()
 }
 
-fn assert_mentions(log: &str, parts: &[&str]) {
-    for part in parts {
-        assert!(log.contains(part), "`{part}` missing from:\n{log}");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_brokers_exit_with_code_6() {
     let world = World::new(1, 1).await;

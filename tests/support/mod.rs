@@ -920,6 +920,13 @@ pub async fn assert_committed_were_delivered(
     }
 }
 
+/// Every part must be in `text` (a log, an error, a report line).
+pub fn assert_mentions(text: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(text.contains(part), "`{part}` missing from:\n{text}");
+    }
+}
+
 pub fn summary_count(log: &str, field: &str) -> u64 {
     let line = log
         .lines()
