@@ -9,6 +9,8 @@
 #   - stunnel         : terminates TLS in front of them, with a test CA generated here
 # Plain Kafka needs nothing: tests and the demo host librdkafka's mock cluster themselves,
 # a real Kafka-protocol broker on a TCP port (see ../shared/reference/local-stack.md for why).
+# `install` also runs scripts/tools.sh install (hadolint, kubernetes-validate, prometheus and
+# promtool for tests/deploy.rs and the metrics tests); `up` and `env` print their paths too.
 #
 # Usage: scripts/stack.sh install|up|down|status|env
 # Idempotent: `up` installs what is missing and reuses services that already answer.
@@ -126,6 +128,9 @@ install() {
   install_stunnel
   make_certs
   build_auth_broker
+  # The deployment tools are not services: a failure to install them must not take the stack
+  # down. The tests that need them say which one is missing.
+  "$ROOT/scripts/tools.sh" install >/dev/null || log "scripts/tools.sh install failed; the deployment tests will say what is missing"
 }
 
 answers() { # port path
@@ -312,6 +317,7 @@ env_lines() {
   echo "DOKA_TEST_OAUTH_TOKENS=$TOKENS_FILE"
   echo "DOKA_TEST_SCRAM_USER=$SCRAM_USER"
   echo "DOKA_TEST_SCRAM_PASSWORD=$SCRAM_PASSWORD"
+  "$ROOT/scripts/tools.sh" env
 }
 
 case "${1:-}" in

@@ -15,9 +15,12 @@ use crate::pipeline::batch::{BatchLimits, Batcher};
 use crate::pipeline::lane::{Backoff, Lane};
 use crate::pipeline::pace::Pace;
 use crate::pipeline::partition_key::PartitionKeys;
-use crate::pipeline::{Budget, Halt, Stats};
+use crate::pipeline::{Budget, Halt};
 use crate::sink::kinesis::KinesisSink;
 use crate::source::{self, SourceExit, SourceParts};
+use crate::telemetry::health::Health;
+use crate::telemetry::http;
+use crate::telemetry::metrics::Metrics;
 
 /// Exit codes, documented in the README.
 pub mod exit {
@@ -62,8 +65,76 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
         .session_name
         .clone()
         .unwrap_or_else(|| default_session_name(profile.as_deref()));
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::new(
+        config.pipeline.lanes as usize,
+        // The consumer thread may wait this long for records in flight (rebalance, shutdown).
+        config
+            .pipeline
+            .rebalance_drain_timeout()
+            .max(config.pipeline.shutdown_timeout())
+            + Duration::from_secs(30),
+        Duration::from_millis(config.kinesis.request_timeout_ms * 2) + Duration::from_secs(30),
+    ));
+    let budget = Arc::new(Budget::new(
+        config.pipeline.max_in_flight_records,
+        config.pipeline.max_in_flight_bytes,
+    ));
+    let pace = Arc::new(Pace::new(
+        config.retry.adaptive_rate,
+        config.retry.min_records_per_sec as f64,
+    ));
+    let stream_metrics = metrics.stream(&config.kinesis.stream);
+    // Probes answer from the start: alive, not ready until the group and the stream are.
+    let _endpoint = if config.http.enabled {
+        let (budget, pace, metrics, stream_metrics) = (
+            budget.clone(),
+            pace.clone(),
+            metrics.clone(),
+            stream_metrics.clone(),
+        );
+        let gauges = metrics.clone();
+        let before_scrape = Box::new(move || {
+            let usage = budget.usage();
+            gauges.in_flight_records.set(usage.records as i64);
+            gauges.in_flight_bytes.set(usage.bytes as i64);
+            stream_metrics.send_rate.set(pace.rate().unwrap_or(0.0));
+        });
+        match http::start(
+            &config.http.listen,
+            "http.listen",
+            metrics,
+            health.clone(),
+            before_scrape,
+        ) {
+            Ok(endpoint) => {
+                info!(
+                    "serving /metrics, /healthz and /readyz on {}",
+                    endpoint.address
+                );
+                Some(endpoint)
+            }
+            Err(problem) => {
+                error!("invalid config: {problem}");
+                return Ok(exit::CONFIG);
+            }
+        }
+    } else {
+        None
+    };
     let base = aws::base_config(&config.aws).await;
-    let access = aws::kinesis_access(&base, &config.aws, &config.kinesis, session_name).await?;
+    let observer = aws::CredentialObserver {
+        metrics: metrics.clone(),
+        health: health.clone(),
+    };
+    let access = aws::kinesis_access(
+        &base,
+        &config.aws,
+        &config.kinesis,
+        session_name,
+        Some(observer),
+    )
+    .await?;
     let target = describe_target(&config, &access.region);
     let signer = match msk_token_signer(&config, &base).await {
         Ok(signer) => signer,
@@ -79,6 +150,10 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
                 "credentials for {target} obtained; they {}",
                 aws::describe_expiry(&credentials)
             );
+            if config.aws.role_arn.is_none() {
+                // The chain renews its own; only an assumed role reports each renewal.
+                health.credentials_obtained(None);
+            }
             log_identities(&config, &base, credentials).await;
         }
         Err(e) => {
@@ -98,12 +173,7 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
         target.clone(),
     ));
 
-    let budget = Arc::new(Budget::new(
-        config.pipeline.max_in_flight_records,
-        config.pipeline.max_in_flight_bytes,
-    ));
     let halt = Arc::new(Halt::default());
-    let stats = Arc::new(Stats::default());
     let limits = BatchLimits {
         max_records: config.batch.max_records as usize,
         max_bytes: config.batch.max_bytes as usize,
@@ -114,10 +184,6 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
         max: Duration::from_millis(config.retry.max_backoff_ms),
         max_attempts: config.retry.max_attempts,
     };
-    let pace = Arc::new(Pace::new(
-        config.retry.adaptive_rate,
-        config.retry.min_records_per_sec as f64,
-    ));
     let mut senders = Vec::new();
     let mut lanes = Vec::new();
     for id in 0..config.pipeline.lanes as usize {
@@ -132,7 +198,8 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
             budget: budget.clone(),
             pace: pace.clone(),
             halt: halt.clone(),
-            stats: stats.clone(),
+            metrics: stream_metrics.clone(),
+            health: health.clone(),
         };
         lanes.push(tokio::spawn(lane.run()));
     }
@@ -144,12 +211,17 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
     let dead_letter = match &config.dead_letter.topic {
         Some(topic) => Some(DeadLetter::new(
             &config.kafka,
-            Connection::new(&config.kafka.auth, signer.clone(), runtime.clone()),
+            Connection::new(
+                &config.kafka.auth,
+                signer.clone(),
+                runtime.clone(),
+                Some(metrics.clone()),
+            ),
             topic.clone(),
             runtime.clone(),
             budget.clone(),
             halt.clone(),
-            stats.clone(),
+            metrics.clone(),
         )?),
         None => None,
     };
@@ -157,7 +229,8 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
         lanes: senders,
         budget: budget.clone(),
         halt: halt.clone(),
-        stats: stats.clone(),
+        metrics: metrics.clone(),
+        health: health.clone(),
         keys: PartitionKeys::new(
             config.partition_key.rule,
             config.partition_key.prefix.as_deref(),
@@ -177,7 +250,7 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
     };
     info!("delivering {:?} to {target}", config.kafka.topics);
     let kafka = config.kafka.clone();
-    let connection = Connection::new(&config.kafka.auth, signer, runtime);
+    let connection = Connection::new(&config.kafka.auth, signer, runtime, Some(metrics.clone()));
     let source_exit =
         tokio::task::spawn_blocking(move || source::run(&kafka, connection, parts)).await??;
 
@@ -186,7 +259,7 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
     for lane in &lanes {
         lane.abort();
     }
-    info!("summary: {}", stats.summary());
+    info!("summary: {}", metrics.summary());
     Ok(match source_exit {
         SourceExit::Clean => exit::CLEAN,
         SourceExit::BrokersUnreachable => exit::KAFKA_UNREACHABLE,

@@ -134,7 +134,7 @@ async fn kafka_chain(walk: &mut Walk<'_>, config: &Config, base: &aws_types::Sdk
             return;
         }
     };
-    let connection = Connection::new(&kafka.auth, signer, tokio::runtime::Handle::current());
+    let connection = Connection::new(&kafka.auth, signer, tokio::runtime::Handle::current(), None);
     let kafka_config = kafka.clone();
     // librdkafka's calls block; the IAM token callback needs this runtime, so not on it.
     let probe = tokio::task::spawn_blocking(move || probe_kafka(&kafka_config, connection))
@@ -498,14 +498,21 @@ async fn aws_chain(walk: &mut Walk<'_>, config: &Config, base: &aws_types::SdkCo
         return;
     }
 
-    let access =
-        match aws::kinesis_access(base, &config.aws, &config.kinesis, session_name.clone()).await {
-            Ok(access) => access,
-            Err(e) => {
-                walk.fail("kinesis.stream", format!("{e:#}"), "Set aws.region");
-                return;
-            }
-        };
+    let access = match aws::kinesis_access(
+        base,
+        &config.aws,
+        &config.kinesis,
+        session_name.clone(),
+        None,
+    )
+    .await
+    {
+        Ok(access) => access,
+        Err(e) => {
+            walk.fail("kinesis.stream", format!("{e:#}"), "Set aws.region");
+            return;
+        }
+    };
     let (name, arn) = config.stream_target();
     let described = access
         .client

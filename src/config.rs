@@ -48,6 +48,8 @@ pub struct Config {
     pub records: RecordsConfig,
     #[serde(default, deserialize_with = "null_as_default")]
     pub dead_letter: DeadLetterConfig,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub http: HttpConfig,
     /// Named overlays; read when the file is loaded, not part of the effective config.
     #[serde(default, skip_serializing)]
     pub profiles: BTreeMap<String, serde_yaml::Value>,
@@ -451,6 +453,26 @@ impl DeadLetterConfig {
     }
 }
 
+/// The HTTP endpoint: `/metrics` (Prometheus), `/healthz` and `/readyz` (Kubernetes probes).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    #[serde(default = "defaults::http_enabled")]
+    pub enabled: bool,
+    /// host:port to listen on.
+    #[serde(default = "defaults::http_listen")]
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: defaults::http_enabled(),
+            listen: defaults::http_listen(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
@@ -529,6 +551,12 @@ mod defaults {
     }
     pub fn log_level() -> String {
         "info".into()
+    }
+    pub fn http_enabled() -> bool {
+        true
+    }
+    pub fn http_listen() -> String {
+        "0.0.0.0:9464".into()
     }
 }
 
@@ -1112,6 +1140,15 @@ impl Config {
             }
         }
 
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad(
+                "http.listen",
+                format!(
+                    "`{}` is not an address to listen on: expected ip:port, e.g. 0.0.0.0:9464",
+                    self.http.listen
+                ),
+            );
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return bad(
                 "log.level",

@@ -5,7 +5,6 @@
 //! where it came from. Its offset is acknowledged only once the dead-letter write is confirmed.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering as AtomicOrdering;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
@@ -16,7 +15,8 @@ use tracing::warn;
 use crate::config::KafkaConfig;
 use crate::kafka::{self, Connection, ConnectionContext};
 use crate::pipeline::offsets::PartitionProgress;
-use crate::pipeline::{Budget, Halt, Stats};
+use crate::pipeline::{Budget, Halt};
+use crate::telemetry::metrics::Metrics;
 
 /// Header names doka adds to a dead-lettered record.
 pub const HEADER_REASON: &str = "doka.reason";
@@ -30,7 +30,7 @@ pub struct DeadLetter {
     runtime: tokio::runtime::Handle,
     budget: Arc<Budget>,
     halt: Arc<Halt>,
-    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
 }
 
 /// Producer settings: the brokers and the connection/security properties of `kafka.properties`
@@ -65,7 +65,7 @@ impl DeadLetter {
         runtime: tokio::runtime::Handle,
         budget: Arc<Budget>,
         halt: Arc<Halt>,
-        stats: Arc<Stats>,
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let producer = producer_config(kafka)?
             .create_with_context(ConnectionContext(connection))
@@ -79,7 +79,7 @@ impl DeadLetter {
             runtime,
             budget,
             halt,
-            stats,
+            metrics,
         })
     }
 
@@ -134,7 +134,8 @@ impl DeadLetter {
 
         let producer = self.producer.clone();
         let dead_letter_topic = self.topic.clone();
-        let (budget, halt, stats) = (self.budget.clone(), self.halt.clone(), self.stats.clone());
+        let (budget, halt) = (self.budget.clone(), self.halt.clone());
+        let dead_lettered = self.metrics.dead_lettered(&topic);
         self.runtime.spawn(async move {
             let mut record = FutureRecord::to(&dead_letter_topic).payload(&value).headers(headers);
             if let Some(key) = &key {
@@ -143,7 +144,7 @@ impl DeadLetter {
             match producer.send(record, Timeout::Never).await {
                 Ok(_) => {
                     progress.ack(offset);
-                    stats.dead_lettered.fetch_add(1, AtomicOrdering::Relaxed);
+                    dead_lettered.inc();
                 }
                 Err((e, _)) => halt.halt(format!(
                     "record {topic}[{partition}] offset {offset} could not be written to the dead-letter topic \

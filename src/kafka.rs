@@ -6,8 +6,8 @@
 //! the same way.
 
 use std::error::Error;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use rdkafka::client::{ClientContext, OAuthToken};
@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 
 use crate::aws::msk_iam::MskTokenSigner;
 use crate::config::{AuthMode, KafkaAuth, KafkaConfig};
+use crate::telemetry::metrics::{CredentialKind, Metrics};
 
 /// How long signing one MSK IAM token may take (it may renew the source credentials first).
 /// librdkafka calls back synchronously and retries 10 s after a failure.
@@ -83,6 +84,7 @@ pub struct Connection {
     /// and again, its own lines already say so each time.
     explained_at: Mutex<Option<Instant>>,
     runtime: tokio::runtime::Handle,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// How often the same kind of connection failure is explained in the log.
@@ -120,6 +122,7 @@ impl Connection {
         auth: &KafkaAuth,
         signer: Option<MskTokenSigner>,
         runtime: tokio::runtime::Handle,
+        metrics: Option<Arc<Metrics>>,
     ) -> Self {
         let iam = (auth.mode == AuthMode::Iam).then(|| IamTokens {
             signer: signer.expect("mode iam has a token signer"),
@@ -134,6 +137,7 @@ impl Connection {
             failure: Mutex::new(None),
             explained_at: Mutex::new(None),
             runtime,
+            metrics,
         }
     }
 
@@ -201,6 +205,10 @@ impl Connection {
             .min(SystemTime::now() + iam.lifetime)
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .credentials_renewed(CredentialKind::MskIamToken, Some(expires_at.as_secs_f64()));
+        }
         info!(
             region = iam.signer.region(),
             lifetime_secs = iam.lifetime.as_secs(),
@@ -387,7 +395,7 @@ mod tests {
             ..Default::default()
         };
         let signer = MskTokenSigner::new(broken_source(), "eu-west-1".into());
-        let connection = Connection::new(&auth, Some(signer), runtime.handle().clone());
+        let connection = Connection::new(&auth, Some(signer), runtime.handle().clone(), None);
 
         // From a plain thread, as librdkafka's poll thread calls it.
         assert!(connection.oauth_token().is_err());
@@ -418,7 +426,7 @@ mod tests {
         };
         let keys = aws_credential_types::Credentials::new("AKIDTEST", "secret", None, None, "t");
         let signer = MskTokenSigner::new(SharedCredentialsProvider::new(keys), "eu-west-1".into());
-        let connection = Connection::new(&auth, Some(signer), runtime.handle().clone());
+        let connection = Connection::new(&auth, Some(signer), runtime.handle().clone(), None);
         let before = SystemTime::now();
         let token = connection.oauth_token().expect("signed");
         let lifetime = Duration::from_millis(token.lifetime_ms as u64)

@@ -23,7 +23,9 @@ use crate::dead_letter::DeadLetter;
 use crate::kafka::{self, ConnectFailure, Connection};
 use crate::pipeline::offsets::PartitionProgress;
 use crate::pipeline::partition_key::PartitionKeys;
-use crate::pipeline::{Budget, Halt, Record, Refuse, Stats, lane_of};
+use crate::pipeline::{Budget, Halt, Record, Refuse, lane_of};
+use crate::telemetry::health::Health;
+use crate::telemetry::metrics::Metrics;
 
 type Progress = HashMap<Arc<str>, HashMap<i32, Arc<PartitionProgress>>>;
 
@@ -39,6 +41,7 @@ pub struct SourceContext {
     /// commit at once rather than at the next interval (a member that dies now re-sends less).
     commit_now: AtomicBool,
     connection: Connection,
+    metrics: Arc<Metrics>,
 }
 
 impl SourceContext {
@@ -82,7 +85,17 @@ impl SourceContext {
         }
         match consumer.commit(&tpl, mode) {
             Ok(()) if matches!(mode, CommitMode::Sync) => mark_committed(partitions, &tpl),
-            Ok(()) => {}
+            Ok(()) => {
+                // librdkafka reports asynchronous commits to nobody without a commit callback
+                // queue, which rdkafka does not offer: remember what was sent, for the metrics.
+                for p in partitions {
+                    if let Some(e) = tpl.find_partition(&p.topic, p.partition)
+                        && let Offset::Offset(o) = e.offset()
+                    {
+                        p.commit_sent(o);
+                    }
+                }
+            }
             Err(e) => warn!("committing offsets failed (they will be committed later): {e}"),
         }
     }
@@ -130,7 +143,12 @@ impl ConsumerContext for SourceContext {
         if revoked.is_empty() {
             return;
         }
+        for p in &revoked {
+            self.metrics.forget_partition(&p.topic, p.partition);
+        }
+        self.metrics.assigned_partitions.sub(revoked.len() as i64);
         if consumer.assignment_lost() {
+            self.metrics.rebalance("lost");
             warn!(
                 partitions = revoked.len(),
                 "partitions lost (session expired): not committing them; the new owner re-reads from the last commit"
@@ -151,6 +169,7 @@ impl ConsumerContext for SourceContext {
             }
         }
         self.commit(consumer, &revoked, CommitMode::Sync);
+        self.metrics.rebalance("revoked");
         info!(partitions = %describe(&revoked), "partitions revoked and committed");
     }
 
@@ -169,6 +188,8 @@ impl ConsumerContext for SourceContext {
                 if tpl.count() == 0 {
                     return;
                 }
+                self.metrics.rebalance("assigned");
+                self.metrics.assigned_partitions.add(tpl.count() as i64);
                 if self.paused.load(AtomicOrdering::SeqCst)
                     && let Err(e) = consumer.pause(tpl)
                 {
@@ -216,7 +237,8 @@ pub struct SourceParts {
     pub lanes: Vec<UnboundedSender<Record>>,
     pub budget: Arc<Budget>,
     pub halt: Arc<Halt>,
-    pub stats: Arc<Stats>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
     pub keys: PartitionKeys,
     pub max_record_bytes: usize,
     pub commit_interval: Duration,
@@ -348,10 +370,10 @@ fn handle_refusal(
     }
     let offset = msg.offset();
     if !progress.register(offset) {
-        parts.stats.refetched.fetch_add(1, AtomicOrdering::Relaxed);
+        parts.metrics.refetched.inc();
         return true;
     }
-    parts.stats.consumed.fetch_add(1, AtomicOrdering::Relaxed);
+    parts.metrics.consumed(msg.topic()).inc();
     match (action, &parts.dead_letter) {
         (Refuse::DeadLetter, Some(dead_letter)) => {
             let size = msg.payload_len() + msg.key_len();
@@ -367,7 +389,7 @@ fn handle_refusal(
         }
         (Refuse::Stop, _) => unreachable!("a stop returned above"),
         (Refuse::Skip, _) => {
-            parts.stats.skipped.fetch_add(1, AtomicOrdering::Relaxed);
+            parts.metrics.skipped(msg.topic()).inc();
             info!("{reason}: not sent ({setting} is skip); counted as skipped");
             progress.ack(offset);
         }
@@ -411,6 +433,7 @@ pub fn run(
         closing: AtomicBool::new(false),
         commit_now: AtomicBool::new(false),
         connection,
+        metrics: parts.metrics.clone(),
     };
     let consumer: BaseConsumer<SourceContext> = consumer_config(kafka)?
         .create_with_context(context)
@@ -464,10 +487,13 @@ pub fn run(
         .subscribe(&topics)
         .map_err(|e| anyhow::anyhow!("cannot subscribe to {topics:?}: {e}"))?;
     info!(brokers = %kafka.brokers.join(","), group = %kafka.group_id, topics = ?kafka.topics, "joining consumer group");
+    parts.health.set_member(true);
 
     let mut last_commit = Instant::now();
+    let mut last_gauges = Instant::now();
     let mut last_poll_error: Option<Instant> = None;
     while !parts.shutdown.load(AtomicOrdering::SeqCst) && !parts.halt.is_halted() {
+        parts.health.consumer_turned();
         manage_pause(&consumer, &parts.budget);
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(msg)) => {
@@ -477,7 +503,7 @@ pub fn run(
                 let Some(progress) = consumer.context().progress(topic, partition) else {
                     // Fetched before its partition was revoked: it belongs to the new owner, who
                     // reads it from the committed offset (which never passed it).
-                    parts.stats.not_ours.fetch_add(1, AtomicOrdering::Relaxed);
+                    parts.metrics.not_ours.inc();
                     continue;
                 };
                 let (partition_key, data) = match prepare(&msg, &parts) {
@@ -491,10 +517,10 @@ pub fn run(
                 };
                 let size = data.len() + partition_key.len();
                 if !progress.register(offset) {
-                    parts.stats.refetched.fetch_add(1, AtomicOrdering::Relaxed);
+                    parts.metrics.refetched.inc();
                     continue;
                 }
-                parts.stats.consumed.fetch_add(1, AtomicOrdering::Relaxed);
+                parts.metrics.consumed(topic).inc();
                 parts.budget.take(size);
                 let lane = lane_of(&partition_key, parts.lanes.len());
                 let record = Record {
@@ -524,7 +550,12 @@ pub fn run(
             context.commit(&consumer, &context.all(), CommitMode::Async);
             last_commit = Instant::now();
         }
+        if last_gauges.elapsed() >= PARTITION_GAUGES_EVERY {
+            partition_gauges(&consumer);
+            last_gauges = Instant::now();
+        }
     }
+    parts.health.set_member(false);
 
     // Stop fetching, let the lanes finish, commit what was delivered, leave the group.
     if let Ok(assignment) = consumer.assignment() {
@@ -569,6 +600,46 @@ fn report_refused(kafka: &KafkaConfig, failure: &ConnectFailure) {
     } else {
         error!("the Kafka brokers {brokers} refused doka (kafka.auth.mode {mode}): {failure}");
     }
+}
+
+/// How often the offset and lag gauges are brought up to date.
+const PARTITION_GAUGES_EVERY: Duration = Duration::from_secs(1);
+
+/// Offsets and lag of every assigned partition. The partition's end comes from librdkafka's
+/// cache (kept fresh by fetches), so this asks the brokers nothing. Lag counts from doka's last
+/// commit, or from the fetch position before the first one.
+fn partition_gauges(consumer: &BaseConsumer<SourceContext>) {
+    let context = consumer.context();
+    for p in context.all() {
+        let committed = p.last_commit();
+        let fetched = p.fetched();
+        let end = cached_end(consumer, &p.topic, p.partition);
+        let from = committed.or(fetched.map(|f| f + 1));
+        let lag = end.zip(from).map(|(end, from)| (end - from).max(0));
+        context
+            .metrics
+            .partition(&p.topic, p.partition, committed, fetched, lag);
+    }
+}
+
+/// The partition's end (high watermark) as the last fetch response told it; `None` before one.
+/// rdkafka has no safe wrapper for this cached, network-free lookup.
+fn cached_end(consumer: &BaseConsumer<SourceContext>, topic: &str, partition: i32) -> Option<i64> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: a live client handle, a NUL-terminated topic name and two valid out-pointers;
+    // librdkafka only reads its own cache here.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some(high)
 }
 
 /// How long shutdown waits for the group to take the partitions back.
@@ -640,6 +711,7 @@ fn manage_pause(consumer: &BaseConsumer<SourceContext>, budget: &Budget) {
     match result {
         Ok(()) => {
             context.paused.store(pause, AtomicOrdering::SeqCst);
+            context.metrics.fetch_paused.set(i64::from(pause));
             let usage = budget.usage();
             if pause {
                 info!(

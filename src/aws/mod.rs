@@ -3,6 +3,7 @@
 
 pub mod msk_iam;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
@@ -16,6 +17,21 @@ use aws_types::SdkConfig;
 use aws_types::region::Region;
 
 use crate::config::{AwsConfig, KinesisConfig};
+use crate::telemetry::health::Health;
+use crate::telemetry::metrics::{CredentialKind, Metrics};
+
+/// Who hears of each assumed role: the metrics (renewals, expiry) and readiness.
+#[derive(Clone)]
+pub struct CredentialObserver {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+}
+
+impl std::fmt::Debug for CredentialObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CredentialObserver")
+    }
+}
 
 /// Everything needed to talk to the target stream.
 pub struct KinesisAccess {
@@ -99,6 +115,7 @@ pub async fn kinesis_access(
     aws: &AwsConfig,
     kinesis: &KinesisConfig,
     session_name: String,
+    observer: Option<CredentialObserver>,
 ) -> anyhow::Result<KinesisAccess> {
     let Some(region) = base.region().map(|r| r.to_string()) else {
         anyhow::bail!("no AWS region: set aws.region in the config (or AWS_REGION)");
@@ -126,6 +143,8 @@ pub async fn kinesis_access(
                 inner: provider,
                 role: role.clone(),
                 margin: Duration::from_secs(aws.credential_refresh_margin_secs),
+                observer,
+                current: std::sync::Mutex::new(None),
             };
             (SharedCredentialsProvider::new(renewed), Some(session_name))
         }
@@ -169,6 +188,9 @@ struct Renewed<P> {
     inner: P,
     role: String,
     margin: Duration,
+    observer: Option<CredentialObserver>,
+    /// The last credentials, margin-adjusted.
+    current: std::sync::Mutex<Option<Credentials>>,
 }
 
 impl<P: ProvideCredentials> ProvideCredentials for Renewed<P> {
@@ -179,6 +201,14 @@ impl<P: ProvideCredentials> ProvideCredentials for Renewed<P> {
         Self: 'a,
     {
         aws_credential_types::provider::future::ProvideCredentials::new(async move {
+            // The start-up check and the Kinesis client's cache both ask at first: one
+            // AssumeRole serves both, until the renewal point.
+            let now = std::time::SystemTime::now();
+            if let Some(current) = self.current.lock().unwrap().clone()
+                && current.expiry().is_some_and(|renew_at| renew_at > now)
+            {
+                return Ok(current);
+            }
             let assumed = match self.inner.provide_credentials().await {
                 Ok(c) => c,
                 Err(e) => {
@@ -200,7 +230,19 @@ impl<P: ProvideCredentials> ProvideCredentials for Renewed<P> {
                 renew_in_secs = expires_in.saturating_sub(self.margin.as_secs()),
                 "assumed role: new credentials"
             );
-            Ok(match assumed.expiry() {
+            if let Some(observer) = &self.observer {
+                let expiry = assumed.expiry();
+                observer.metrics.credentials_renewed(
+                    CredentialKind::AssumedRole,
+                    expiry.and_then(|e| {
+                        e.duration_since(std::time::UNIX_EPOCH)
+                            .ok()
+                            .map(|d| d.as_secs_f64())
+                    }),
+                );
+                observer.health.credentials_obtained(expiry);
+            }
+            let renewed = match assumed.expiry() {
                 Some(expiry) => Credentials::new(
                     assumed.access_key_id(),
                     assumed.secret_access_key(),
@@ -209,7 +251,9 @@ impl<P: ProvideCredentials> ProvideCredentials for Renewed<P> {
                     "doka-assume-role",
                 ),
                 None => assumed,
-            })
+            };
+            *self.current.lock().unwrap() = Some(renewed.clone());
+            Ok(renewed)
         })
     }
 }

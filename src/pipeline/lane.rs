@@ -6,16 +6,17 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering as AtomicOrdering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, error, warn};
 
 use super::batch::Batcher;
 use super::pace::Pace;
-use super::{Budget, Halt, Record, Stats};
+use super::{Budget, Halt, Record};
 use crate::config::Ordering;
-use crate::sink::{RequestError, Sink};
+use crate::sink::{EntryFailure, RequestError, Sink};
+use crate::telemetry::health::Health;
+use crate::telemetry::metrics::{PutOutcome, StreamMetrics};
 
 /// Exponential backoff with full jitter.
 #[derive(Debug, Clone, Copy)]
@@ -50,7 +51,8 @@ pub struct Lane<S> {
     /// Shared by every lane of the destination.
     pub pace: Arc<Pace>,
     pub halt: Arc<Halt>,
-    pub stats: Arc<Stats>,
+    pub metrics: StreamMetrics,
+    pub health: Arc<Health>,
 }
 
 impl<S: Sink> Lane<S> {
@@ -62,9 +64,7 @@ impl<S: Sink> Lane<S> {
                 for r in &batch {
                     r.progress.ack(r.offset);
                 }
-                self.stats
-                    .delivered
-                    .fetch_add(batch.len() as u64, AtomicOrdering::Relaxed);
+                self.metrics.delivered.inc_by(batch.len() as u64);
             }
             self.budget.release(batch.len() as u64, bytes);
             if !delivered || self.halt.is_halted() {
@@ -96,8 +96,7 @@ impl<S: Sink> Lane<S> {
             attempt += 1;
             let request: Vec<&Record> = todo.iter().map(|&i| &batch[i]).collect();
             self.pace.admit(request.len()).await;
-            self.stats.requests.fetch_add(1, AtomicOrdering::Relaxed);
-            let outcome = self.sink.put(&request).await;
+            let outcome = self.attempt(&request).await;
             let (next, progress, congested) = match outcome {
                 Ok(failed) if failed.is_empty() => {
                     self.pace.record(request.len(), 0);
@@ -106,9 +105,10 @@ impl<S: Sink> Lane<S> {
                 Ok(failed) => {
                     let throttled = failed.iter().filter(|f| f.throttled).count();
                     self.pace.record(request.len() - failed.len(), throttled);
-                    self.stats
-                        .throttled_entries
-                        .fetch_add(throttled as u64, AtomicOrdering::Relaxed);
+                    self.metrics.throttled.inc_by(throttled as u64);
+                    self.metrics
+                        .failed
+                        .inc_by((failed.len() - throttled) as u64);
                     let failed_positions: Vec<usize> = failed.iter().map(|f| f.index).collect();
                     let next = retry_set(&request, &failed_positions, self.ordering);
                     let msg = format!(
@@ -133,9 +133,6 @@ impl<S: Sink> Lane<S> {
                     )
                 }
                 Err(e) => {
-                    self.stats
-                        .failed_requests
-                        .fetch_add(1, AtomicOrdering::Relaxed);
                     if matches!(e, RequestError::Throttled(_) | RequestError::Overloaded(_)) {
                         self.pace.record(0, request.len());
                     }
@@ -160,9 +157,7 @@ impl<S: Sink> Lane<S> {
                     (todo.clone(), false, false)
                 }
             };
-            self.stats
-                .retried_entries
-                .fetch_add(next.len() as u64, AtomicOrdering::Relaxed);
+            self.metrics.retried.inc_by(next.len() as u64);
             todo = next;
             fruitless = if progress { 0 } else { fruitless + 1 };
             strained = if progress && !congested {
@@ -187,6 +182,37 @@ impl<S: Sink> Lane<S> {
             }
             tokio::time::sleep(self.backoff.delay(strained.max(1))).await;
         }
+    }
+}
+
+impl<S: Sink> Lane<S> {
+    /// One request, measured: its outcome, time and size go to the metrics, and whether the
+    /// stream answered to the health state.
+    async fn attempt(&self, request: &[&Record]) -> Result<Vec<EntryFailure>, RequestError> {
+        self.health.attempt_started(self.id);
+        let started = Instant::now();
+        let outcome = self.sink.put(request).await;
+        self.health.attempt_ended(self.id);
+        let m = &self.metrics;
+        m.put_duration.observe(started.elapsed().as_secs_f64());
+        m.batch_records.observe(request.len() as f64);
+        m.batch_bytes
+            .observe(request.iter().map(|r| r.size()).sum::<usize>() as f64);
+        let (kind, answered) = match &outcome {
+            Ok(failed) if failed.is_empty() => (PutOutcome::Ok, true),
+            Ok(_) => (PutOutcome::Partial, true),
+            Err(RequestError::Throttled(_)) => (PutOutcome::Throttled, true),
+            // No answer in time: to the send rate like throttling, to readiness like an outage.
+            Err(RequestError::Overloaded(_)) => (PutOutcome::Throttled, false),
+            Err(_) => (PutOutcome::Error, false),
+        };
+        m.request(kind);
+        if answered {
+            self.health.stream_answered();
+        } else {
+            self.health.stream_failed();
+        }
+        outcome
     }
 }
 
@@ -220,9 +246,19 @@ pub fn retry_set(request: &[&Record], failed: &[usize], ordering: Ordering) -> V
 
 #[cfg(test)]
 mod tests {
+    /// Health for up to 64 lanes that never calls anything wedged in a test.
+    fn test_health() -> Arc<crate::telemetry::health::Health> {
+        Arc::new(crate::telemetry::health::Health::new(
+            64,
+            Duration::from_secs(3600),
+            Duration::from_secs(3600),
+        ))
+    }
+
     use super::*;
     use crate::pipeline::offsets::PartitionProgress;
     use std::sync::atomic::AtomicU64;
+    use std::sync::atomic::Ordering as AtomicOrdering;
 
     fn rec(key: &str, offset: i64) -> Record {
         Record {
@@ -357,7 +393,8 @@ mod tests {
             budget: budget.clone(),
             pace: Arc::new(crate::pipeline::pace::Pace::new(true, 1e6)),
             halt: Arc::new(Halt::default()),
-            stats: Arc::new(Stats::default()),
+            metrics: crate::telemetry::metrics::Metrics::new().stream("test"),
+            health: test_health(),
         };
         lane.run().await;
         assert_eq!(
@@ -501,7 +538,8 @@ mod tests {
                 budget: budget.clone(),
                 pace: pace.clone(),
                 halt: Arc::new(Halt::default()),
-                stats: Arc::new(Stats::default()),
+                metrics: crate::telemetry::metrics::Metrics::new().stream("test"),
+                health: test_health(),
             };
             lanes.push(tokio::spawn(lane.run()));
         }

@@ -13,7 +13,7 @@ pub mod pace;
 pub mod partition_key;
 
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -149,43 +149,6 @@ impl Halt {
 
     pub fn reason(&self) -> Option<String> {
         self.reason.lock().unwrap().clone()
-    }
-}
-
-/// Counters of what the pipeline did, for logs (and later metrics).
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub consumed: AtomicU64,
-    pub delivered: AtomicU64,
-    pub requests: AtomicU64,
-    pub failed_requests: AtomicU64,
-    pub retried_entries: AtomicU64,
-    pub throttled_entries: AtomicU64,
-    pub refetched: AtomicU64,
-    /// Records fetched for partitions already revoked, left to their new owner.
-    pub not_ours: AtomicU64,
-    /// Records written to the dead-letter topic instead of Kinesis.
-    pub dead_lettered: AtomicU64,
-    /// Records an explicit `skip` policy kept from Kinesis (offsets committed).
-    pub skipped: AtomicU64,
-}
-
-impl Stats {
-    pub fn summary(&self) -> String {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        format!(
-            "consumed={} delivered={} requests={} failed_requests={} retried_entries={} throttled_entries={} refetched={} not_ours={} dead_lettered={} skipped={}",
-            g(&self.consumed),
-            g(&self.delivered),
-            g(&self.requests),
-            g(&self.failed_requests),
-            g(&self.retried_entries),
-            g(&self.throttled_entries),
-            g(&self.refetched),
-            g(&self.not_ours),
-            g(&self.dead_lettered),
-            g(&self.skipped),
-        )
     }
 }
 

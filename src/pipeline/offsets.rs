@@ -72,6 +72,8 @@ pub struct PartitionProgress {
     watermark: Mutex<Watermark>,
     /// The last offset the broker confirmed as committed for this assignment.
     committed: Mutex<Option<i64>>,
+    /// The last offset sent in an asynchronous commit (not confirmed).
+    sent: Mutex<Option<i64>>,
 }
 
 impl PartitionProgress {
@@ -81,6 +83,7 @@ impl PartitionProgress {
             partition,
             watermark: Mutex::new(Watermark::default()),
             committed: Mutex::new(None),
+            sent: Mutex::new(None),
         })
     }
 
@@ -109,6 +112,26 @@ impl PartitionProgress {
         let committable = self.committable()?;
         let committed = *self.committed.lock().unwrap();
         (committed != Some(committable)).then_some(committable)
+    }
+
+    /// The highest offset committed, or sent to be committed, under this assignment.
+    pub fn last_commit(&self) -> Option<i64> {
+        let committed = *self.committed.lock().unwrap();
+        let sent = *self.sent.lock().unwrap();
+        committed.max(sent)
+    }
+
+    /// An asynchronous commit of `offset` was handed to the client.
+    pub fn commit_sent(&self, offset: i64) {
+        let mut sent = self.sent.lock().unwrap();
+        if sent.is_none_or(|s| s < offset) {
+            *sent = Some(offset);
+        }
+    }
+
+    /// The offset of the last record fetched (registered).
+    pub fn fetched(&self) -> Option<i64> {
+        self.watermark.lock().unwrap().next.map(|next| next - 1)
     }
 
     pub fn mark_committed(&self, offset: i64) {

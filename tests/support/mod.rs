@@ -575,6 +575,8 @@ pipeline:
 retry:
   initial_backoff_ms: 20
   max_backoff_ms: 500
+http:
+  listen: 127.0.0.1:0
 "#,
             bootstrap = self.bootstrap,
             group = self.group,

@@ -1,4 +1,9 @@
-//! Logging through `tracing`: readable text by default, JSON for log pipelines.
+//! What doka tells its operators: logs through `tracing` (readable text by default, JSON for log
+//! pipelines), the metrics registry, health states, and the HTTP endpoint serving them.
+
+pub mod health;
+pub mod http;
+pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
 

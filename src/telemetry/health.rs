@@ -1,0 +1,188 @@
+//! Liveness and readiness, as Kubernetes' probes ask for them.
+//!
+//! - **Alive** (`/healthz`): the consumer loop and the lanes are making progress or idle. The
+//!   consumer loop beats at every turn (at least every 100 ms, longer only while it waits for a
+//!   revoked partition's records, bounded by `pipeline.rebalance_drain_timeout_ms`); a lane is
+//!   wedged when one request attempt has run far past `kinesis.request_timeout_ms`. A restart
+//!   helps only then.
+//! - **Ready** (`/readyz`): a member of the consumer group (with partitions or waiting for
+//!   them, rebalances included), credentials for the stream obtained, and the stream reachable:
+//!   not ready once whole requests have failed for [`UNREACHABLE_AFTER`] without one accepted in
+//!   between (an outage, a missing stream, denied access), ready again at the first accepted
+//!   request. Throttling is not unreachability. Nothing routes traffic to doka, so readiness is a
+//!   signal: a rollout whose new pods cannot reach the stream stops instead of replacing working
+//!   ones, and dashboards see it. At shutdown doka is not ready from the first signal on.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Whole requests failing this long without an accepted one make doka not ready.
+pub const UNREACHABLE_AFTER: Duration = Duration::from_secs(30);
+
+pub struct Health {
+    epoch: Instant,
+    /// Milliseconds since `epoch` of the consumer loop's last turn; 0: not started.
+    consumer_beat: AtomicU64,
+    consumer_stall: Duration,
+    /// Per lane: milliseconds since `epoch` at which its running attempt started; 0: idle.
+    lanes: Vec<AtomicU64>,
+    lane_stall: Duration,
+    member: AtomicBool,
+    /// Unix seconds until which the stream's credentials are valid; 0: none yet.
+    credentials_until: AtomicU64,
+    /// Milliseconds since `epoch` of the first whole-request failure since the last accepted
+    /// request; 0: none.
+    failing_since: AtomicU64,
+}
+
+impl Health {
+    /// `consumer_stall`: how long the consumer loop may not turn; `lane_stall`: how long one
+    /// request attempt may run.
+    pub fn new(lanes: usize, consumer_stall: Duration, lane_stall: Duration) -> Self {
+        Self {
+            epoch: Instant::now(),
+            consumer_beat: AtomicU64::new(0),
+            consumer_stall,
+            lanes: (0..lanes).map(|_| AtomicU64::new(0)).collect(),
+            lane_stall,
+            member: AtomicBool::new(false),
+            credentials_until: AtomicU64::new(0),
+            failing_since: AtomicU64::new(0),
+        }
+    }
+
+    /// Never 0, which means "not set".
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    fn age(&self, stamp: u64) -> Duration {
+        Duration::from_millis(self.now().saturating_sub(stamp))
+    }
+
+    pub fn consumer_turned(&self) {
+        self.consumer_beat.store(self.now(), Ordering::Relaxed);
+    }
+
+    pub fn attempt_started(&self, lane: usize) {
+        self.lanes[lane].store(self.now(), Ordering::Relaxed);
+    }
+
+    pub fn attempt_ended(&self, lane: usize) {
+        self.lanes[lane].store(0, Ordering::Relaxed);
+    }
+
+    /// In the group (subscribed and polling) or not (starting, stopping).
+    pub fn set_member(&self, member: bool) {
+        self.member.store(member, Ordering::SeqCst);
+    }
+
+    /// Credentials for the stream were obtained, valid until `expiry` (`None`: they do not
+    /// expire). A failed renewal changes nothing: the old ones are good until they expire.
+    pub fn credentials_obtained(&self, expiry: Option<SystemTime>) {
+        let until = expiry.map_or(u64::MAX, |e| {
+            e.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(1, |d| d.as_secs().max(1))
+        });
+        self.credentials_until.store(until, Ordering::SeqCst);
+    }
+
+    /// The stream accepted a request (throttled entries included: it answered).
+    pub fn stream_answered(&self) {
+        self.failing_since.store(0, Ordering::Relaxed);
+    }
+
+    /// A whole request failed (connection, timeout, server error, missing stream, denied).
+    pub fn stream_failed(&self) {
+        let now = self.now();
+        let _ = self
+            .failing_since
+            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// `Err` names what is wrong (no config values, no secrets).
+    pub fn alive(&self) -> Result<(), String> {
+        let beat = self.consumer_beat.load(Ordering::Relaxed);
+        if beat != 0 && self.age(beat) > self.consumer_stall {
+            return Err(format!(
+                "the consumer loop has not turned for {} s",
+                self.age(beat).as_secs()
+            ));
+        }
+        for (lane, started) in self.lanes.iter().enumerate() {
+            let started = started.load(Ordering::Relaxed);
+            if started != 0 && self.age(started) > self.lane_stall {
+                return Err(format!(
+                    "lane {lane}: one request attempt has run for {} s",
+                    self.age(started).as_secs()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn ready(&self) -> Result<(), String> {
+        self.alive()?;
+        if !self.member.load(Ordering::SeqCst) {
+            return Err("not a consumer group member (starting or stopping)".into());
+        }
+        let until = self.credentials_until.load(Ordering::SeqCst);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if until <= now {
+            return Err("no valid credentials for the stream (expired without renewal)".into());
+        }
+        let since = self.failing_since.load(Ordering::Relaxed);
+        if since != 0 && self.age(since) >= UNREACHABLE_AFTER {
+            return Err(format!(
+                "the stream has not accepted a request for {} s",
+                self.age(since).as_secs()
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_needs_membership_and_credentials_and_alive_needs_progress() {
+        let health = Health::new(2, Duration::from_millis(50), Duration::from_millis(50));
+        assert!(health.alive().is_ok(), "nothing started yet");
+        assert!(health.ready().is_err());
+        health.set_member(true);
+        assert!(health.ready().is_err(), "no credentials yet");
+        health.credentials_obtained(Some(SystemTime::now() + Duration::from_secs(60)));
+        health.consumer_turned();
+        assert!(health.ready().is_ok());
+
+        // Time passing is what is tested here.
+        health.attempt_started(1);
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(health.alive().unwrap_err().contains("consumer loop"));
+        health.consumer_turned();
+        assert!(health.alive().unwrap_err().contains("lane 1"));
+        health.attempt_ended(1);
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(health.alive().unwrap_err().contains("consumer loop"));
+        health.consumer_turned();
+        assert!(health.alive().is_ok());
+
+        health.stream_failed();
+        assert!(
+            health.ready().is_ok(),
+            "a short outage is not unreachability"
+        );
+        health.stream_answered();
+        health.set_member(false);
+        assert!(health.ready().unwrap_err().contains("member"));
+        health.set_member(true);
+        health.credentials_obtained(Some(SystemTime::now() - Duration::from_secs(1)));
+        assert!(health.ready().unwrap_err().contains("credentials"));
+        health.credentials_obtained(None);
+        assert!(health.ready().is_ok(), "credentials that do not expire");
+    }
+}

@@ -1,0 +1,383 @@
+//! Operating doka: a real Prometheus server scrapes `/metrics` during an end-to-end run and must
+//! agree with the records counted in the stream; the probes are followed through a rebalance, a
+//! Kinesis outage and shutdown; the endpoint's address is validated at start-up and it shows no
+//! secrets.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn tool(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: start the local stack with `scripts/stack.sh up` and export its lines (or run `make test`)")
+    })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A plain HTTP/1.0 GET: (status, body); `None` when nothing answers.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+fn status(port: u16, path: &str) -> Option<u16> {
+    get(port, path).map(|(s, _)| s)
+}
+
+/// Waits until `path` answers `want`, or panics after `timeout` saying what it answered.
+fn wait_for_status(port: u16, path: &str, want: u16, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let seen = get(port, path);
+        if seen.as_ref().is_some_and(|(s, _)| *s == want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} did not answer {want} within {timeout:?}; last answer: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The harness' config listens on a port of the system's choosing: pin it.
+fn with_http(yaml: &str, port: u16) -> String {
+    assert!(yaml.contains("listen: 127.0.0.1:0\n"));
+    yaml.replace("listen: 127.0.0.1:0\n", &format!("listen: 127.0.0.1:{port}\n"))
+}
+
+/// A Prometheus server scraping doka every second, with its own storage, killed on drop.
+struct Prometheus {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(targets: &[u16]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let targets: Vec<String> = targets.iter().map(|p| format!("'127.0.0.1:{p}'")).collect();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: doka\n    static_configs:\n      - targets: [{}]\n",
+                targets.join(", ")
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let child = Command::new(tool("DOKA_TEST_PROMETHEUS"))
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus");
+        let prometheus = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        wait_for_status(port, "/-/ready", 200, Duration::from_secs(60));
+        prometheus
+    }
+
+    /// The value of an instant query returning one sample; `None` while it returns none.
+    fn scalar(&self, query: &str) -> Option<f64> {
+        let encoded: String = form_urlencoded::byte_serialize(query.as_bytes()).collect();
+        let (status, body) = get(self.port, &format!("/api/v1/query?query={encoded}"))?;
+        assert_eq!(status, 200, "{body}");
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let result = answer["data"]["result"].as_array()?;
+        let value = result.first()?["value"][1].as_str()?;
+        value.parse().ok()
+    }
+
+    /// Waits until `query` gives `want`.
+    fn wait_for(&self, query: &str, want: f64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.scalar(query);
+            if seen == Some(want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Prometheus: {query} = {seen:?} after {timeout:?}, expected {want}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrape_agrees_with_the_records_counted_end_to_end() {
+    const N: usize = 3000;
+    let world = World::new(3, 2).await;
+    let placements = world.produce(&keyed_messages(0..N, 200));
+    let port = free_port();
+    let prometheus = Prometheus::start(&[port]);
+    let doka = Doka::start(&with_http(&world.yaml(None), port), &[]);
+    let records = world.wait_for_all(N, Duration::from_secs(120)).await;
+    let (missing, duplicates) = tally(N, &records);
+    assert!(missing.is_empty());
+
+    // What Prometheus scraped agrees with what the stream holds, and the lag drains to 0.
+    let delivered = format!(
+        "sum(doka_records_delivered_total{{stream=\"{}\"}})",
+        world.stream
+    );
+    prometheus.wait_for(&delivered, (N + duplicates) as f64, Duration::from_secs(60));
+    prometheus.wait_for(
+        &format!(
+            "sum(doka_records_consumed_total{{topic=\"{}\"}})",
+            world.topic
+        ),
+        N as f64,
+        Duration::from_secs(30),
+    );
+    prometheus.wait_for(
+        &format!(
+            "count(doka_consumer_lag_records{{topic=\"{}\"}})",
+            world.topic
+        ),
+        3.0,
+        Duration::from_secs(30),
+    );
+    prometheus.wait_for(
+        &format!(
+            "sum(doka_consumer_lag_records{{topic=\"{}\"}})",
+            world.topic
+        ),
+        0.0,
+        Duration::from_secs(30),
+    );
+    let ends = end_offsets(&placements);
+    prometheus.wait_for(
+        &format!(
+            "sum(doka_partition_committed_offset{{topic=\"{}\"}})",
+            world.topic
+        ),
+        ends.values().sum::<i64>() as f64,
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        prometheus.scalar("sum(doka_put_requests_total{outcome=\"ok\"})"),
+        prometheus.scalar("sum(doka_put_request_duration_seconds_count)"),
+        "every request is timed"
+    );
+    assert_eq!(
+        prometheus.scalar("sum(doka_credential_renewals_total{kind=\"assumed_role\"})"),
+        Some(1.0)
+    );
+    assert!(
+        prometheus
+            .scalar(
+                "min(doka_credentials_expiry_timestamp_seconds{kind=\"assumed_role\"}) - time()"
+            )
+            .is_some_and(|left| left > 0.0),
+        "the assumed role's expiry lies ahead"
+    );
+
+    // The exposition itself passes Prometheus' own linter.
+    let (_, exposition) = get(port, "/metrics").expect("metrics");
+    let mut promtool = Command::new(tool("DOKA_TEST_PROMTOOL"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
+    // The summary line reads the same registry.
+    let log = doka.stop();
+    assert_eq!(summary_count(&log, "consumed"), N as u64);
+    assert_eq!(summary_count(&log, "delivered"), (N + duplicates) as u64);
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_through_a_rebalance_an_outage_and_shutdown() {
+    let world = World::new(4, 1).await;
+    let kinesis = proxy::FaultProxy::start(&world.ep.kinesis, proxy::Faults::default()).await;
+    world.produce(&keyed_messages(0..200, 20));
+    let (port_a, port_b) = (free_port(), free_port());
+    let yaml = world.yaml(Some(&kinesis.url));
+    let mut a = Doka::start(&with_http(&yaml, port_a), &[]);
+    wait_for_status(port_a, "/readyz", 200, Duration::from_secs(60));
+    assert_eq!(status(port_a, "/healthz"), Some(200));
+    world.wait_for_all(200, Duration::from_secs(60)).await;
+
+    // A second member joins: partitions move, both stay ready (a member waiting for partitions
+    // is ready too).
+    let mut b = Doka::start(&with_http(&yaml, port_b), &[]);
+    let rebalance_deadline = Instant::now() + Duration::from_secs(60);
+    while a
+        .log_text()
+        .matches("partitions revoked and committed")
+        .count()
+        == 0
+    {
+        assert_eq!(
+            status(port_a, "/readyz"),
+            Some(200),
+            "A during the rebalance"
+        );
+        assert!(Instant::now() < rebalance_deadline, "no rebalance");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    b.wait_for_log("partitions assigned", 1, Duration::from_secs(60));
+    wait_for_status(port_b, "/readyz", 200, Duration::from_secs(30));
+    assert_eq!(
+        status(port_a, "/readyz"),
+        Some(200),
+        "A after the rebalance"
+    );
+    a.wait_for_log("partitions assigned", 1, Duration::from_secs(30));
+
+    // Kinesis refuses connections: not ready once requests have failed for 30 s, alive all
+    // along, ready again at the first accepted request.
+    kinesis.refuse_connections();
+    world.produce(&keyed_messages(200..400, 20));
+    let outage = Instant::now();
+    let deadline = outage + Duration::from_secs(90);
+    while status(port_a, "/readyz") != Some(503) || status(port_b, "/readyz") != Some(503) {
+        assert_eq!(
+            status(port_a, "/healthz"),
+            Some(200),
+            "alive during the outage"
+        );
+        assert!(Instant::now() < deadline, "still ready during the outage");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        outage.elapsed() >= Duration::from_secs(29),
+        "not ready after {:?}: before the documented 30 s",
+        outage.elapsed()
+    );
+    let (_, why) = get(port_a, "/readyz").unwrap();
+    assert!(why.contains("has not accepted a request"), "{why}");
+    kinesis.accept_connections();
+    wait_for_status(port_a, "/readyz", 200, Duration::from_secs(60));
+    wait_for_status(port_b, "/readyz", 200, Duration::from_secs(60));
+    world.wait_for_all(400, Duration::from_secs(60)).await;
+
+    // Shutdown: not ready from the signal on while alive; then the endpoint is gone.
+    // Records in flight keep A draining for a moment: refuse again so the drain takes time.
+    let failures_so_far = a.log_text().matches("request failed").count();
+    kinesis.refuse_connections();
+    world.produce(&keyed_messages(400..450, 20));
+    a.wait_for_log(
+        "request failed",
+        failures_so_far + 1,
+        Duration::from_secs(30),
+    );
+    a.signal_stop();
+    wait_for_status(port_a, "/readyz", 503, Duration::from_secs(10));
+    assert_eq!(
+        status(port_a, "/healthz"),
+        Some(200),
+        "alive while draining"
+    );
+    kinesis.accept_connections();
+    let (exit, log) = a.wait_exit(Duration::from_secs(60));
+    assert_eq!(exit.code(), Some(0), "{log}");
+    assert_eq!(
+        status(port_a, "/healthz"),
+        None,
+        "the endpoint stops with doka"
+    );
+    b.wait_for_log("partitions assigned", 2, Duration::from_secs(60));
+    world.wait_for_all(450, Duration::from_secs(60)).await;
+    b.stop();
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listen_address_in_use_stops_start_up_naming_the_key() {
+    let world = World::new(1, 1).await;
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let doka = Doka::start(&with_http(&world.yaml(None), port), &[]);
+    let (exit, log) = doka.wait_exit(Duration::from_secs(30));
+    assert_eq!(exit.code(), Some(2), "{log}");
+    assert_mentions(
+        &log,
+        &["http.listen", &format!("127.0.0.1:{port}"), "in use"],
+    );
+    drop(taken);
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoint_shows_no_secrets_or_settings() {
+    let world = World::new(1, 1).await;
+    world.produce(&keyed_messages(0..20, 2));
+    let port = free_port();
+    let doka = Doka::start(&with_http(&world.yaml(None), port), &[]);
+    wait_for_status(port, "/readyz", 200, Duration::from_secs(60));
+    world.wait_for_all(20, Duration::from_secs(60)).await;
+    for path in ["/metrics", "/healthz", "/readyz", "/", "/config"] {
+        let (_, body) = get(port, path).unwrap();
+        for secret in [
+            "test-external-id",
+            ROLE_B,
+            "source-secret",
+            ACCOUNT_A_KEY,
+            &world.kafka.bootstrap(),
+        ] {
+            assert!(!body.contains(secret), "{path} shows {secret}:\n{body}");
+        }
+    }
+    assert_eq!(status(port, "/config"), Some(404));
+    doka.stop();
+    world.finish().await;
+}
