@@ -66,7 +66,10 @@ fn wait_for_status(port: u16, path: &str, want: u16, timeout: Duration) {
 /// The harness' config listens on a port of the system's choosing: pin it.
 fn with_http(yaml: &str, port: u16) -> String {
     assert!(yaml.contains("listen: 127.0.0.1:0\n"));
-    yaml.replace("listen: 127.0.0.1:0\n", &format!("listen: 127.0.0.1:{port}\n"))
+    yaml.replace(
+        "listen: 127.0.0.1:0\n",
+        &format!("listen: 127.0.0.1:{port}\n"),
+    )
 }
 
 /// A Prometheus server scraping doka every second, with its own storage, killed on drop.
