@@ -84,7 +84,8 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
         config.retry.adaptive_rate,
         config.retry.min_records_per_sec as f64,
     ));
-    let stream_metrics = metrics.stream(&config.kinesis.stream);
+    // The stream's name, not its ARN: the ARN names account B, which /metrics does not show.
+    let stream_metrics = metrics.stream(config.stream_name());
     // Probes answer from the start: alive, not ready until the group and the stream are.
     let _endpoint = if config.http.enabled {
         let (budget, pace, metrics, stream_metrics) = (
@@ -166,6 +167,12 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
         }
     }
     let (stream_name, stream_arn) = config.stream_target();
+    tokio::spawn(watch_stream(
+        access.client.clone(),
+        stream_name.map(str::to_owned),
+        stream_arn.map(str::to_owned),
+        health.clone(),
+    ));
     let sink = Arc::new(KinesisSink::new(
         access.client,
         stream_name.map(str::to_owned),
@@ -211,12 +218,9 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
     let dead_letter = match &config.dead_letter.topic {
         Some(topic) => Some(DeadLetter::new(
             &config.kafka,
-            Connection::new(
-                &config.kafka.auth,
-                signer.clone(),
-                runtime.clone(),
-                Some(metrics.clone()),
-            ),
+            // Its tokens are not in the metrics: one client's renewals (the consumer's) tell the
+            // story without counting each token twice.
+            Connection::new(&config.kafka.auth, signer.clone(), runtime.clone(), None),
             topic.clone(),
             runtime.clone(),
             budget.clone(),
@@ -333,6 +337,46 @@ fn describe_target(config: &Config, region: &str) -> String {
         "stream `{}` (region {region}, {via})",
         config.kinesis.stream
     )
+}
+
+/// How often the stream is described while doka runs.
+const STREAM_CHECK_EVERY: Duration = Duration::from_secs(30);
+
+/// DescribeStreamSummary every [`STREAM_CHECK_EVERY`]: the stream's reachability is known before
+/// the first record and while none flow (readiness), and the assumed role is renewed on time
+/// even when the pipeline is idle (the client renews credentials when it is used).
+async fn watch_stream(
+    client: aws_sdk_kinesis::Client,
+    name: Option<String>,
+    arn: Option<String>,
+    health: Arc<Health>,
+) {
+    loop {
+        let described = client
+            .describe_stream_summary()
+            .set_stream_name(name.clone())
+            .set_stream_arn(arn.clone())
+            .send()
+            .await;
+        match described {
+            Ok(_) => health.stream_answered(),
+            // Rate-limited: the stream answered.
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_limit_exceeded_exception()) =>
+            {
+                health.stream_answered()
+            }
+            Err(e) => {
+                health.stream_failed();
+                tracing::debug!(
+                    "DescribeStreamSummary failed: {}",
+                    aws_smithy_types::error::display::DisplayErrorContext(&e)
+                );
+            }
+        }
+        tokio::time::sleep(STREAM_CHECK_EVERY).await;
+    }
 }
 
 /// First SIGTERM/SIGINT: graceful shutdown. Second: exit at once (nothing uncommitted is lost,

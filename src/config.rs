@@ -1172,6 +1172,14 @@ impl Config {
         serde_yaml::to_string(&shown).expect("config serialises")
     }
 
+    /// The stream's name, also when `kinesis.stream` is an ARN.
+    pub fn stream_name(&self) -> &str {
+        let stream = self.kinesis.stream.as_str();
+        stream
+            .rsplit_once("stream/")
+            .map_or(stream, |(_, name)| name)
+    }
+
     /// The stream as (name, arn): exactly one is set.
     pub fn stream_target(&self) -> (Option<&str>, Option<&str>) {
         if is_stream_arn(&self.kinesis.stream) {

@@ -487,7 +487,7 @@ pub fn run(
         .subscribe(&topics)
         .map_err(|e| anyhow::anyhow!("cannot subscribe to {topics:?}: {e}"))?;
     info!(brokers = %kafka.brokers.join(","), group = %kafka.group_id, topics = ?kafka.topics, "joining consumer group");
-    parts.health.set_member(true);
+    parts.health.joined();
 
     let mut last_commit = Instant::now();
     let mut last_gauges = Instant::now();
@@ -555,7 +555,7 @@ pub fn run(
             last_gauges = Instant::now();
         }
     }
-    parts.health.set_member(false);
+    parts.health.stopping();
 
     // Stop fetching, let the lanes finish, commit what was delivered, leave the group.
     if let Ok(assignment) = consumer.assignment() {

@@ -35,35 +35,6 @@ const DEFAULT_HTTP_PORT: u16 = 9464;
 /// After `pipeline.shutdown_timeout_ms`, doka takes up to 15 s to leave the group and 10 s to close.
 const SHUTDOWN_AFTER_DRAIN_SECS: u64 = 25;
 
-/// Every metric doka exports, without the `_bucket`/`_sum`/`_count` series of its histograms.
-const COUNTERS_AND_GAUGES: [&str; 20] = [
-    "doka_records_consumed_total",
-    "doka_records_delivered_total",
-    "doka_records_retried_total",
-    "doka_records_throttled_total",
-    "doka_records_failed_total",
-    "doka_records_dead_lettered_total",
-    "doka_records_skipped_total",
-    "doka_put_requests_total",
-    "doka_credential_renewals_total",
-    "doka_rebalances_total",
-    "doka_in_flight_records",
-    "doka_in_flight_bytes",
-    "doka_fetch_paused",
-    "doka_send_rate_limit_records_per_second",
-    "doka_partition_committed_offset",
-    "doka_partition_fetched_offset",
-    "doka_consumer_lag_records",
-    "doka_credentials_expiry_timestamp_seconds",
-    "doka_assigned_partitions",
-    "doka_build_info",
-];
-const HISTOGRAMS: [&str; 3] = [
-    "doka_put_request_duration_seconds",
-    "doka_batch_records",
-    "doka_batch_bytes",
-];
-
 // ---------------------------------------------------------------------------------------------
 // Tools and files
 
@@ -987,13 +958,30 @@ fn metric_names(expr: &str) -> Vec<String> {
     names
 }
 
+/// Every series name doka exports, read from doka's own registry with one label set of each
+/// family created (a family without any is not exposed).
 fn known_metrics() -> BTreeSet<String> {
-    let mut known: BTreeSet<String> = COUNTERS_AND_GAUGES.iter().map(|s| s.to_string()).collect();
-    for h in HISTOGRAMS {
-        for suffix in ["_bucket", "_sum", "_count"] {
-            known.insert(format!("{h}{suffix}"));
-        }
-    }
+    use doka::telemetry::metrics::{CredentialKind, Metrics, PutOutcome};
+    let metrics = Metrics::new();
+    let stream = metrics.stream("s");
+    stream.request(PutOutcome::Ok);
+    stream.put_duration.observe(0.1);
+    stream.batch_records.observe(1.0);
+    stream.batch_bytes.observe(1.0);
+    metrics.consumed("t");
+    metrics.dead_lettered("t");
+    metrics.skipped("t");
+    metrics.partition("t", 0, Some(1), Some(1), Some(0));
+    metrics.credentials_renewed(CredentialKind::AssumedRole, Some(1.0));
+    metrics.rebalance("assigned");
+    let known: BTreeSet<String> = metrics
+        .encode()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_owned)
+        .collect();
+    assert!(known.len() > 20, "{known:?}");
     known
 }
 

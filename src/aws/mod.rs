@@ -179,6 +179,9 @@ pub async fn kinesis_access(
     })
 }
 
+/// After a failed renewal, how soon it is tried again (while the old credentials last).
+const RETRY_RENEWAL: Duration = Duration::from_secs(10);
+
 /// Assumed-role credentials as the Kinesis client sees them: reported in the log each time the
 /// role is assumed (start-up and every renewal), and marked as expiring `margin` early so the
 /// client's identity cache renews them exactly that long before they really expire (its own
@@ -217,6 +220,21 @@ impl<P: ProvideCredentials> ProvideCredentials for Renewed<P> {
                         "assuming the role failed: {}",
                         aws_smithy_types::error::display::DisplayErrorContext(&e)
                     );
+                    // The last credentials are still good for `margin` past their renewal
+                    // point: keep writing with them, and try again shortly.
+                    if let Some(current) = self.current.lock().unwrap().clone()
+                        && current
+                            .expiry()
+                            .is_some_and(|renew_at| renew_at + self.margin > now + RETRY_RENEWAL)
+                    {
+                        return Ok(Credentials::new(
+                            current.access_key_id(),
+                            current.secret_access_key(),
+                            current.session_token().map(str::to_owned),
+                            Some(now + RETRY_RENEWAL),
+                            "doka-assume-role",
+                        ));
+                    }
                     return Err(e);
                 }
             };

@@ -203,7 +203,7 @@ impl<S: Sink> Lane<S> {
             Ok(_) => (PutOutcome::Partial, true),
             Err(RequestError::Throttled(_)) => (PutOutcome::Throttled, true),
             // No answer in time: to the send rate like throttling, to readiness like an outage.
-            Err(RequestError::Overloaded(_)) => (PutOutcome::Throttled, false),
+            Err(RequestError::Overloaded(_)) => (PutOutcome::Timeout, false),
             Err(_) => (PutOutcome::Error, false),
         };
         m.request(kind);

@@ -7,9 +7,10 @@
 //!   helps only then.
 //! - **Ready** (`/readyz`): a member of the consumer group (with partitions or waiting for
 //!   them, rebalances included), credentials for the stream obtained, and the stream reachable:
-//!   not ready once whole requests have failed for [`UNREACHABLE_AFTER`] without one accepted in
-//!   between (an outage, a missing stream, denied access), ready again at the first accepted
-//!   request. Throttling is not unreachability. Nothing routes traffic to doka, so readiness is a
+//!   it answered once since start (a request, or the DescribeStreamSummary doka sends every
+//!   30 s), and not ready once whole requests have failed for [`UNREACHABLE_AFTER`] without one
+//!   accepted in between (an outage, a missing stream, denied access), ready again at the first
+//!   accepted request. Throttling is not unreachability. Nothing routes traffic to doka, so readiness is a
 //!   signal: a rollout whose new pods cannot reach the stream stops instead of replacing working
 //!   ones, and dashboards see it. At shutdown doka is not ready from the first signal on.
 
@@ -33,6 +34,10 @@ pub struct Health {
     /// Milliseconds since `epoch` of the first whole-request failure since the last accepted
     /// request; 0: none.
     failing_since: AtomicU64,
+    /// The stream answered at least once since start.
+    stream_seen: AtomicBool,
+    /// Shutdown began: the consumer loop now waits for the drain, the group and the close.
+    stopping: AtomicBool,
 }
 
 impl Health {
@@ -48,6 +53,8 @@ impl Health {
             member: AtomicBool::new(false),
             credentials_until: AtomicU64::new(0),
             failing_since: AtomicU64::new(0),
+            stream_seen: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -72,9 +79,16 @@ impl Health {
         self.lanes[lane].store(0, Ordering::Relaxed);
     }
 
-    /// In the group (subscribed and polling) or not (starting, stopping).
-    pub fn set_member(&self, member: bool) {
-        self.member.store(member, Ordering::SeqCst);
+    /// In the group: subscribed and polling.
+    pub fn joined(&self) {
+        self.member.store(true, Ordering::SeqCst);
+    }
+
+    /// Shutdown began: not ready from now on, and the consumer loop's long waits for the drain
+    /// and for leaving the group (each bounded) are not a wedge.
+    pub fn stopping(&self) {
+        self.member.store(false, Ordering::SeqCst);
+        self.stopping.store(true, Ordering::SeqCst);
     }
 
     /// Credentials for the stream were obtained, valid until `expiry` (`None`: they do not
@@ -90,6 +104,7 @@ impl Health {
     /// The stream accepted a request (throttled entries included: it answered).
     pub fn stream_answered(&self) {
         self.failing_since.store(0, Ordering::Relaxed);
+        self.stream_seen.store(true, Ordering::Relaxed);
     }
 
     /// A whole request failed (connection, timeout, server error, missing stream, denied).
@@ -103,7 +118,10 @@ impl Health {
     /// `Err` names what is wrong (no config values, no secrets).
     pub fn alive(&self) -> Result<(), String> {
         let beat = self.consumer_beat.load(Ordering::Relaxed);
-        if beat != 0 && self.age(beat) > self.consumer_stall {
+        if beat != 0
+            && !self.stopping.load(Ordering::SeqCst)
+            && self.age(beat) > self.consumer_stall
+        {
             return Err(format!(
                 "the consumer loop has not turned for {} s",
                 self.age(beat).as_secs()
@@ -133,6 +151,9 @@ impl Health {
         if until <= now {
             return Err("no valid credentials for the stream (expired without renewal)".into());
         }
+        if !self.stream_seen.load(Ordering::Relaxed) {
+            return Err("the stream has not answered yet".into());
+        }
         let since = self.failing_since.load(Ordering::Relaxed);
         if since != 0 && self.age(since) >= UNREACHABLE_AFTER {
             return Err(format!(
@@ -150,23 +171,25 @@ mod tests {
 
     #[test]
     fn ready_needs_membership_and_credentials_and_alive_needs_progress() {
-        let health = Health::new(2, Duration::from_millis(50), Duration::from_millis(50));
+        let health = Health::new(2, Duration::from_millis(300), Duration::from_millis(300));
         assert!(health.alive().is_ok(), "nothing started yet");
         assert!(health.ready().is_err());
-        health.set_member(true);
+        health.joined();
         assert!(health.ready().is_err(), "no credentials yet");
         health.credentials_obtained(Some(SystemTime::now() + Duration::from_secs(60)));
         health.consumer_turned();
+        assert!(health.ready().unwrap_err().contains("not answered yet"));
+        health.stream_answered();
         assert!(health.ready().is_ok());
 
-        // Time passing is what is tested here.
+        // Time passing is what is tested here (thresholds 300 ms, waits 400 ms).
         health.attempt_started(1);
-        std::thread::sleep(Duration::from_millis(80));
+        std::thread::sleep(Duration::from_millis(400));
         assert!(health.alive().unwrap_err().contains("consumer loop"));
         health.consumer_turned();
         assert!(health.alive().unwrap_err().contains("lane 1"));
         health.attempt_ended(1);
-        std::thread::sleep(Duration::from_millis(80));
+        std::thread::sleep(Duration::from_millis(400));
         assert!(health.alive().unwrap_err().contains("consumer loop"));
         health.consumer_turned();
         assert!(health.alive().is_ok());
@@ -177,12 +200,18 @@ mod tests {
             "a short outage is not unreachability"
         );
         health.stream_answered();
-        health.set_member(false);
-        assert!(health.ready().unwrap_err().contains("member"));
-        health.set_member(true);
+        health.credentials_obtained(None);
+        assert!(health.ready().is_ok());
+        health.credentials_obtained(Some(SystemTime::now() + Duration::from_secs(60)));
         health.credentials_obtained(Some(SystemTime::now() - Duration::from_secs(1)));
         assert!(health.ready().unwrap_err().contains("credentials"));
         health.credentials_obtained(None);
         assert!(health.ready().is_ok(), "credentials that do not expire");
+
+        // Shutdown: not ready, and the long waits of the drain are not a wedge.
+        health.stopping();
+        assert!(health.ready().unwrap_err().contains("member"));
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(health.alive().is_ok());
     }
 }

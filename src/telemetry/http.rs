@@ -1,12 +1,16 @@
 //! The HTTP endpoint: `/metrics` (Prometheus text format), `/healthz`, `/readyz`.
 //!
 //! It runs on a thread and a small runtime of its own, so a slow or abusive scraper competes with
-//! nothing on the pipeline's runtime; at most [`MAX_CONCURRENT`] requests are served at once (the
-//! rest get 503 at once). A page is built from atomics and one short lock, never waiting on the
-//! pipeline. Responses carry counters and states only: no config values, no secrets.
+//! nothing on the pipeline's runtime. At most [`MAX_CONNECTIONS`] connections are open at once
+//! (more are closed as they come: the process' file descriptors belong to Kafka and Kinesis
+//! first), each lives at most [`CONNECTION_TIMEOUT`] (a client that sends nothing is dropped),
+//! and one request is served per connection. A page is built from atomics and one short lock,
+//! never waiting on the pipeline. Responses carry counters and states only: no config values, no
+//! secrets.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -18,7 +22,8 @@ use tokio::sync::Semaphore;
 use super::health::Health;
 use super::metrics::Metrics;
 
-const MAX_CONCURRENT: usize = 8;
+pub const MAX_CONNECTIONS: usize = 16;
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Refreshes the gauges that are read rather than pushed (in-flight, send rate) before a scrape.
 pub type BeforeScrape = Box<dyn Fn() + Send + Sync>;
@@ -27,7 +32,6 @@ struct Shared {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     before_scrape: BeforeScrape,
-    slots: Semaphore,
 }
 
 /// A started endpoint; dropping it stops it.
@@ -73,7 +77,6 @@ pub fn start(
         metrics,
         health,
         before_scrape,
-        slots: Semaphore::new(MAX_CONCURRENT),
     });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
@@ -102,12 +105,7 @@ pub fn start(
                     .route("/healthz", get(healthz))
                     .route("/readyz", get(readyz))
                     .with_state(shared);
-                let server = axum::serve(listener, app).with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                });
-                if let Err(e) = server.await {
-                    tracing::error!("the HTTP endpoint stopped: {e}");
-                }
+                serve(listener, app, stopped).await;
             });
         })
         .map_err(|e| format!("{key}: cannot start the HTTP thread: {e}"))?;
@@ -118,27 +116,44 @@ pub fn start(
     })
 }
 
-/// Runs `page` if one of the slots is free, else 503.
-async fn bounded(shared: &Shared, page: impl FnOnce(&Shared) -> Response) -> Response {
-    let Ok(_slot) = shared.slots.try_acquire() else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "busy\n").into_response();
-    };
-    page(shared)
+/// Accepts until `stopped`, within the bounds above. Connections still open when it returns
+/// are dropped with the runtime.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut stopped => return,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue; // over the cap: the connection is closed at once
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+        });
+    }
 }
 
 async fn metrics_page(State(shared): State<Arc<Shared>>) -> Response {
-    bounded(&shared, |s| {
-        (s.before_scrape)();
-        (
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            s.metrics.encode(),
-        )
-            .into_response()
-    })
-    .await
+    (shared.before_scrape)();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        shared.metrics.encode(),
+    )
+        .into_response()
 }
 
 fn verdict(result: Result<(), String>) -> Response {
@@ -149,9 +164,9 @@ fn verdict(result: Result<(), String>) -> Response {
 }
 
 async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
-    bounded(&shared, |s| verdict(s.health.alive())).await
+    verdict(shared.health.alive())
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    bounded(&shared, |s| verdict(s.health.ready())).await
+    verdict(shared.health.ready())
 }

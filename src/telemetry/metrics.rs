@@ -17,8 +17,10 @@ pub enum PutOutcome {
     Ok,
     /// Some entries failed (throttled or otherwise) inside an accepted request.
     Partial,
-    /// The whole request was throttled or timed out.
+    /// The whole request was throttled.
     Throttled,
+    /// No answer within `kinesis.request_timeout_ms`.
+    Timeout,
     /// The whole request failed otherwise (5xx, connection, access denied, missing stream).
     Error,
 }
@@ -29,6 +31,7 @@ impl PutOutcome {
             Self::Ok => "ok",
             Self::Partial => "partial",
             Self::Throttled => "throttled",
+            Self::Timeout => "timeout",
             Self::Error => "error",
         }
     }
@@ -89,7 +92,7 @@ pub struct StreamMetrics {
     pub retried: IntCounter,
     pub throttled: IntCounter,
     pub failed: IntCounter,
-    put_requests: [IntCounter; 4],
+    put_requests: [IntCounter; 5],
     pub put_duration: Histogram,
     pub batch_records: Histogram,
     pub batch_bytes: Histogram,
@@ -227,7 +230,7 @@ impl Metrics {
             put_requests: counter(
                 &r,
                 "doka_put_requests_total",
-                "PutRecords requests by outcome: ok, partial (some entries failed), throttled, error.",
+                "PutRecords requests by outcome: ok, partial (some entries failed), throttled, timeout, error.",
                 &["stream", "outcome"],
             ),
             put_duration: histogram(
@@ -342,6 +345,7 @@ impl Metrics {
                 request(PutOutcome::Ok),
                 request(PutOutcome::Partial),
                 request(PutOutcome::Throttled),
+                request(PutOutcome::Timeout),
                 request(PutOutcome::Error),
             ],
             put_duration: self.put_duration.with_label_values(&[stream]),
@@ -422,20 +426,26 @@ impl Metrics {
     /// The one-line summary logged at exit (the tests read it too).
     pub fn summary(&self) -> String {
         let requests = Self::total(&self.put_requests);
-        let failed_requests: u64 = {
-            use prometheus::core::Collector;
-            self.put_requests
-                .collect()
-                .iter()
-                .flat_map(|family| family.get_metric())
-                .filter(|m| {
-                    m.get_label().iter().any(|l| {
-                        l.name() == "outcome" && (l.value() == "throttled" || l.value() == "error")
+        // Requests that failed as a whole: every outcome but ok and partial.
+        let answered: u64 = [PutOutcome::Ok, PutOutcome::Partial]
+            .iter()
+            .map(|o| {
+                let outcome = o.label();
+                use prometheus::core::Collector;
+                self.put_requests
+                    .collect()
+                    .iter()
+                    .flat_map(|family| family.get_metric())
+                    .filter(|m| {
+                        m.get_label()
+                            .iter()
+                            .any(|l| l.name() == "outcome" && l.value() == outcome)
                     })
-                })
-                .map(|m| m.get_counter().get_value() as u64)
-                .sum()
-        };
+                    .map(|m| m.get_counter().get_value() as u64)
+                    .sum::<u64>()
+            })
+            .sum();
+        let failed_requests = requests - answered;
         format!(
             "consumed={} delivered={} requests={requests} failed_requests={failed_requests} retried_entries={} throttled_entries={} refetched={} not_ours={} dead_lettered={} skipped={}",
             Self::total(&self.consumed),
