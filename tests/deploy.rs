@@ -15,12 +15,12 @@
 
 mod support;
 
+use support::prometheus::{Prometheus, tool};
+
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 
 use serde::Deserialize;
 use serde_json::Value as Json;
@@ -45,24 +45,6 @@ fn root() -> &'static Path {
 fn read(relative: &str) -> String {
     let path = root().join(relative);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
-
-/// A tool installed by `scripts/tools.sh`, named by the environment variable it prints.
-fn tool(var: &str) -> PathBuf {
-    let path = std::env::var_os(var).unwrap_or_else(|| {
-        panic!(
-            "{var} is not set: run the tests with `make test`, or after \
-             `set -a; eval \"$(scripts/stack.sh up)\"; set +a` (scripts/stack.sh up installs the \
-             deployment tools with scripts/tools.sh and prints their paths)"
-        )
-    });
-    let path = PathBuf::from(path);
-    assert!(
-        path.is_file(),
-        "{var}={} does not exist: run `scripts/stack.sh up` (or `scripts/tools.sh install`) again",
-        path.display()
-    );
-    path
 }
 
 fn kubectl() -> PathBuf {
@@ -1220,7 +1202,7 @@ fn the_dashboard_has_a_valid_query_in_every_panel() {
     );
 
     // A real Prometheus parses every query (Grafana's variables replaced by plain values).
-    let prometheus = Prometheus::start();
+    let prometheus = Prometheus::start(&[]);
     for expr in &exprs {
         let query = grafana_to_promql(expr);
         let answer = prometheus.query(&query);
@@ -1249,90 +1231,6 @@ fn grafana_to_promql(expr: &str) -> String {
         out.replace_range(at..at + 1 + len, ".*");
     }
     out
-}
-
-/// Debian's prometheus server on a free loopback port, with an empty database.
-struct Prometheus {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    fn start() -> Self {
-        let binary = tool("DOKA_TEST_PROMETHEUS");
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(&config, "global:\n  scrape_interval: 15s\n").unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-        let child = Command::new(binary)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start prometheus");
-        let mut p = Prometheus { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some((200, _)) = p.get("/-/ready") {
-                return p;
-            }
-            if let Ok(Some(status)) = p.child.try_wait() {
-                let log = std::fs::read_to_string(p.dir.path().join("prometheus.log"))
-                    .unwrap_or_default();
-                panic!("prometheus exited ({status}):\n{log}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "prometheus did not get ready on port {port} within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// A GET on the server: status code and body, or None when nothing answers.
-    fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .ok()?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{}\r\n\r\n",
-            self.port
-        )
-        .ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        let (head, body) = response.split_once("\r\n\r\n")?;
-        let status = head.split_whitespace().nth(1)?.parse().ok()?;
-        Some((status, body.to_owned()))
-    }
-
-    fn query(&self, promql: &str) -> Json {
-        let encoded: String = form_urlencoded::byte_serialize(promql.as_bytes()).collect();
-        let (_, body) = self
-            .get(&format!("/api/v1/query?query={encoded}"))
-            .expect("prometheus answers");
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("prometheus answered {body:?}: {e}"))
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

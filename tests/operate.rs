@@ -5,42 +5,16 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::prometheus::{Prometheus, http_get, tool};
 use support::*;
 
-fn tool(var: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| {
-        panic!("{var} is not set: start the local stack with `scripts/stack.sh up` and export its lines (or run `make test`)")
-    })
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A plain HTTP/1.0 GET: (status, body); `None` when nothing answers.
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Some((status, body))
+    http_get(port, path)
 }
 
 fn status(port: u16, path: &str) -> Option<u16> {
@@ -90,82 +64,6 @@ fn with_http(yaml: &str, port: u16) -> String {
         "listen: 127.0.0.1:0\n",
         &format!("listen: 127.0.0.1:{port}\n"),
     )
-}
-
-/// A Prometheus server scraping doka every second, with its own storage, killed on drop.
-struct Prometheus {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    fn start(targets: &[u16]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let targets: Vec<String> = targets.iter().map(|p| format!("'127.0.0.1:{p}'")).collect();
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: doka\n    static_configs:\n      - targets: [{}]\n",
-                targets.join(", ")
-            ),
-        )
-        .unwrap();
-        let port = free_port();
-        let child = Command::new(tool("DOKA_TEST_PROMETHEUS"))
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start prometheus");
-        let prometheus = Self {
-            child,
-            port,
-            _dir: dir,
-        };
-        wait_for_status(port, "/-/ready", 200, Duration::from_secs(60));
-        prometheus
-    }
-
-    /// The value of an instant query returning one sample; `None` while it returns none.
-    fn scalar(&self, query: &str) -> Option<f64> {
-        let encoded: String = form_urlencoded::byte_serialize(query.as_bytes()).collect();
-        let (status, body) = get(self.port, &format!("/api/v1/query?query={encoded}"))?;
-        assert_eq!(status, 200, "{body}");
-        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let result = answer["data"]["result"].as_array()?;
-        let value = result.first()?["value"][1].as_str()?;
-        value.parse().ok()
-    }
-
-    /// Waits until `query` gives `want`.
-    fn wait_for(&self, query: &str, want: f64, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let seen = self.scalar(query);
-            if seen == Some(want) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "Prometheus: {query} = {seen:?} after {timeout:?}, expected {want}"
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

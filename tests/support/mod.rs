@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod msk_token;
+pub mod prometheus;
 pub mod proxy;
 
 use std::collections::HashMap;
