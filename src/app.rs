@@ -208,7 +208,7 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
             metrics: stream_metrics.clone(),
             health: health.clone(),
         };
-        lanes.push(tokio::spawn(lane.run()));
+        lanes.push(tokio::spawn(lane.run_watched()));
     }
 
     let shutdown = Arc::new(AtomicBool::new(false));

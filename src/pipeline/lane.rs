@@ -56,6 +56,27 @@ pub struct Lane<S> {
 }
 
 impl<S: Sink> Lane<S> {
+    /// [`Self::run`], and if the lane dies of a bug (a panic), the pipeline halts with the reason
+    /// instead of leaving this lane's keys undelivered while everything else looks alive: exit
+    /// code 4, nothing it held committed, a restart sends it again.
+    pub async fn run_watched(self) {
+        use futures::FutureExt;
+        let (id, halt) = (self.id, self.halt.clone());
+        if let Err(panic) = std::panic::AssertUnwindSafe(self.run())
+            .catch_unwind()
+            .await
+        {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            halt.halt(format!(
+                "lane {id} failed ({what}); its records were not committed and are sent again after a restart"
+            ));
+        }
+    }
+
     pub async fn run(mut self) {
         while let Some(batch) = self.batcher.next_batch().await {
             let bytes: u64 = batch.iter().map(|r| r.size() as u64).sum();
@@ -606,5 +627,63 @@ mod tests {
             let d40 = b.delay(40);
             assert!(d40 >= Duration::from_millis(200) && d40 <= Duration::from_secs(2));
         }
+    }
+
+    /// A destination with a bug: it panics.
+    struct PanickingSink;
+
+    impl Sink for PanickingSink {
+        async fn put(
+            &self,
+            _records: &[&Record],
+        ) -> Result<Vec<crate::sink::EntryFailure>, RequestError> {
+            panic!("bug in the sink")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lane_that_dies_halts_the_pipeline_with_the_reason() {
+        let progress = PartitionProgress::new("t".into(), 0);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        progress.register(0);
+        tx.send(Record {
+            partition_key: "k".into(),
+            data: vec![1],
+            progress: progress.clone(),
+            offset: 0,
+        })
+        .unwrap();
+        let halt = Arc::new(Halt::default());
+        let lane = Lane {
+            id: 3,
+            batcher: Batcher::new(
+                rx,
+                crate::pipeline::batch::BatchLimits {
+                    max_records: 10,
+                    max_bytes: 1 << 20,
+                    linger: Duration::from_millis(1),
+                },
+            ),
+            sink: Arc::new(PanickingSink),
+            backoff: Backoff {
+                initial: Duration::from_millis(10),
+                max: Duration::from_millis(100),
+                max_attempts: 0,
+            },
+            ordering: Ordering::PerKey,
+            budget: Arc::new(Budget::new(10, 1 << 20)),
+            pace: Arc::new(crate::pipeline::pace::Pace::new(false, 1.0)),
+            halt: halt.clone(),
+            metrics: crate::telemetry::metrics::Metrics::new().stream("test"),
+            health: test_health(),
+        };
+        lane.run_watched().await;
+        let reason = halt.reason().expect("halted");
+        assert!(
+            reason.contains("lane 3 failed (bug in the sink)"),
+            "{reason}"
+        );
+        assert_eq!(progress.committable(), Some(0), "nothing past the record");
+        drop(tx);
     }
 }
