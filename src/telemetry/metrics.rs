@@ -105,28 +105,28 @@ impl StreamMetrics {
     }
 }
 
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+/// Registers a new metric and hands back a handle to it (handles share the value).
+fn registered<T: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<T>,
+) -> T {
+    let metric = metric.expect("valid metric");
     registry
         .register(Box::new(metric.clone()))
         .expect("registered once");
     metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    registered(registry, IntCounterVec::new(Opts::new(name, help), labels))
 }
 
 fn int_gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("registered once");
-    metric
+    registered(registry, IntGaugeVec::new(Opts::new(name, help), labels))
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
-    let metric = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("registered once");
-    metric
+    registered(registry, GaugeVec::new(Opts::new(name, help), labels))
 }
 
 fn histogram(
@@ -136,20 +136,12 @@ fn histogram(
     buckets: Vec<f64>,
     labels: &[&str],
 ) -> HistogramVec {
-    let metric = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
-        .expect("valid metric");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("registered once");
-    metric
+    let opts = HistogramOpts::new(name, help).buckets(buckets);
+    registered(registry, HistogramVec::new(opts, labels))
 }
 
 fn single(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let metric = IntGauge::new(name, help).expect("valid metric");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("registered once");
-    metric
+    registered(registry, IntGauge::new(name, help))
 }
 
 impl Default for Metrics {
@@ -168,20 +160,20 @@ impl Metrics {
             &["version"],
         );
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        let refetched = IntCounter::new(
-            "doka_records_refetched_total",
-            "Records fetched again while already on their way (not sent twice).",
-        )
-        .expect("valid metric");
-        r.register(Box::new(refetched.clone()))
-            .expect("registered once");
-        let not_ours = IntCounter::new(
-            "doka_records_left_to_new_owner_total",
-            "Records fetched for partitions revoked meanwhile, left to their new owner.",
-        )
-        .expect("valid metric");
-        r.register(Box::new(not_ours.clone()))
-            .expect("registered once");
+        let refetched = registered(
+            &r,
+            IntCounter::new(
+                "doka_records_refetched_total",
+                "Records fetched again while already on their way (not sent twice).",
+            ),
+        );
+        let not_ours = registered(
+            &r,
+            IntCounter::new(
+                "doka_records_left_to_new_owner_total",
+                "Records fetched for partitions revoked meanwhile, left to their new owner.",
+            ),
+        );
         Self {
             consumed: counter(
                 &r,
