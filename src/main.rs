@@ -7,6 +7,12 @@ use doka::app::{self, exit};
 use doka::check::{self, CheckOptions, Hop, Status};
 use doka::config;
 
+/// mimalloc instead of glibc's malloc: records are allocated on the consumer thread and freed on
+/// the runtime's workers, and glibc serialises such cross-thread frees on an arena lock (seen in
+/// the benchmark's off-CPU profile as the consumer thread's most common wait; docs/PERFORMANCE.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Kafka → Amazon Kinesis, across AWS accounts, without losing a record.
 #[derive(Parser)]
 #[command(name = "doka", version)]

@@ -61,10 +61,15 @@ impl SourceContext {
 
     fn remove(&self, tpl: &TopicPartitionList) -> Vec<Arc<PartitionProgress>> {
         let mut map = self.partitions.lock().unwrap();
-        tpl.elements()
+        let removed: Vec<Arc<PartitionProgress>> = tpl
+            .elements()
             .iter()
             .filter_map(|e| map.get_mut(e.topic())?.remove(&e.partition()))
-            .collect()
+            .collect();
+        for p in &removed {
+            p.revoke();
+        }
+        removed
     }
 
     fn commit(
@@ -234,7 +239,7 @@ fn describe_tpl(tpl: &TopicPartitionList) -> String {
 
 /// What the consumer thread needs from the rest of the pipeline.
 pub struct SourceParts {
-    pub lanes: Vec<UnboundedSender<Record>>,
+    pub lanes: Vec<UnboundedSender<Vec<Record>>>,
     pub budget: Arc<Budget>,
     pub halt: Arc<Halt>,
     pub metrics: Arc<Metrics>,
@@ -268,6 +273,9 @@ pub enum SourceExit {
     /// At start-up, the brokers answered but refused the TLS handshake or the authentication.
     AuthFailed,
 }
+
+/// Under `records.on_headers: ignore`, one record in this many is looked at for the note.
+const HEADER_SAMPLE: i64 = 64;
 
 /// A record that a policy keeps from Kinesis as it is.
 struct Refusal {
@@ -304,7 +312,12 @@ fn prepare<'m>(
             fix: "Set records.on_tombstone to send_empty (an empty record) or skip",
         });
     }
-    if msg.headers().is_some_and(|h| h.count() > 0) {
+    // librdkafka parses (and allocates for) headers on each call. Under `ignore` they only feed a
+    // one-time note, so a sample of records is enough for it.
+    let look_at_headers = parts.on_headers.refusal().is_some()
+        || (msg.offset() % HEADER_SAMPLE == 0
+            && !parts.headers_noted.load(AtomicOrdering::Relaxed));
+    if look_at_headers && msg.headers().is_some_and(|h| h.count() > 0) {
         match parts.on_headers.refusal() {
             Some(action) => {
                 return Err(Refusal {
@@ -377,7 +390,7 @@ fn handle_refusal(
     match (action, &parts.dead_letter) {
         (Refuse::DeadLetter, Some(dead_letter)) => {
             let size = msg.payload_len() + msg.key_len();
-            parts.budget.take(size);
+            parts.budget.take(1, size as u64);
             dead_letter.send(msg, reason, progress, size);
         }
         (Refuse::DeadLetter, None) => {
@@ -395,6 +408,112 @@ fn handle_refusal(
         }
     }
     true
+}
+
+/// How long a poll waits for the first record of a round.
+const POLL_WAIT: Duration = Duration::from_millis(100);
+/// Records taken in one round before they are handed to the lanes.
+const ROUND: usize = 2048;
+
+/// Records of one poll round, in fetch order, with their lanes: handed to the lanes together.
+///
+/// Handing records over one at a time woke a lane's task per record, and that wake-up (and the
+/// lock traffic around it) was what held throughput down (docs/PERFORMANCE.md). Offsets are
+/// registered only at hand-over, in fetch order, so a partition revoked meanwhile (its callback
+/// runs inside `poll`) neither waits for records held here nor commits past them.
+#[derive(Default)]
+struct Outbox {
+    held: Vec<(usize, Record)>,
+}
+
+impl Outbox {
+    fn push(&mut self, lane: usize, record: Record) {
+        self.held.push((lane, record));
+    }
+
+    /// Registers the held records' offsets and sends each lane its share.
+    fn hand_over(&mut self, parts: &SourceParts) {
+        if self.held.is_empty() {
+            return;
+        }
+        let mut per_lane: Vec<Vec<Record>> = (0..parts.lanes.len()).map(|_| Vec::new()).collect();
+        let (mut records, mut bytes) = (0u64, 0u64);
+        let mut held = self.held.drain(..).peekable();
+        while let Some((lane, first)) = held.next() {
+            // A run of records of one partition: registered under one lock.
+            let progress = first.progress.clone();
+            let mut run = vec![(lane, first)];
+            while let Some(next) = held.next_if(|(_, r)| Arc::ptr_eq(&r.progress, &progress)) {
+                run.push(next);
+            }
+            if progress.is_revoked() {
+                parts.metrics.not_ours.inc_by(run.len() as u64);
+                continue;
+            }
+            let mut new = Vec::with_capacity(run.len());
+            progress.register_all(run.iter().map(|(_, r)| r.offset), |is_new| new.push(is_new));
+            let mut consumed = 0;
+            for ((lane, record), is_new) in run.into_iter().zip(new) {
+                if !is_new {
+                    parts.metrics.refetched.inc();
+                    continue;
+                }
+                consumed += 1;
+                records += 1;
+                bytes += record.size() as u64;
+                per_lane[lane].push(record);
+            }
+            parts.metrics.consumed(&progress.topic).inc_by(consumed);
+        }
+        parts.budget.take(records, bytes);
+        for (lane, chunk) in per_lane.into_iter().enumerate() {
+            if chunk.is_empty() {
+                continue;
+            }
+            if let Err(returned) = parts.lanes[lane].send(chunk) {
+                // The lane stopped (halt): the records stay undelivered and uncommitted.
+                let returned = returned.0;
+                let bytes = returned.iter().map(|r| r.size() as u64).sum();
+                parts.budget.release(returned.len() as u64, bytes);
+            }
+        }
+    }
+}
+
+/// Prepares one fetched record for its lane, or carries out the policy that refuses it. False
+/// when doka must stop.
+fn take(
+    msg: &BorrowedMessage<'_>,
+    context: &SourceContext,
+    parts: &SourceParts,
+    outbox: &mut Outbox,
+) -> bool {
+    let Some(progress) = context.progress(msg.topic(), msg.partition()) else {
+        // Fetched before its partition was revoked: it belongs to the new owner, who reads it
+        // from the committed offset (which never passed it).
+        parts.metrics.not_ours.inc();
+        return true;
+    };
+    match prepare(msg, parts) {
+        Ok((partition_key, data)) => {
+            let lane = lane_of(&partition_key, parts.lanes.len());
+            outbox.push(
+                lane,
+                Record {
+                    partition_key,
+                    data: data.to_vec(),
+                    progress,
+                    offset: msg.offset(),
+                },
+            );
+            true
+        }
+        Err(refusal) => {
+            // Offsets are registered in fetch order: the held records first.
+            outbox.hand_over(parts);
+            handle_refusal(msg, refusal, progress, parts)
+        }
+    }
 }
 
 pub fn consumer_config(kafka: &KafkaConfig) -> anyhow::Result<ClientConfig> {
@@ -492,57 +611,34 @@ pub fn run(
     let mut last_commit = Instant::now();
     let mut last_gauges = Instant::now();
     let mut last_poll_error: Option<Instant> = None;
-    while !parts.shutdown.load(AtomicOrdering::SeqCst) && !parts.halt.is_halted() {
+    let mut outbox = Outbox::default();
+    'rounds: while !parts.shutdown.load(AtomicOrdering::SeqCst) && !parts.halt.is_halted() {
         parts.health.consumer_turned();
         manage_pause(&consumer, &parts.budget);
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(msg)) => {
-                let topic = msg.topic();
-                let partition = msg.partition();
-                let offset = msg.offset();
-                let Some(progress) = consumer.context().progress(topic, partition) else {
-                    // Fetched before its partition was revoked: it belongs to the new owner, who
-                    // reads it from the committed offset (which never passed it).
-                    parts.metrics.not_ours.inc();
-                    continue;
-                };
-                let (partition_key, data) = match prepare(&msg, &parts) {
-                    Ok(prepared) => prepared,
-                    Err(refusal) => {
-                        if !handle_refusal(&msg, refusal, progress, &parts) {
-                            break;
-                        }
-                        continue;
+        // One round: what librdkafka has ready, up to ROUND records, waiting only for the first.
+        let mut wait = POLL_WAIT;
+        for _ in 0..ROUND {
+            let Some(polled) = consumer.poll(wait) else {
+                break;
+            };
+            wait = Duration::ZERO;
+            match polled {
+                Ok(msg) => {
+                    if !take(&msg, consumer.context(), &parts, &mut outbox) {
+                        break 'rounds;
                     }
-                };
-                let size = data.len() + partition_key.len();
-                if !progress.register(offset) {
-                    parts.metrics.refetched.inc();
-                    continue;
                 }
-                parts.metrics.consumed(topic).inc();
-                parts.budget.take(size);
-                let lane = lane_of(&partition_key, parts.lanes.len());
-                let record = Record {
-                    partition_key,
-                    data: data.to_vec(),
-                    progress,
-                    offset,
-                };
-                if let Err(returned) = parts.lanes[lane].send(record) {
-                    // The lane stopped (halt): the record stays undelivered and uncommitted.
-                    parts.budget.release(1, returned.0.size() as u64);
+                // Broker and network errors: librdkafka reconnects by itself; say so now and then.
+                Err(e) => {
+                    if last_poll_error.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                        warn!("Kafka consumer error (librdkafka retries): {e}");
+                        last_poll_error = Some(Instant::now());
+                    }
+                    break;
                 }
             }
-            // Broker and network errors: librdkafka reconnects by itself; say so once in a while.
-            Some(Err(e))
-                if last_poll_error.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) =>
-            {
-                warn!("Kafka consumer error (librdkafka retries): {e}");
-                last_poll_error = Some(Instant::now());
-            }
-            Some(Err(_)) | None => {}
         }
+        outbox.hand_over(&parts);
         let context = consumer.context();
         if last_commit.elapsed() >= parts.commit_interval
             || context.commit_now.swap(false, AtomicOrdering::SeqCst)
@@ -555,6 +651,9 @@ pub fn run(
             last_gauges = Instant::now();
         }
     }
+    // Records prepared before a halt or a stop request go out like the rest: what is delivered
+    // before the shutdown timeout is committed, the rest is read again after a restart.
+    outbox.hand_over(&parts);
     parts.health.stopping();
 
     // Stop fetching, let the lanes finish, commit what was delivered, leave the group.

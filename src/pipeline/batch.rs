@@ -1,5 +1,6 @@
 //! Collecting a lane's records into PutRecords-sized batches.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -17,50 +18,56 @@ pub struct BatchLimits {
 }
 
 /// Pulls records from a lane's queue into batches that respect [`BatchLimits`].
+///
+/// The consumer thread hands records over in chunks (all of one poll round for this lane), not
+/// one by one: a send wakes the lane's task, and a wake per record cost more than the record.
 pub struct Batcher {
-    rx: UnboundedReceiver<Record>,
+    rx: UnboundedReceiver<Vec<Record>>,
     limits: BatchLimits,
-    /// A record that did not fit the previous batch; it starts the next one.
-    carry: Option<Record>,
+    /// Received and not yet batched, in arrival order.
+    queued: VecDeque<Record>,
 }
 
 impl Batcher {
-    pub fn new(rx: UnboundedReceiver<Record>, limits: BatchLimits) -> Self {
+    pub fn new(rx: UnboundedReceiver<Vec<Record>>, limits: BatchLimits) -> Self {
         Self {
             rx,
             limits,
-            carry: None,
+            queued: VecDeque::new(),
         }
     }
 
     /// The next batch: waits for a first record, then takes more until a limit is reached or the
     /// linger time has passed. `None` once the queue is closed and empty.
     pub async fn next_batch(&mut self) -> Option<Vec<Record>> {
-        let first = match self.carry.take() {
-            Some(r) => r,
-            None => self.rx.recv().await?,
-        };
-        let mut bytes = first.size();
-        let mut batch = Vec::with_capacity(self.limits.max_records.min(64));
-        batch.push(first);
+        while self.queued.is_empty() {
+            let chunk = self.rx.recv().await?;
+            self.queued.extend(chunk);
+        }
+        let mut batch = Vec::with_capacity(self.limits.max_records.min(self.queued.len()));
+        let mut bytes = 0;
         let deadline = Instant::now() + self.limits.linger;
-        while batch.len() < self.limits.max_records {
-            let next = match self.rx.try_recv() {
-                Ok(r) => r,
+        loop {
+            while let Some(next) = self.queued.front() {
+                let full = batch.len() >= self.limits.max_records
+                    || (!batch.is_empty() && bytes + next.size() > self.limits.max_bytes);
+                if full {
+                    return Some(batch);
+                }
+                bytes += next.size();
+                batch.extend(self.queued.pop_front());
+            }
+            let chunk = match self.rx.try_recv() {
+                Ok(chunk) => chunk,
                 Err(TryRecvError::Disconnected) => break,
                 Err(TryRecvError::Empty) => {
                     match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                        Ok(Some(r)) => r,
+                        Ok(Some(chunk)) => chunk,
                         Ok(None) | Err(_) => break,
                     }
                 }
             };
-            if bytes + next.size() > self.limits.max_bytes {
-                self.carry = Some(next);
-                break;
-            }
-            bytes += next.size();
-            batch.push(next);
+            self.queued.extend(chunk);
         }
         Some(batch)
     }
@@ -68,9 +75,9 @@ impl Batcher {
     /// Closes the queue and returns every record still in it (used when the lane stops early).
     pub fn close_and_drain(&mut self) -> Vec<Record> {
         self.rx.close();
-        let mut rest: Vec<Record> = self.carry.take().into_iter().collect();
-        while let Ok(r) = self.rx.try_recv() {
-            rest.push(r);
+        let mut rest: Vec<Record> = self.queued.drain(..).collect();
+        while let Ok(chunk) = self.rx.try_recv() {
+            rest.extend(chunk);
         }
         rest
     }
@@ -103,7 +110,7 @@ mod tests {
     async fn batches_stop_at_the_record_count() {
         let (tx, rx) = unbounded_channel();
         for i in 0..12 {
-            tx.send(record("k", 1, i)).unwrap();
+            tx.send(vec![record("k", 1, i)]).unwrap();
         }
         drop(tx);
         let mut b = Batcher::new(rx, limits(5, 1 << 20));
@@ -115,11 +122,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_chunk_is_split_over_batches_in_order() {
+        let (tx, rx) = unbounded_channel();
+        tx.send((0..7).map(|i| record("k", 1, i)).collect())
+            .unwrap();
+        tx.send((7..9).map(|i| record("k", 1, i)).collect())
+            .unwrap();
+        drop(tx);
+        let mut b = Batcher::new(rx, limits(4, 1 << 20));
+        let mut offsets = Vec::new();
+        while let Some(batch) = b.next_batch().await {
+            offsets.push(batch.iter().map(|r| r.offset).collect::<Vec<_>>());
+        }
+        assert_eq!(offsets, vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8]]);
+    }
+
+    #[tokio::test]
     async fn batches_stop_before_the_byte_limit_and_keep_order() {
         let (tx, rx) = unbounded_channel();
         // Each record is 1 (key) + 99 (data) = 100 bytes; 250 bytes hold two.
         for i in 0..5 {
-            tx.send(record("k", 99, i)).unwrap();
+            tx.send(vec![record("k", 99, i)]).unwrap();
         }
         drop(tx);
         let mut b = Batcher::new(rx, limits(500, 250));
@@ -134,9 +157,9 @@ mod tests {
     #[tokio::test]
     async fn a_single_record_at_the_byte_limit_gets_its_own_batch() {
         let (tx, rx) = unbounded_channel();
-        tx.send(record("k", 10, 0)).unwrap();
-        tx.send(record("k", 249, 1)).unwrap();
-        tx.send(record("k", 10, 2)).unwrap();
+        tx.send(vec![record("k", 10, 0)]).unwrap();
+        tx.send(vec![record("k", 249, 1)]).unwrap();
+        tx.send(vec![record("k", 10, 2)]).unwrap();
         drop(tx);
         let mut b = Batcher::new(rx, limits(500, 250));
         let mut lens = Vec::new();
@@ -149,7 +172,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_partial_batch_leaves_after_the_linger_time() {
         let (tx, rx) = unbounded_channel();
-        tx.send(record("k", 1, 0)).unwrap();
+        tx.send(vec![record("k", 1, 0)]).unwrap();
         let mut b = Batcher::new(
             rx,
             BatchLimits {
@@ -171,12 +194,12 @@ mod tests {
     async fn close_and_drain_returns_what_was_queued() {
         let (tx, rx) = unbounded_channel();
         for i in 0..3 {
-            tx.send(record("k", 1, i)).unwrap();
+            tx.send(vec![record("k", 1, i)]).unwrap();
         }
         let mut b = Batcher::new(rx, limits(2, 1 << 20));
         assert_eq!(b.next_batch().await.unwrap().len(), 2);
         let rest = b.close_and_drain();
         assert_eq!(rest.len(), 1);
-        assert!(tx.send(record("k", 1, 9)).is_err());
+        assert!(tx.send(vec![record("k", 1, 9)]).is_err());
     }
 }

@@ -82,9 +82,7 @@ impl<S: Sink> Lane<S> {
             let bytes: u64 = batch.iter().map(|r| r.size() as u64).sum();
             let delivered = self.deliver(&batch).await;
             if delivered {
-                for r in &batch {
-                    r.progress.ack(r.offset);
-                }
+                acknowledge(&batch);
                 self.metrics.delivered.inc_by(batch.len() as u64);
             }
             self.budget.release(batch.len() as u64, bytes);
@@ -237,6 +235,14 @@ impl<S: Sink> Lane<S> {
     }
 }
 
+/// Acknowledges a delivered batch: one lock per run of records of the same partition, not one
+/// per record (the consumer thread registers new offsets under the same lock).
+fn acknowledge(batch: &[Record]) {
+    for run in batch.chunk_by(|a, b| Arc::ptr_eq(&a.progress, &b.progress)) {
+        run[0].progress.ack_all(run.iter().map(|r| r.offset));
+    }
+}
+
 /// Which entries of `request` to send again after the entries at `failed` were rejected.
 ///
 /// With [`Ordering::PerKey`] a failed entry is resent together with every later entry of the same
@@ -386,8 +392,8 @@ mod tests {
                 progress: progress.clone(),
                 offset,
             };
-            budget.take(r.size());
-            tx.send(r).unwrap();
+            budget.take(1, r.size() as u64);
+            tx.send(vec![r]).unwrap();
         }
         drop(tx);
         let sink = Arc::new(ScriptedSink {
@@ -573,9 +579,9 @@ mod tests {
                 offset,
                 partition_key: key,
             };
-            budget.take(r.size());
+            budget.take(1, r.size() as u64);
             senders[crate::pipeline::lane_of(&r.partition_key, LANES)]
-                .send(r)
+                .send(vec![r])
                 .unwrap();
         }
         drop(senders);
@@ -646,12 +652,12 @@ mod tests {
         let progress = PartitionProgress::new("t".into(), 0);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         progress.register(0);
-        tx.send(Record {
+        tx.send(vec![Record {
             partition_key: "k".into(),
             data: vec![1],
             progress: progress.clone(),
             offset: 0,
-        })
+        }])
         .unwrap();
         let halt = Arc::new(Halt::default());
         let lane = Lane {

@@ -13,7 +13,7 @@ pub mod pace;
 pub mod partition_key;
 
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,9 +56,15 @@ pub fn lane_of(partition_key: &str, lanes: usize) -> usize {
 
 /// Records and bytes fetched but not yet delivered. Fetching pauses at the limits, so memory stays
 /// bounded whatever Kinesis does.
+///
+/// The counts are atomics: the consumer thread checks them on every poll and the lanes release
+/// after every request, and a lock there was a measured source of waiting. The mutex only pairs
+/// with the condition variable that waiters sleep on.
 #[derive(Debug)]
 pub struct Budget {
-    used: Mutex<Usage>,
+    records: AtomicU64,
+    bytes: AtomicU64,
+    lock: Mutex<()>,
     changed: Condvar,
     max_records: u64,
     max_bytes: u64,
@@ -73,30 +79,37 @@ pub struct Usage {
 impl Budget {
     pub fn new(max_records: u64, max_bytes: u64) -> Self {
         Self {
-            used: Mutex::new(Usage::default()),
+            records: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            lock: Mutex::new(()),
             changed: Condvar::new(),
             max_records,
             max_bytes,
         }
     }
 
-    /// Reserves room for one record. Never blocks: the caller pauses fetching when [`Self::full`].
-    pub fn take(&self, bytes: usize) {
-        let mut used = self.used.lock().unwrap();
-        used.records += 1;
-        used.bytes += bytes as u64;
+    /// Reserves room for records. Never blocks: the caller pauses fetching when [`Self::full`].
+    pub fn take(&self, records: u64, bytes: u64) {
+        self.records.fetch_add(records, Ordering::SeqCst);
+        self.bytes.fetch_add(bytes, Ordering::SeqCst);
     }
 
     pub fn release(&self, records: u64, bytes: u64) {
-        let mut used = self.used.lock().unwrap();
-        used.records -= records;
-        used.bytes -= bytes;
-        drop(used);
+        if records == 0 && bytes == 0 {
+            return;
+        }
+        self.records.fetch_sub(records, Ordering::SeqCst);
+        self.bytes.fetch_sub(bytes, Ordering::SeqCst);
+        // Taking the lock orders this release before a waiter's next check: no lost wake-up.
+        drop(self.lock.lock().unwrap());
         self.changed.notify_all();
     }
 
     pub fn usage(&self) -> Usage {
-        *self.used.lock().unwrap()
+        Usage {
+            records: self.records.load(Ordering::SeqCst),
+            bytes: self.bytes.load(Ordering::SeqCst),
+        }
     }
 
     pub fn full(&self) -> bool {
@@ -113,16 +126,16 @@ impl Budget {
     /// Waits until `done` holds (checked after every release) or `timeout` passes.
     pub fn wait_until(&self, timeout: Duration, mut done: impl FnMut(Usage) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
-        let mut used = self.used.lock().unwrap();
+        let mut guard = self.lock.lock().unwrap();
         loop {
-            if done(*used) {
+            if done(self.usage()) {
                 return true;
             }
             let now = Instant::now();
             if now >= deadline {
                 return false;
             }
-            used = self.changed.wait_timeout(used, deadline - now).unwrap().0;
+            guard = self.changed.wait_timeout(guard, deadline - now).unwrap().0;
         }
     }
 }
@@ -173,10 +186,10 @@ mod tests {
     fn budget_pauses_at_the_limit_and_resumes_below_three_quarters() {
         let b = Budget::new(4, 1000);
         for _ in 0..3 {
-            b.take(10);
+            b.take(1, 10);
         }
         assert!(!b.full());
-        b.take(10);
+        b.take(1, 10);
         assert!(b.full());
         assert!(!b.has_room());
         b.release(1, 10);
@@ -185,14 +198,14 @@ mod tests {
         b.release(1, 10);
         assert!(b.has_room());
         let big = Budget::new(100, 100);
-        big.take(100);
+        big.take(1, 100);
         assert!(big.full());
     }
 
     #[test]
     fn budget_wait_wakes_on_release() {
         let b = Arc::new(Budget::new(10, 1000));
-        b.take(5);
+        b.take(1, 5);
         let releaser = {
             let b = b.clone();
             std::thread::spawn(move || b.release(1, 5))

