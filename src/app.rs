@@ -8,13 +8,13 @@ use tokio::sync::mpsc::unbounded_channel;
 use tracing::{error, info, warn};
 
 use crate::aws::{self, msk_iam::MskTokenSigner};
-use crate::config::{AuthMode, Config, default_session_name};
+use crate::config::{AuthMode, Config, ExplicitHashKey, Ordering, default_session_name};
 use crate::dead_letter::DeadLetter;
 use crate::kafka::Connection;
-use crate::pipeline::batch::{BatchLimits, Batcher};
+use crate::pipeline::batch::{BatchLimits, Batcher, PerKey};
 use crate::pipeline::lane::{Backoff, Lane};
 use crate::pipeline::pace::Pace;
-use crate::pipeline::partition_key::PartitionKeys;
+use crate::pipeline::partition_key::{PartitionKeys, Spread};
 use crate::pipeline::{Budget, Halt};
 use crate::sink::kinesis::KinesisSink;
 use crate::source::{self, SourceExit, SourceParts};
@@ -173,18 +173,35 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
         stream_arn.map(str::to_owned),
         health.clone(),
     ));
+    let aggregation = &config.kinesis.aggregation;
+    let aggregate_max_bytes = aggregation
+        .enabled
+        .then_some(aggregation.max_bytes as usize);
     let sink = Arc::new(KinesisSink::new(
         access.client,
         stream_name.map(str::to_owned),
         stream_arn.map(str::to_owned),
         target.clone(),
+        config.batch.max_records as usize,
+        config.batch.max_bytes as usize,
+        aggregate_max_bytes,
     ));
 
     let halt = Arc::new(Halt::default());
     let limits = BatchLimits {
-        max_records: config.batch.max_records as usize,
+        // Aggregated, batch.max_records counts Kinesis entries (the sink's concern): a batch is
+        // bounded by batch.max_bytes of records.
+        max_records: match aggregate_max_bytes {
+            None => config.batch.max_records as usize,
+            Some(_) => usize::MAX,
+        },
         max_bytes: config.batch.max_bytes as usize,
         linger: Duration::from_millis(config.batch.linger_ms),
+        per_key: match (config.pipeline.ordering, aggregate_max_bytes) {
+            (Ordering::Strict, None) => PerKey::OneRecord,
+            (Ordering::Strict, Some(max)) => PerKey::Aggregate(max),
+            _ => PerKey::Unlimited,
+        },
     };
     let backoff = Backoff {
         initial: Duration::from_millis(config.retry.initial_backoff_ms),
@@ -241,6 +258,8 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
             config.partition_key.on_long_key,
             config.partition_key.on_binary_key,
         ),
+        spread: (config.partition_key.explicit_hash_key == ExplicitHashKey::Spread)
+            .then(Spread::default),
         max_record_bytes: config.kinesis.max_record_bytes as usize,
         commit_interval: config.pipeline.commit_interval(),
         drain_timeout: config.pipeline.rebalance_drain_timeout(),

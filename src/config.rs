@@ -263,6 +263,32 @@ pub struct KinesisConfig {
     /// Time limit of one PutRecords call, including connecting.
     #[serde(default = "defaults::request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// KPL aggregation: many records in one Kinesis record (docs/PERFORMANCE.md).
+    #[serde(default)]
+    pub aggregation: AggregationConfig,
+}
+
+/// Packing records into KPL aggregated records, per shard. Off by default: only readers that
+/// de-aggregate (KCL, Firehose with a stream source, Lambda with the aggregation library) see the
+/// records; others see one opaque blob per aggregate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregationConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// The largest aggregate (data and partition key, as Kinesis counts it). 51,200 bytes is two
+    /// 25 KB PUT payload units and the KPL's default.
+    #[serde(default = "defaults::aggregate_max_bytes")]
+    pub max_bytes: u64,
+}
+
+impl Default for AggregationConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            max_bytes: defaults::aggregate_max_bytes(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -279,6 +305,21 @@ pub struct PartitionKeyConfig {
     /// A Kafka key that is not UTF-8 text (rule `kafka_key`).
     #[serde(default)]
     pub on_binary_key: BinaryKeyPolicy,
+    /// Route by an ExplicitHashKey instead of the partition key's MD5.
+    #[serde(default)]
+    pub explicit_hash_key: ExplicitHashKey,
+}
+
+/// How records are routed to shards.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExplicitHashKey {
+    /// By the partition key's MD5, as Kinesis does by default: a key always lands on one shard.
+    #[default]
+    None,
+    /// Evenly over the whole hash-key space, record after record, whatever the keys: for keyless
+    /// or skewed data. Records of one key then land on different shards (no per-key order).
+    Spread,
 }
 
 /// Per-record rules for records Kinesis cannot take as they are.
@@ -391,6 +432,10 @@ pub enum Ordering {
     /// Resend only the failed entries: fewer duplicates, a retried record may land after later
     /// records of its key.
     None,
+    /// A reader never sees a record of a key before an earlier one of the same key: a request
+    /// carries at most one entry per key (one record, or one aggregate), and a lane retries its
+    /// failures before it sends anything later.
+    Strict,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -512,6 +557,9 @@ mod defaults {
     }
     pub fn max_records() -> u32 {
         500
+    }
+    pub fn aggregate_max_bytes() -> u64 {
+        51_200
     }
     pub fn max_bytes() -> u64 {
         5 * 1024 * 1024
@@ -1046,6 +1094,23 @@ impl Config {
             );
         }
         range("batch.linger_ms", self.batch.linger_ms, 0, 60_000)?;
+        if self.kinesis.aggregation.enabled {
+            range(
+                "kinesis.aggregation.max_bytes",
+                self.kinesis.aggregation.max_bytes,
+                1024,
+                self.kinesis.max_record_bytes,
+            )?;
+        }
+        if self.partition_key.explicit_hash_key == ExplicitHashKey::Spread
+            && self.pipeline.ordering == Ordering::Strict
+        {
+            return bad(
+                "partition_key.explicit_hash_key",
+                "spread sends a key's records to different shards, which strict ordering cannot \
+                 allow: use none, or pipeline.ordering per_key or none",
+            );
+        }
 
         range("pipeline.lanes", self.pipeline.lanes, 1, 1024)?;
         range(

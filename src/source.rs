@@ -5,6 +5,8 @@
 //! sends. So the consumer lives on a plain thread and talks to the lanes through channels.
 
 use std::collections::HashMap;
+
+use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,6 +25,7 @@ use crate::dead_letter::DeadLetter;
 use crate::kafka::{self, ConnectFailure, Connection};
 use crate::pipeline::offsets::PartitionProgress;
 use crate::pipeline::partition_key::PartitionKeys;
+use crate::pipeline::partition_key::Spread;
 use crate::pipeline::{Budget, Halt, Record, Refuse, lane_of};
 use crate::telemetry::health::Health;
 use crate::telemetry::metrics::Metrics;
@@ -245,6 +248,8 @@ pub struct SourceParts {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub keys: PartitionKeys,
+    /// Set by `partition_key.explicit_hash_key: spread`.
+    pub spread: Option<Spread>,
     pub max_record_bytes: usize,
     pub commit_interval: Duration,
     pub drain_timeout: Duration,
@@ -424,10 +429,13 @@ const ROUND: usize = 2048;
 #[derive(Default)]
 struct Outbox {
     held: Vec<(usize, Record)>,
+    /// What the held records weigh against the budget.
+    bytes: u64,
 }
 
 impl Outbox {
     fn push(&mut self, lane: usize, record: Record) {
+        self.bytes += record.size() as u64;
         self.held.push((lane, record));
     }
 
@@ -438,6 +446,7 @@ impl Outbox {
         }
         let mut per_lane: Vec<Vec<Record>> = (0..parts.lanes.len()).map(|_| Vec::new()).collect();
         let (mut records, mut bytes) = (0u64, 0u64);
+        self.bytes = 0;
         let mut held = self.held.drain(..).peekable();
         while let Some((lane, first)) = held.next() {
             // A run of records of one partition: registered under one lock.
@@ -501,7 +510,8 @@ fn take(
                 lane,
                 Record {
                     partition_key,
-                    data: data.to_vec(),
+                    explicit_hash_key: parts.spread.as_ref().map(|s| s.next_hash_key()),
+                    data: Bytes::copy_from_slice(data),
                     progress,
                     offset: msg.offset(),
                 },
@@ -615,9 +625,15 @@ pub fn run(
     'rounds: while !parts.shutdown.load(AtomicOrdering::SeqCst) && !parts.halt.is_halted() {
         parts.health.consumer_turned();
         manage_pause(&consumer, &parts.budget);
-        // One round: what librdkafka has ready, up to ROUND records, waiting only for the first.
+        // One round: what librdkafka has ready, waiting only for the first record, up to ROUND
+        // records and never past the in-flight bound (one record at least: a poll must run).
+        let room = parts.budget.room();
+        let round = (room.records as usize).clamp(1, ROUND);
         let mut wait = POLL_WAIT;
-        for _ in 0..ROUND {
+        for _ in 0..round {
+            if outbox.bytes >= room.bytes {
+                break;
+            }
             let Some(polled) = consumer.poll(wait) else {
                 break;
             };

@@ -247,13 +247,15 @@ fn acknowledge(batch: &[Record]) {
 ///
 /// With [`Ordering::PerKey`] a failed entry is resent together with every later entry of the same
 /// partition key in the request, even those that were accepted: the copies written last are then
-/// in Kafka order. With [`Ordering::None`] only the failed entries are resent. Positions are
+/// in Kafka order. With [`Ordering::None`] and [`Ordering::Strict`] only the failed entries are
+/// resent (a strict request has no later entry of a failed key). Positions are
 /// returned in request order.
 pub fn retry_set(request: &[&Record], failed: &[usize], ordering: Ordering) -> Vec<usize> {
     let mut failed_sorted = failed.to_vec();
     failed_sorted.sort_unstable();
     failed_sorted.dedup();
-    if ordering == Ordering::None {
+    // Strict batches hold one entry per key: nothing later of a failed key is in the request.
+    if ordering != Ordering::PerKey {
         return failed_sorted;
     }
     let mut failed_iter = failed_sorted.into_iter().peekable();
@@ -290,7 +292,8 @@ mod tests {
     fn rec(key: &str, offset: i64) -> Record {
         Record {
             partition_key: key.into(),
-            data: vec![],
+            data: vec![].into(),
+            explicit_hash_key: None,
             progress: PartitionProgress::new("t".into(), 0),
             offset,
         }
@@ -388,7 +391,8 @@ mod tests {
             progress.register(offset);
             let r = Record {
                 partition_key: format!("k{}", offset % 4),
-                data: vec![],
+                data: vec![].into(),
+                explicit_hash_key: None,
                 progress: progress.clone(),
                 offset,
             };
@@ -408,6 +412,7 @@ mod tests {
                     max_records: 40,
                     max_bytes: 1 << 20,
                     linger: Duration::from_millis(1),
+                    per_key: crate::pipeline::batch::PerKey::Unlimited,
                 },
             ),
             sink: sink.clone(),
@@ -553,6 +558,7 @@ mod tests {
                         max_records: 500,
                         max_bytes: 5 << 20,
                         linger: Duration::from_millis(20),
+                        per_key: crate::pipeline::batch::PerKey::Unlimited,
                     },
                 ),
                 sink: sink.clone(),
@@ -574,7 +580,8 @@ mod tests {
             progress.register(offset);
             let key = format!("k{}", offset % 1000);
             let r = Record {
-                data: vec![0; 100],
+                data: vec![0; 100].into(),
+                explicit_hash_key: None,
                 progress: progress.clone(),
                 offset,
                 partition_key: key,
@@ -654,7 +661,8 @@ mod tests {
         progress.register(0);
         tx.send(vec![Record {
             partition_key: "k".into(),
-            data: vec![1],
+            data: vec![1].into(),
+            explicit_hash_key: None,
             progress: progress.clone(),
             offset: 0,
         }])
@@ -668,6 +676,7 @@ mod tests {
                     max_records: 10,
                     max_bytes: 1 << 20,
                     linger: Duration::from_millis(1),
+                    per_key: crate::pipeline::batch::PerKey::Unlimited,
                 },
             ),
             sink: Arc::new(PanickingSink),

@@ -17,14 +17,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use offsets::PartitionProgress;
 
 /// One Kafka record on its way to Kinesis.
 #[derive(Debug)]
 pub struct Record {
     pub partition_key: String,
-    /// The Kafka value, byte for byte (empty for a tombstone).
-    pub data: Vec<u8>,
+    /// Set to spread records evenly over the shards (`partition_key.explicit_hash_key: spread`);
+    /// Kinesis then routes by it instead of the partition key's MD5.
+    pub explicit_hash_key: Option<u128>,
+    /// The Kafka value, byte for byte (empty for a tombstone). Shared, not copied, by retries and
+    /// aggregates.
+    pub data: Bytes,
     pub progress: Arc<PartitionProgress>,
     pub offset: i64,
 }
@@ -109,6 +114,15 @@ impl Budget {
         Usage {
             records: self.records.load(Ordering::SeqCst),
             bytes: self.bytes.load(Ordering::SeqCst),
+        }
+    }
+
+    /// What can still be taken before the limits are reached.
+    pub fn room(&self) -> Usage {
+        let used = self.usage();
+        Usage {
+            records: self.max_records.saturating_sub(used.records),
+            bytes: self.max_bytes.saturating_sub(used.bytes),
         }
     }
 

@@ -6,16 +6,19 @@
 //! entries:
 //!
 //! - more than half of the entries sent in a window throttled (or in requests that timed out):
-//!   the stream is being hammered. The rate is cut to 1.5 × what the stream accepted, but never
+//!   the stream is being hammered. The rate is cut to 1.1 × what the stream accepted, but never
 //!   below a quarter of what was sent — one bad window cannot starve the stream;
-//! - under a fifth throttled: the rate grows by half an entry/s per accepted entry (about +50% per
-//!   second while the limit is what holds doka back); between a fifth and a half, by a tenth. It
-//!   is lifted entirely once far above need.
+//! - while limited, between a tenth and a half throttled: the rate is trimmed by 15% — as long as
+//!   trimming helps, i.e. the share throttled fell since the last trim. When it did not, the
+//!   throttling does not depend on the rate (one hot shard among many, a share of entries failing
+//!   whatever doka does): cutting the whole stream would not help, those entries are left to
+//!   their lane's backoff and the rate grows slowly (a tenth of an entry/s per accepted entry);
+//! - under a tenth throttled: the rate grows by half an entry/s per accepted entry (about +50% per
+//!   second while the limit is what holds doka back), by a tenth above 2%. It is lifted entirely
+//!   once far above need.
 //!
-//! Throttling that does not depend on the rate (one hot shard among many, a share of entries
-//! failing whatever doka does) mostly stays under the "half" line, and the rate keeps growing
-//! through it: cutting the whole stream's rate would not help. Those entries are retried by their
-//! lane's own backoff. Per-shard pacing is the full answer and needs the shard map.
+//! Offered twice what the shards take, this keeps about a tenth of the entries sent throttled
+//! (docs/PERFORMANCE.md); the former rule (cut to 1.5 ×, no trimming) wasted four in ten.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -27,12 +30,20 @@ use tracing::info;
 const WINDOW: Duration = Duration::from_millis(100);
 /// Above this share of throttled entries the rate is cut.
 const HAMMERING: f64 = 0.5;
-/// Below this share the rate grows fast, above it slowly.
-const CLEAN: f64 = 0.2;
+/// Above this share (and up to [`HAMMERING`]) a limited rate is trimmed while that helps.
+const TARGET: f64 = 0.1;
+/// Below this share the rate grows fast, above it (up to [`TARGET`]) slowly.
+const CLEAN: f64 = 0.02;
+/// A trim multiplies the rate by this.
+const TRIM: f64 = 0.85;
 /// A window decides nothing before this many entries were sent in it.
 const MIN_SAMPLE: u64 = 50;
+/// A window with at least this many entries, most of them throttled, ends early...
+const FAST_SAMPLE: u64 = 1000;
+/// ...once it is this long.
+const FAST_WINDOW: Duration = Duration::from_millis(10);
 /// After a cut, the rate is this many times what the stream accepted...
-const CUT_TO_ACCEPTED: f64 = 1.5;
+const CUT_TO_ACCEPTED: f64 = 1.1;
 /// ...but at least this share of what was sent.
 const CUT_AT_MOST_TO: f64 = 0.25;
 /// Entries/s added to the rate per entry accepted in a clean window, and in a middling one.
@@ -57,6 +68,9 @@ struct State {
     window_start: Instant,
     window_accepted: u64,
     window_throttled: u64,
+    /// The share throttled in the window that last trimmed the rate: a trim is repeated only
+    /// while the share keeps falling.
+    trimmed_at: Option<f64>,
 }
 
 impl Pace {
@@ -72,6 +86,7 @@ impl Pace {
                 window_start: now,
                 window_accepted: 0,
                 window_throttled: 0,
+                trimmed_at: None,
             }),
         }
     }
@@ -115,10 +130,13 @@ impl Pace {
         s.window_throttled += throttled as u64;
         let window = now.saturating_duration_since(s.window_start);
         let sent = s.window_accepted + s.window_throttled;
-        if window < WINDOW || sent < MIN_SAMPLE {
+        let share = s.window_throttled as f64 / sent.max(1) as f64;
+        // A large, mostly throttled sample is judged at once: at full speed a whole window can
+        // send tens of thousands of entries into throttling before it ends.
+        let hammered_now = sent >= FAST_SAMPLE && window >= FAST_WINDOW && share > HAMMERING;
+        if !hammered_now && (window < WINDOW || sent < MIN_SAMPLE) {
             return;
         }
-        let share = s.window_throttled as f64 / sent as f64;
         if share > HAMMERING {
             let accepted_rate = s.window_accepted as f64 / window.as_secs_f64();
             let sent_rate = sent as f64 / window.as_secs_f64();
@@ -133,13 +151,23 @@ impl Pace {
                 );
             }
             s.rate = Some(rate);
+            s.trimmed_at = None;
         } else if let Some(rate) = s.rate {
-            let per_entry = if share < CLEAN {
-                INCREASE_PER_ENTRY
+            let trim = share > TARGET && s.trimmed_at.is_none_or(|before| share < before);
+            let grown = if trim {
+                s.trimmed_at = Some(share);
+                (rate * TRIM).max(self.min_rate)
             } else {
-                SLOW_INCREASE_PER_ENTRY
+                if share <= TARGET {
+                    s.trimmed_at = None;
+                }
+                let per_entry = if share < CLEAN {
+                    INCREASE_PER_ENTRY
+                } else {
+                    SLOW_INCREASE_PER_ENTRY
+                };
+                rate + s.window_accepted as f64 * per_entry
             };
-            let grown = rate + s.window_accepted as f64 * per_entry;
             s.rate = (grown < UNLIMITED_ABOVE).then_some(grown);
             if s.rate.is_none() {
                 info!("no throttling for a while: send rate no longer limited");
@@ -175,14 +203,23 @@ mod tests {
         // 30% throttled: not hammering, nothing changes.
         pace.record_at(700, 300, t0 + SECOND);
         assert_eq!(pace.rate(), None);
-        // 80% of 1,000/s throttled: cut to 1.5 × the 200/s accepted.
-        pace.record_at(200, 800, t0 + SECOND * 2);
-        assert_rate(&pace, 300.0);
+        // 71% of 1,400/s throttled: cut to 1.1 × the 400/s accepted.
+        pace.record_at(400, 1000, t0 + SECOND * 2);
+        assert_rate(&pace, 440.0);
         // Nothing accepted out of 2,000/s: cut to a quarter of what was sent, not to nothing.
         pace.record_at(0, 2000, t0 + SECOND * 3);
-        assert_rate(&pace, 300.0);
+        assert_rate(&pace, 440.0);
         pace.record_at(0, 600, t0 + SECOND * 4);
         assert_rate(&pace, 150.0);
+    }
+
+    #[test]
+    fn a_large_mostly_throttled_sample_is_cut_at_once() {
+        let pace = Pace::new(true, 10.0);
+        let t0 = Instant::now();
+        pace.record_at(100, 1900, t0 + Duration::from_millis(20));
+        // 1.1 × 5,000/s accepted, or a quarter of 100,000/s sent.
+        assert_rate(&pace, 25_000.0);
     }
 
     #[test]
@@ -224,16 +261,22 @@ mod tests {
     }
 
     #[test]
-    fn grows_fast_when_clean_slowly_when_middling_and_is_lifted_when_large() {
-        let pace = Pace::new(true, 50.0);
+    fn trims_while_it_helps_grows_when_clean_and_is_lifted_when_large() {
+        let pace = Pace::new(true, 10.0);
         let t0 = Instant::now();
-        pace.record_at(0, 60, t0 + SECOND);
-        assert_rate(&pace, 50.0);
+        pace.record_at(0, 400, t0 + SECOND);
+        assert_rate(&pace, 100.0); // a quarter of the 400/s sent
         pace.record_at(60, 40, t0 + SECOND * 2);
-        assert_rate(&pace, 56.0); // 40% throttled: +0.1 per accepted entry
-        pace.record_at(100, 0, t0 + SECOND * 3);
-        assert_rate(&pace, 106.0); // clean: +0.5 per accepted entry
-        pace.record_at(usize::MAX / 4, 0, t0 + SECOND * 4);
+        assert_rate(&pace, 85.0); // 40% throttled while limited: trimmed
+        pace.record_at(60, 40, t0 + SECOND * 3);
+        assert_rate(&pace, 91.0); // the trim did not lower the share: grow slowly instead
+        pace.record_at(95, 5, t0 + SECOND * 4);
+        assert_rate(&pace, 100.5); // 5%: under the target, slowly
+        pace.record_at(100, 0, t0 + SECOND * 5);
+        assert_rate(&pace, 150.5); // clean: +0.5 per accepted entry
+        pace.record_at(100, 50, t0 + SECOND * 6);
+        assert_rate(&pace, 150.5 * 0.85); // a third throttled after a clean spell: trimmed again
+        pace.record_at(usize::MAX / 4, 0, t0 + SECOND * 7);
         assert_eq!(pace.rate(), None);
     }
 

@@ -172,6 +172,24 @@ fn md5_hex(bytes: &[u8]) -> String {
     out
 }
 
+/// Hash keys spread evenly over the 128-bit space, for records without a useful key: each is the
+/// previous plus 2^128 divided by the golden ratio, so any run of N keys falls into N nearly equal
+/// gaps, whatever the number and ranges of the shards ("0, 1, 2…" would land on one shard).
+#[derive(Debug, Default)]
+pub struct Spread {
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// 2^128 / φ, rounded to odd.
+const GOLDEN_STEP: u128 = 0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835;
+
+impl Spread {
+    pub fn next_hash_key(&self) -> u128 {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        GOLDEN_STEP.wrapping_mul(u128::from(n) + 1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,5 +324,25 @@ mod tests {
         assert_eq!(binary_refused.setting, "partition_key.on_binary_key");
         // Keys within the rules are untouched by the policies.
         assert_eq!(key(&refuse, Some(b"fine"), "t", 0), "fine");
+    }
+
+    #[test]
+    fn spread_keys_fill_every_shard_evenly() {
+        for shards in [2u128, 3, 4, 7, 16] {
+            let step = u128::MAX / shards + 1;
+            let spread = Spread::default();
+            let mut counts = vec![0u32; shards as usize];
+            let n = 10_000;
+            for _ in 0..n {
+                counts[(spread.next_hash_key() / step) as usize] += 1;
+            }
+            let fair = n / shards as u32;
+            for c in counts {
+                assert!(
+                    c.abs_diff(fair) <= fair / 50,
+                    "{shards} shards: {c} vs {fair}"
+                );
+            }
+        }
     }
 }

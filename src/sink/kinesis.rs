@@ -6,17 +6,40 @@ use aws_sdk_kinesis::operation::put_records::PutRecordsError;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use aws_sdk_kinesis::error::ProvideErrorMetadata;
+use tracing::{info, warn};
+
+use super::aggregate::{self, Item};
+use super::shards::{self, Shard, ShardMap};
 use super::{EntryFailure, RequestError, Sink};
 use crate::pipeline::Record;
 
 /// Writes to one stream, addressed by name or by ARN.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct KinesisSink {
     client: Client,
     stream_name: Option<String>,
     stream_arn: Option<String>,
     /// "stream `x` (region r, via role y)": told in every configuration error.
     target: String,
+    /// Entries per PutRecords request (`batch.max_records`, at most 500).
+    max_entries: usize,
+    /// Bytes (data and partition keys) per request (`batch.max_bytes`): aggregates weigh more than
+    /// the records in them, so a batch's aggregates can need two requests.
+    max_request_bytes: usize,
+    /// Set when records are aggregated (`kinesis.aggregation`): the largest aggregate.
+    aggregate_max_bytes: Option<usize>,
+    /// The shard map aggregation packs by; read on first use.
+    shards: RwLock<Option<Arc<ShardMap>>>,
+    /// Set when a write landed on an unexpected shard: read the map again before the next one.
+    stale: AtomicBool,
+    /// Serialises re-reading the map, and when it was last read.
+    shard_refresh: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl KinesisSink {
@@ -25,12 +48,21 @@ impl KinesisSink {
         stream_name: Option<String>,
         stream_arn: Option<String>,
         target: String,
+        max_entries: usize,
+        max_request_bytes: usize,
+        aggregate_max_bytes: Option<usize>,
     ) -> Self {
         Self {
             client,
             stream_name,
             stream_arn,
             target,
+            max_entries: max_entries.clamp(1, 500),
+            max_request_bytes,
+            aggregate_max_bytes,
+            shards: RwLock::new(None),
+            stale: AtomicBool::new(false),
+            shard_refresh: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -105,16 +137,204 @@ impl KinesisSink {
 
 impl Sink for KinesisSink {
     async fn put(&self, records: &[&Record]) -> Result<Vec<EntryFailure>, RequestError> {
-        let entries: Vec<PutRecordsRequestEntry> = records
-            .iter()
-            .map(|r| {
-                PutRecordsRequestEntry::builder()
-                    .data(Blob::new(r.data.clone()))
-                    .partition_key(r.partition_key.clone())
-                    .build()
-                    .expect("data and partition key are set")
-            })
-            .collect();
+        let entries = match self.aggregate_max_bytes {
+            None => records
+                .iter()
+                .enumerate()
+                .map(|(i, r)| Entry::plain(r, i))
+                .collect(),
+            Some(max_bytes) => self.aggregated_entries(records, max_bytes).await?,
+        };
+        self.send(entries).await
+    }
+}
+
+/// One PutRecords entry and the records it carries.
+struct Entry {
+    entry: PutRecordsRequestEntry,
+    /// Indexes of the records in it (one unless aggregated).
+    members: Vec<usize>,
+    /// For an aggregate: the shard it must land on, as the shard map says.
+    shard: Option<String>,
+}
+
+impl Entry {
+    fn plain(record: &Record, index: usize) -> Self {
+        Self {
+            entry: request_entry(
+                record.data.to_vec(),
+                &record.partition_key,
+                record.explicit_hash_key,
+            ),
+            members: vec![index],
+            shard: None,
+        }
+    }
+}
+
+fn request_entry(
+    data: Vec<u8>,
+    partition_key: &str,
+    explicit_hash_key: Option<u128>,
+) -> PutRecordsRequestEntry {
+    PutRecordsRequestEntry::builder()
+        .data(Blob::new(data))
+        .partition_key(partition_key)
+        .set_explicit_hash_key(explicit_hash_key.map(|h| h.to_string()))
+        .build()
+        .expect("data and partition key are set")
+}
+
+/// What an entry carries, kept while the SDK owns the entry.
+struct Carried {
+    members: Vec<usize>,
+    shard: Option<String>,
+}
+
+/// How one entry fared.
+enum EntryOutcome {
+    /// Written to this shard.
+    Written(String),
+    Failed {
+        code: String,
+        throttled: bool,
+    },
+}
+
+/// ListShards at most this often, however many writes land on unexpected shards.
+const MIN_SHARD_REFRESH: Duration = Duration::from_secs(1);
+
+impl KinesisSink {
+    /// Packs records into aggregates per shard ([`aggregate::pack`]).
+    async fn aggregated_entries(
+        &self,
+        records: &[&Record],
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, RequestError> {
+        let map = self.shard_map().await?;
+        // Records per shard, in order.
+        let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
+        let mut group_of: HashMap<usize, usize> = HashMap::new();
+        for (i, r) in records.iter().enumerate() {
+            let hash = r
+                .explicit_hash_key
+                .unwrap_or_else(|| shards::hash_key(&r.partition_key));
+            let shard = map.shard_of(hash);
+            let g = *group_of.entry(shard).or_insert_with(|| {
+                groups.push((shard, Vec::new()));
+                groups.len() - 1
+            });
+            groups[g].1.push(i);
+        }
+        let mut entries = Vec::new();
+        for (shard, members) in groups {
+            let items: Vec<Item<'_>> = members
+                .iter()
+                .map(|&i| Item {
+                    partition_key: &records[i].partition_key,
+                    explicit_hash_key: records[i].explicit_hash_key,
+                    data: &records[i].data,
+                })
+                .collect();
+            for packed in aggregate::pack(&items, max_bytes) {
+                if let [only] = packed[..] {
+                    entries.push(Entry::plain(records[members[only]], members[only]));
+                    continue;
+                }
+                let first = records[members[packed[0]]];
+                let blob = aggregate::encode(&packed.iter().map(|&j| items[j]).collect::<Vec<_>>());
+                entries.push(Entry {
+                    entry: request_entry(blob, &first.partition_key, first.explicit_hash_key),
+                    members: packed.iter().map(|&j| members[j]).collect(),
+                    shard: Some(map.shards()[shard].id.clone()),
+                });
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Sends entries in requests of at most `max_entries` and `max_request_bytes`, concurrently,
+    /// and says which records
+    /// failed. `Err` only when every request failed as a whole.
+    async fn send(&self, entries: Vec<Entry>) -> Result<Vec<EntryFailure>, RequestError> {
+        // Each request: the SDK entries (moved into the call, not copied) and what they carry.
+        let mut requests: Vec<(Vec<PutRecordsRequestEntry>, Vec<Carried>)> = Vec::new();
+        let mut bytes = 0;
+        for entry in entries {
+            // Kinesis counts data and partition keys against the request limit.
+            let size =
+                entry.entry.data().as_ref().len() + entry.entry.partition_key().map_or(0, str::len);
+            let room = requests.last().is_some_and(|(sdk, _)| {
+                sdk.len() < self.max_entries && bytes + size <= self.max_request_bytes
+            });
+            if !room {
+                requests.push((Vec::new(), Vec::new()));
+                bytes = 0;
+            }
+            bytes += size;
+            let (sdk, carried) = requests.last_mut().expect("pushed above");
+            sdk.push(entry.entry);
+            carried.push(Carried {
+                members: entry.members,
+                shard: entry.shard,
+            });
+        }
+        let (sdk_requests, requests): (Vec<_>, Vec<_>) = requests.into_iter().unzip();
+        let outcomes =
+            futures::future::join_all(sdk_requests.into_iter().map(|r| self.put_records(r))).await;
+        if outcomes.iter().all(Result::is_err) {
+            return Err(outcomes
+                .into_iter()
+                .find_map(Result::err)
+                .expect("at least one request"));
+        }
+        let mut failures = Vec::new();
+        for (request, outcome) in requests.iter().zip(outcomes) {
+            let results: Vec<EntryOutcome> = match outcome {
+                Ok(results) => results,
+                Err(e) => request
+                    .iter()
+                    .map(|_| EntryOutcome::Failed {
+                        code: e.to_string(),
+                        throttled: matches!(e, RequestError::Throttled(_)),
+                    })
+                    .collect(),
+            };
+            for (entry, result) in request.iter().zip(results) {
+                let (code, throttled) = match result {
+                    EntryOutcome::Written(landed) => match &entry.shard {
+                        Some(expected) if *expected != landed => {
+                            // The stream was resharded since the map was read: the aggregate's
+                            // sub-records may sit on a shard their keys do not map to, where a
+                            // reader drops them. Read the map again and send them again.
+                            self.stale.store(true, AtomicOrdering::SeqCst);
+                            warn!(
+                                "an aggregate meant for {expected} landed on {landed}: the stream was \
+                                 resharded; reading its shards again and resending the {} records in it",
+                                entry.members.len()
+                            );
+                            ("AggregateOnUnexpectedShard".to_owned(), false)
+                        }
+                        _ => continue,
+                    },
+                    EntryOutcome::Failed { code, throttled } => (code, throttled),
+                };
+                failures.extend(entry.members.iter().map(|&index| EntryFailure {
+                    index,
+                    code: code.clone(),
+                    throttled,
+                }));
+            }
+        }
+        Ok(failures)
+    }
+
+    /// One PutRecords call: the outcome of each entry, in request order.
+    async fn put_records(
+        &self,
+        entries: Vec<PutRecordsRequestEntry>,
+    ) -> Result<Vec<EntryOutcome>, RequestError> {
+        let count = entries.len();
         let output = self
             .client
             .put_records()
@@ -124,40 +344,127 @@ impl Sink for KinesisSink {
             .send()
             .await
             .map_err(|e| self.classify(e))?;
-
-        if output.failed_record_count().unwrap_or(0) == 0 && output.records().len() == records.len()
-        {
-            return Ok(Vec::new());
-        }
-        if output.records().len() != records.len() {
+        if output.records().len() != count {
             // A response that does not line up with the request proves nothing: resend it all.
             return Err(RequestError::Transient(format!(
-                "PutRecords answered {} results for {} entries",
+                "PutRecords answered {} results for {count} entries",
                 output.records().len(),
-                records.len()
             )));
         }
-        let failures: Vec<EntryFailure> = output
+        let outcomes: Vec<EntryOutcome> = output
             .records()
             .iter()
-            .enumerate()
-            .filter_map(|(index, result)| {
-                let code = result.error_code()?;
-                Some(EntryFailure {
-                    index,
+            .map(|result| match result.error_code() {
+                Some(code) => EntryOutcome::Failed {
                     code: code.to_owned(),
                     throttled: code == "ProvisionedThroughputExceededException"
                         || code == "KMSThrottlingException",
-                })
+                },
+                None => EntryOutcome::Written(result.shard_id().unwrap_or_default().to_owned()),
             })
             .collect();
-        if failures.len() as i64 != i64::from(output.failed_record_count().unwrap_or(0)) {
+        let failed = outcomes
+            .iter()
+            .filter(|o| matches!(o, EntryOutcome::Failed { .. }))
+            .count();
+        if failed as i64 != i64::from(output.failed_record_count().unwrap_or(0)) {
             return Err(RequestError::Transient(format!(
-                "PutRecords reported {} failed entries but marked {}",
+                "PutRecords reported {} failed entries but marked {failed}",
                 output.failed_record_count().unwrap_or(0),
-                failures.len()
             )));
         }
-        Ok(failures)
+        Ok(outcomes)
+    }
+
+    /// The stream's open shards, read again when a write showed they changed.
+    async fn shard_map(&self) -> Result<Arc<ShardMap>, RequestError> {
+        let current = || {
+            (!self.stale.load(AtomicOrdering::SeqCst))
+                .then(|| self.shards.read().unwrap().clone())
+                .flatten()
+        };
+        if let Some(map) = current() {
+            return Ok(map);
+        }
+        let mut last_read = self.shard_refresh.lock().await;
+        if let Some(map) = current() {
+            return Ok(map);
+        }
+        if let Some(at) = *last_read {
+            tokio::time::sleep_until((at + MIN_SHARD_REFRESH).into()).await;
+        }
+        *last_read = Some(Instant::now());
+        let map = Arc::new(self.list_shards().await?);
+        let previous = self.shards.write().unwrap().replace(map.clone());
+        self.stale.store(false, AtomicOrdering::SeqCst);
+        if previous.as_deref() != Some(&*map) {
+            info!(
+                shards = map.len(),
+                "{}: {} open shards; aggregates are packed per shard",
+                self.target,
+                map.len()
+            );
+        }
+        Ok(map)
+    }
+
+    /// ListShards, all pages, open shards only.
+    async fn list_shards(&self) -> Result<ShardMap, RequestError> {
+        let mut shards = Vec::new();
+        let mut next_token: Option<String> = None;
+        loop {
+            let mut request = self.client.list_shards();
+            request = match &next_token {
+                // With a token, the stream must not be named again.
+                Some(token) => request.next_token(token),
+                None => request
+                    .set_stream_name(self.stream_name.clone())
+                    .set_stream_arn(self.stream_arn.clone()),
+            };
+            let page = request.send().await.map_err(|e| {
+                let code = e.code().unwrap_or_default().to_owned();
+                let detail = DisplayErrorContext(&e).to_string();
+                match code.as_str() {
+                    "ResourceNotFoundException" | "AccessDeniedException" => {
+                        RequestError::Configuration(format!(
+                            "cannot read the shards of {} for aggregation ({code}): the role needs \
+                             kinesis:ListShards on the stream; retrying",
+                            self.target
+                        ))
+                    }
+                    "LimitExceededException" => RequestError::Throttled(detail),
+                    _ => RequestError::Transient(detail),
+                }
+            })?;
+            for shard in page.shards() {
+                let open = shard
+                    .sequence_number_range()
+                    .and_then(|r| r.ending_sequence_number())
+                    .is_none();
+                let range = shard.hash_key_range();
+                let parse = |s: Option<&str>| s.and_then(|s| s.parse::<u128>().ok());
+                if let (true, Some(start), Some(end)) = (
+                    open,
+                    parse(range.map(|r| r.starting_hash_key())),
+                    parse(range.map(|r| r.ending_hash_key())),
+                ) {
+                    shards.push(Shard {
+                        id: shard.shard_id().to_owned(),
+                        start,
+                        end,
+                    });
+                }
+            }
+            next_token = page.next_token().map(str::to_owned);
+            if next_token.is_none() {
+                break;
+            }
+        }
+        ShardMap::new(shards).ok_or_else(|| {
+            RequestError::Transient(format!(
+                "the open shards of {} do not cover the hash-key space (resharding under way?)",
+                self.target
+            ))
+        })
     }
 }

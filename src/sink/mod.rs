@@ -2,7 +2,9 @@
 //! failed; retrying, ordering and acknowledging belong to the pipeline, so every sink gets the same
 //! at-least-once rules.
 
+pub mod aggregate;
 pub mod kinesis;
+pub mod shards;
 
 use std::future::Future;
 

@@ -2,6 +2,7 @@
 //! as the Kafka broker), doka run as a real child process, and readers that count every record.
 #![allow(dead_code)]
 
+pub mod kpl;
 pub mod msk_token;
 pub mod prometheus;
 pub mod proxy;
@@ -398,6 +399,27 @@ pub fn produce_with(
     topic: &str,
     messages: &[(Vec<u8>, Vec<u8>)],
 ) -> Vec<Placement> {
+    let records: Vec<(Option<&[u8]>, &[u8])> = messages
+        .iter()
+        .map(|(k, v)| (Some(k.as_slice()), v.as_slice()))
+        .collect();
+    produce_records(bootstrap, properties, topic, &records)
+}
+
+/// Produces messages without a key (a null key, not an empty one), in order.
+pub fn produce_keyless(bootstrap: &str, topic: &str, values: &[Vec<u8>]) -> Vec<Placement> {
+    let records: Vec<(Option<&[u8]>, &[u8])> =
+        values.iter().map(|v| (None, v.as_slice())).collect();
+    produce_records(bootstrap, &[], topic, &records)
+}
+
+/// Produces (key, value) records in order; returns where each landed (from the delivery reports).
+fn produce_records(
+    bootstrap: &str,
+    properties: &[(&str, String)],
+    topic: &str,
+    messages: &[(Option<&[u8]>, &[u8])],
+) -> Vec<Placement> {
     let mut config = ClientConfig::new();
     for (k, v) in properties {
         config.set(*k, v);
@@ -410,9 +432,10 @@ pub fn produce_with(
         .expect("producer");
     DELIVERED.with(|d| d.borrow_mut().clear());
     for (i, (key, value)) in messages.iter().enumerate() {
-        let mut record = BaseRecord::with_opaque_to(topic, Box::new(i))
-            .key(key)
-            .payload(value);
+        let mut record = BaseRecord::with_opaque_to(topic, Box::new(i)).payload(*value);
+        if let Some(key) = key {
+            record = record.key(*key);
+        }
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -842,6 +865,24 @@ impl World {
         produce(&self.kafka.bootstrap(), &self.topic, messages)
     }
 
+    /// Waits until the group's committed offsets are `ends` (doka commits only what Kinesis
+    /// acknowledged, so then everything below them is in the stream), or panics after `timeout`.
+    pub async fn wait_for_committed(&self, ends: &HashMap<i32, i64>, timeout: Duration) {
+        let partitions = ends.keys().max().map_or(0, |p| p + 1);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let committed = self.committed(partitions);
+            if committed == *ends {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "committed {committed:?} after {timeout:?}, expected {ends:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub fn committed(&self, partitions: i32) -> HashMap<i32, i64> {
         committed(
             &self.kafka.bootstrap(),
@@ -866,6 +907,35 @@ pub fn keyed_messages(ids: std::ops::Range<usize>, keys: usize) -> Vec<(Vec<u8>,
         (key, value)
     })
     .collect()
+}
+
+/// Like [`keyed_messages`], with each key's records numbered in produce order (0, 1, 2, …):
+/// `id=<i>;key=<k>;seq=<s>;` then 32 binary bytes. All records of a key go to one Kafka
+/// partition, so `seq` is also their Kafka order.
+pub fn sequenced_messages(n: usize, keys: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut next = vec![0usize; keys];
+    (0..n)
+        .map(|i| {
+            let k = (i * 7919) % keys;
+            let key = format!("key-{k}").into_bytes();
+            let mut value = format!("id={i};key={k};seq={};", next[k]).into_bytes();
+            next[k] += 1;
+            value.extend((0..32u8).map(|b| b.wrapping_mul(31).wrapping_add(i as u8)));
+            (key, value)
+        })
+        .collect()
+}
+
+/// The per-key sequence number written into a value by [`sequenced_messages`].
+pub fn message_seq(data: &[u8]) -> usize {
+    let text = String::from_utf8_lossy(data);
+    let start = text.find(";seq=").expect("seq field") + ";seq=".len();
+    text[start..]
+        .split(';')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("a number")
 }
 
 /// The message id written into a value by [`keyed_messages`].

@@ -56,6 +56,10 @@ pub struct Trust {
 pub struct Counters {
     pub put_records_requests: AtomicU64,
     pub entries_seen: AtomicU64,
+    /// The largest PutRecords request that reached the proxy intact (not answered with an
+    /// injected error or timeout first), as Kinesis measures its 5 MiB limit: data (decoded) and
+    /// partition keys.
+    pub largest_request_bytes: AtomicU64,
     pub entries_rejected: AtomicU64,
     pub requests_failed: AtomicU64,
     pub requests_timed_out: AtomicU64,
@@ -252,6 +256,9 @@ impl State {
         self.counters
             .entries_seen
             .fetch_add(entries.len() as u64, Ordering::Relaxed);
+        self.counters
+            .largest_request_bytes
+            .fetch_max(request_bytes(&entries), Ordering::Relaxed);
         let within_capacity = self.take_capacity(faults.capacity_per_sec, entries.len());
         let rejected: Vec<bool> = (0..entries.len())
             .map(|i| i >= within_capacity || rand::random::<f64>() < faults.entry_failure_rate)
@@ -371,6 +378,19 @@ fn refuse_assume_role(trust: &Trust, body: &[u8]) -> Option<String> {
              the test proxy)</Message></Error><RequestId>test</RequestId></ErrorResponse>"
         )
     })
+}
+
+/// What PutRecords entries weigh against the request limit: decoded data plus partition keys.
+fn request_bytes(entries: &[Value]) -> u64 {
+    entries
+        .iter()
+        .map(|e| {
+            let data = e["Data"].as_str().unwrap_or_default();
+            let padding = data.bytes().rev().take_while(|&b| b == b'=').count();
+            let decoded = data.len() / 4 * 3 - padding;
+            (decoded + e["PartitionKey"].as_str().unwrap_or_default().len()) as u64
+        })
+        .sum()
 }
 
 fn respond(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
