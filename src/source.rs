@@ -429,13 +429,13 @@ const ROUND: usize = 2048;
 #[derive(Default)]
 struct Outbox {
     held: Vec<(usize, Record)>,
-    /// What the held records weigh against the budget.
-    bytes: u64,
+    /// What the records taken this round weigh against the budget (handed over or not).
+    round_bytes: u64,
 }
 
 impl Outbox {
     fn push(&mut self, lane: usize, record: Record) {
-        self.bytes += record.size() as u64;
+        self.round_bytes += record.size() as u64;
         self.held.push((lane, record));
     }
 
@@ -446,7 +446,6 @@ impl Outbox {
         }
         let mut per_lane: Vec<Vec<Record>> = (0..parts.lanes.len()).map(|_| Vec::new()).collect();
         let (mut records, mut bytes) = (0u64, 0u64);
-        self.bytes = 0;
         let mut held = self.held.drain(..).peekable();
         while let Some((lane, first)) = held.next() {
             // A run of records of one partition: registered under one lock.
@@ -630,8 +629,11 @@ pub fn run(
         let room = parts.budget.room();
         let round = (room.records as usize).clamp(1, ROUND);
         let mut wait = POLL_WAIT;
+        outbox.round_bytes = 0;
         for _ in 0..round {
-            if outbox.bytes >= room.bytes {
+            // Checked once something was taken: the first poll always runs (it also serves
+            // rebalances and token refreshes while fetching is paused).
+            if outbox.round_bytes > 0 && outbox.round_bytes >= room.bytes {
                 break;
             }
             let Some(polled) = consumer.poll(wait) else {

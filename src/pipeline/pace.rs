@@ -17,7 +17,7 @@
 //!   second while the limit is what holds doka back), by a tenth above 2%. It is lifted entirely
 //!   once far above need.
 //!
-//! Offered twice what the shards take, this keeps about a tenth of the entries sent throttled
+//! Offered twice what the shards take, this keeps about a fifth of the entries sent throttled
 //! (docs/PERFORMANCE.md); the former rule (cut to 1.5 ×, no trimming) wasted four in ten.
 
 use std::sync::Mutex;
@@ -42,6 +42,10 @@ const MIN_SAMPLE: u64 = 50;
 const FAST_SAMPLE: u64 = 1000;
 /// ...once it is this long.
 const FAST_WINDOW: Duration = Duration::from_millis(10);
+/// A window this old with fewer than MIN_SAMPLE entries starts afresh.
+const IDLE_WINDOW: Duration = Duration::from_secs(5);
+/// The most time one request books.
+const MAX_BOOKING: Duration = Duration::from_secs(1);
 /// After a cut, the rate is this many times what the stream accepted...
 const CUT_TO_ACCEPTED: f64 = 1.1;
 /// ...but at least this share of what was sent.
@@ -111,7 +115,10 @@ impl Pace {
             return Duration::ZERO;
         };
         let start = s.next_free.max(now);
-        s.next_free = start + Duration::from_secs_f64(entries as f64 / rate);
+        // One request books at most MAX_BOOKING: an aggregated batch of 30,000 records at a low
+        // rate would otherwise push every later request back by minutes, fixed before the rate
+        // can recover.
+        s.next_free = start + Duration::from_secs_f64(entries as f64 / rate).min(MAX_BOOKING);
         start - now
     }
 
@@ -126,6 +133,15 @@ impl Pace {
             return;
         }
         let mut s = self.state.lock().unwrap();
+        // After an idle spell, a window holding a handful of old entries would spread a new burst
+        // over the whole spell: start the window afresh.
+        if now.saturating_duration_since(s.window_start) > IDLE_WINDOW
+            && s.window_accepted + s.window_throttled < MIN_SAMPLE
+        {
+            s.window_start = now;
+            s.window_accepted = 0;
+            s.window_throttled = 0;
+        }
         s.window_accepted += accepted as u64;
         s.window_throttled += throttled as u64;
         let window = now.saturating_duration_since(s.window_start);
@@ -247,6 +263,28 @@ mod tests {
             sent = pace.rate().unwrap().max(MIN_SAMPLE as f64);
         }
         assert_rate(&pace, 12.5); // a quarter of the 50 entries a window needs
+    }
+
+    #[test]
+    fn a_burst_after_an_idle_spell_is_judged_on_its_own() {
+        let pace = Pace::new(true, 10.0);
+        let t0 = Instant::now();
+        pace.record_at(5, 0, t0 + SECOND); // too few to judge
+        // Ten minutes later: 2,000 entries in 50 ms, most throttled.
+        pace.record_at(600, 1400, t0 + SECOND * 600);
+        pace.record_at(0, 0, t0 + SECOND * 600 + Duration::from_millis(50));
+        // Judged over 50 ms, not ten minutes: 1.1 × the 12,000/s accepted, not the floor.
+        assert_rate(&pace, 13_200.0);
+    }
+
+    #[test]
+    fn one_request_books_at_most_a_second() {
+        let pace = Pace::new(true, 10.0);
+        let now = Instant::now();
+        pace.record_at(0, 60, now + SECOND);
+        assert_rate(&pace, 15.0);
+        assert_eq!(pace.reserve(30_000, now), Duration::ZERO);
+        assert_eq!(pace.reserve(30_000, now), SECOND);
     }
 
     #[test]

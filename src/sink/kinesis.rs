@@ -154,8 +154,10 @@ struct Entry {
     entry: PutRecordsRequestEntry,
     /// Indexes of the records in it (one unless aggregated).
     members: Vec<usize>,
-    /// For an aggregate: the shard it must land on, as the shard map says.
+    /// For an aggregate: the shard it must land on, as the shard map says, and its sub-records'
+    /// hash keys.
     shard: Option<String>,
+    hash_keys: Vec<u128>,
 }
 
 impl Entry {
@@ -168,6 +170,7 @@ impl Entry {
             ),
             members: vec![index],
             shard: None,
+            hash_keys: Vec::new(),
         }
     }
 }
@@ -189,12 +192,13 @@ fn request_entry(
 struct Carried {
     members: Vec<usize>,
     shard: Option<String>,
+    hash_keys: Vec<u128>,
 }
 
 /// How one entry fared.
 enum EntryOutcome {
-    /// Written to this shard.
-    Written(String),
+    /// Written to this shard (`None` if the answer did not say).
+    Written(Option<String>),
     Failed {
         code: String,
         throttled: bool,
@@ -215,10 +219,14 @@ impl KinesisSink {
         // Records per shard, in order.
         let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
         let mut group_of: HashMap<usize, usize> = HashMap::new();
-        for (i, r) in records.iter().enumerate() {
-            let hash = r
-                .explicit_hash_key
-                .unwrap_or_else(|| shards::hash_key(&r.partition_key));
+        let hashes: Vec<u128> = records
+            .iter()
+            .map(|r| {
+                r.explicit_hash_key
+                    .unwrap_or_else(|| shards::hash_key(&r.partition_key))
+            })
+            .collect();
+        for (i, &hash) in hashes.iter().enumerate() {
             let shard = map.shard_of(hash);
             let g = *group_of.entry(shard).or_insert_with(|| {
                 groups.push((shard, Vec::new()));
@@ -247,15 +255,15 @@ impl KinesisSink {
                     entry: request_entry(blob, &first.partition_key, first.explicit_hash_key),
                     members: packed.iter().map(|&j| members[j]).collect(),
                     shard: Some(map.shards()[shard].id.clone()),
+                    hash_keys: packed.iter().map(|&j| hashes[members[j]]).collect(),
                 });
             }
         }
         Ok(entries)
     }
 
-    /// Sends entries in requests of at most `max_entries` and `max_request_bytes`, concurrently,
-    /// and says which records
-    /// failed. `Err` only when every request failed as a whole.
+    /// Sends entries in requests of at most `max_entries` and `max_request_bytes`, one after
+    /// another, and says which records failed. `Err` only when every request failed as a whole.
     async fn send(&self, entries: Vec<Entry>) -> Result<Vec<EntryFailure>, RequestError> {
         // Each request: the SDK entries (moved into the call, not copied) and what they carry.
         let mut requests: Vec<(Vec<PutRecordsRequestEntry>, Vec<Carried>)> = Vec::new();
@@ -277,11 +285,16 @@ impl KinesisSink {
             carried.push(Carried {
                 members: entry.members,
                 shard: entry.shard,
+                hash_keys: entry.hash_keys,
             });
         }
         let (sdk_requests, requests): (Vec<_>, Vec<_>) = requests.into_iter().unzip();
-        let outcomes =
-            futures::future::join_all(sdk_requests.into_iter().map(|r| self.put_records(r))).await;
+        // One after another: two requests in flight at once could write a key's later aggregate
+        // before its earlier one, without any failure to repair it.
+        let mut outcomes = Vec::with_capacity(sdk_requests.len());
+        for request in sdk_requests {
+            outcomes.push(self.put_records(request).await);
+        }
         if outcomes.iter().all(Result::is_err) {
             return Err(outcomes
                 .into_iter()
@@ -302,21 +315,28 @@ impl KinesisSink {
             };
             for (entry, result) in request.iter().zip(results) {
                 let (code, throttled) = match result {
-                    EntryOutcome::Written(landed) => match &entry.shard {
-                        Some(expected) if *expected != landed => {
-                            // The stream was resharded since the map was read: the aggregate's
-                            // sub-records may sit on a shard their keys do not map to, where a
-                            // reader drops them. Read the map again and send them again.
-                            self.stale.store(true, AtomicOrdering::SeqCst);
-                            warn!(
-                                "an aggregate meant for {expected} landed on {landed}: the stream was \
-                                 resharded; reading its shards again and resending the {} records in it",
-                                entry.members.len()
-                            );
-                            ("AggregateOnUnexpectedShard".to_owned(), false)
+                    EntryOutcome::Written(Some(landed))
+                        if entry
+                            .shard
+                            .as_ref()
+                            .is_some_and(|expected| *expected != landed) =>
+                    {
+                        // The stream was resharded since the map was read. If the shard it landed
+                        // on holds all its sub-records' keys (a merge), it is where they belong;
+                        // otherwise a reader that checks ranges (the KCL) drops some of them:
+                        // send them again under the new map.
+                        if self.holds_all(&landed, &entry.hash_keys).await {
+                            continue;
                         }
-                        _ => continue,
-                    },
+                        warn!(
+                            "an aggregate meant for {} landed on {landed}: the stream was resharded; \
+                             resending the {} records in it under the new shard map",
+                            entry.shard.as_deref().unwrap_or_default(),
+                            entry.members.len()
+                        );
+                        ("AggregateOnUnexpectedShard".to_owned(), false)
+                    }
+                    EntryOutcome::Written(_) => continue,
                     EntryOutcome::Failed { code, throttled } => (code, throttled),
                 };
                 failures.extend(entry.members.iter().map(|&index| EntryFailure {
@@ -327,6 +347,21 @@ impl KinesisSink {
             }
         }
         Ok(failures)
+    }
+
+    /// Whether the open shard `id`, in the stream's shard map read again now, holds every one of
+    /// these hash keys. False when the map cannot be read.
+    async fn holds_all(&self, id: &str, hash_keys: &[u128]) -> bool {
+        self.stale.store(true, AtomicOrdering::SeqCst);
+        let Ok(map) = self.shard_map().await else {
+            return false;
+        };
+        map.index_of(id).is_some_and(|i| {
+            let shard = &map.shards()[i];
+            hash_keys
+                .iter()
+                .all(|h| (shard.start..=shard.end).contains(h))
+        })
     }
 
     /// One PutRecords call: the outcome of each entry, in request order.
@@ -360,7 +395,7 @@ impl KinesisSink {
                     throttled: code == "ProvisionedThroughputExceededException"
                         || code == "KMSThrottlingException",
                 },
-                None => EntryOutcome::Written(result.shard_id().unwrap_or_default().to_owned()),
+                None => EntryOutcome::Written(result.shard_id().map(str::to_owned)),
             })
             .collect();
         let failed = outcomes
