@@ -291,41 +291,31 @@ mod tests {
         assert_eq!(offsets, vec![vec![0, 1, 3, 5], vec![2, 4]]);
     }
 
+    /// The sizes of the batches `records`, queued at once, are cut into.
+    async fn batch_lens(records: Vec<Record>, limits: BatchLimits) -> Vec<usize> {
+        let (tx, rx) = unbounded_channel();
+        tx.send(records).unwrap();
+        drop(tx);
+        let mut b = Batcher::new(rx, limits);
+        let mut lens = Vec::new();
+        while let Some(batch) = b.next_batch().await {
+            lens.push(batch.len());
+        }
+        lens
+    }
+
     #[tokio::test]
     async fn strict_aggregated_batches_hold_what_one_aggregate_of_a_key_can() {
-        let (tx, rx) = unbounded_channel();
+        let strict = BatchLimits {
+            per_key: PerKey::Aggregate(300),
+            ..limits(500, 1 << 20)
+        };
         // Each record costs 1 (key) + 100 + 20 = 121 of the 300 - 64 = 236 a key may have.
-        tx.send((0..5).map(|i| record("a", 100, i)).collect())
-            .unwrap();
-        drop(tx);
-        let mut b = Batcher::new(
-            rx,
-            BatchLimits {
-                per_key: PerKey::Aggregate(300),
-                ..limits(500, 1 << 20)
-            },
-        );
-        let mut lens = Vec::new();
-        while let Some(batch) = b.next_batch().await {
-            lens.push(batch.len());
-        }
-        assert_eq!(lens, vec![1, 1, 1, 1, 1]);
-        let (tx, rx) = unbounded_channel();
-        tx.send((0..5).map(|i| record("a", 50, i)).collect())
-            .unwrap();
-        drop(tx);
-        let mut b = Batcher::new(
-            rx,
-            BatchLimits {
-                per_key: PerKey::Aggregate(300),
-                ..limits(500, 1 << 20)
-            },
-        );
-        let mut lens = Vec::new();
-        while let Some(batch) = b.next_batch().await {
-            lens.push(batch.len());
-        }
-        assert_eq!(lens, vec![3, 2]); // 71 each: three fit in 236
+        let big = (0..5).map(|i| record("a", 100, i)).collect();
+        assert_eq!(batch_lens(big, strict).await, vec![1, 1, 1, 1, 1]);
+        // 71 each: three fit in 236.
+        let small = (0..5).map(|i| record("a", 50, i)).collect();
+        assert_eq!(batch_lens(small, strict).await, vec![3, 2]);
     }
 
     #[tokio::test]
