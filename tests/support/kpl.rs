@@ -6,7 +6,6 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use aws_sdk_kinesis::types::ShardIteratorType;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use md5::{Digest, Md5};
@@ -62,38 +61,13 @@ pub async fn read_shards(client: &aws_sdk_kinesis::Client, stream: &str) -> Vec<
             break;
         }
     }
-    for shard in &mut shards {
-        let mut iterator = client
-            .get_shard_iterator()
-            .stream_name(stream)
-            .shard_id(&shard.id)
-            .shard_iterator_type(ShardIteratorType::TrimHorizon)
-            .send()
-            .await
-            .expect("GetShardIterator")
-            .shard_iterator;
-        while let Some(it) = iterator {
-            let page = client
-                .get_records()
-                .shard_iterator(it)
-                .limit(10_000)
-                .send()
-                .await
-                .expect("GetRecords");
-            let empty = page.records.is_empty();
-            for r in page.records {
-                shard.records.push(StreamRecord {
-                    shard: shard.id.clone(),
-                    sequence: r.sequence_number,
-                    partition_key: r.partition_key.unwrap_or_default(),
-                    data: r.data.into_inner(),
-                });
-            }
-            if empty || page.millis_behind_latest == Some(0) {
-                break;
-            }
-            iterator = page.next_shard_iterator;
+    // `read_stream` reads each shard from TRIM_HORIZON in sequence order; sort its records out.
+    for record in super::read_stream(client, stream).await {
+        if let Some(shard) = shards.iter_mut().find(|s| s.id == record.shard) {
+            shard.records.push(record);
         }
+    }
+    for shard in &mut shards {
         shard
             .records
             .sort_by(|a, b| sequence_key(&a.sequence).cmp(&sequence_key(&b.sequence)));
