@@ -14,11 +14,6 @@ use figment::Figment;
 use figment::providers::{Env, Format, Yaml};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::pipeline::Refuse;
-use crate::pipeline::partition_key::{
-    BinaryKeyPolicy, KeyRule, LongKeyPolicy, MAX_PARTITION_KEY_CHARS,
-};
-
 /// Kinesis' PutRecords entry limit.
 pub const MAX_PUT_RECORDS_ENTRIES: u32 = 500;
 /// Kinesis' largest possible request (streams default to 5 MiB behaviour in many accounts).
@@ -322,6 +317,47 @@ pub enum ExplicitHashKey {
     Spread,
 }
 
+/// Kinesis' limit on a partition key, in Unicode characters.
+pub const MAX_PARTITION_KEY_CHARS: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyRule {
+    /// The Kafka message key (default). Same key, same shard, Kafka order kept.
+    #[default]
+    KafkaKey,
+    /// A random key per record: even spread over shards, no order between records.
+    Random,
+    /// A fixed prefix followed by a random suffix.
+    PrefixRandom,
+}
+
+/// What to do with a Kafka key over [`MAX_PARTITION_KEY_CHARS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LongKeyPolicy {
+    /// Use the 32 hex digits of its MD5: equal keys stay together (default).
+    #[default]
+    Hash,
+    /// Use its first 256 characters: keys sharing them share a shard.
+    Truncate,
+    /// Write the record to `dead_letter.topic` instead of Kinesis.
+    DeadLetter,
+    /// Stop doka; nothing from the record on is committed.
+    Stop,
+}
+
+/// What to do with a Kafka key that is not UTF-8 text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BinaryKeyPolicy {
+    /// Use the 32 hex digits of its MD5 (default).
+    #[default]
+    Hash,
+    DeadLetter,
+    Stop,
+}
+
 /// Per-record rules for records Kinesis cannot take as they are.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -334,18 +370,6 @@ pub struct RecordsConfig {
     pub on_headers: HeadersPolicy,
 }
 
-impl TombstonePolicy {
-    /// `None`: send it.
-    pub fn refusal(self) -> Option<Refuse> {
-        match self {
-            Self::SendEmpty => None,
-            Self::Skip => Some(Refuse::Skip),
-            Self::DeadLetter => Some(Refuse::DeadLetter),
-            Self::Stop => Some(Refuse::Stop),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HeadersPolicy {
@@ -356,17 +380,6 @@ pub enum HeadersPolicy {
     DeadLetter,
     /// Stop doka at the first record with headers.
     Stop,
-}
-
-impl HeadersPolicy {
-    /// `None`: send it without its headers.
-    pub fn refusal(self) -> Option<Refuse> {
-        match self {
-            Self::Ignore => None,
-            Self::DeadLetter => Some(Refuse::DeadLetter),
-            Self::Stop => Some(Refuse::Stop),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -477,15 +490,6 @@ pub enum OversizedPolicy {
     DeadLetter,
     /// Stop doka with a clear error; the record and everything after it stay uncommitted.
     Stop,
-}
-
-impl OversizedPolicy {
-    pub fn refusal(self) -> Refuse {
-        match self {
-            Self::DeadLetter => Refuse::DeadLetter,
-            Self::Stop => Refuse::Stop,
-        }
-    }
 }
 
 impl DeadLetterConfig {

@@ -14,7 +14,7 @@ use super::batch::Batcher;
 use super::pace::Pace;
 use super::{Budget, Halt, Record};
 use crate::config::Ordering;
-use crate::sink::{EntryFailure, RequestError, Sink};
+use crate::sink::{Entry, EntryFailure, RequestError, Sink};
 use crate::telemetry::health::Health;
 use crate::telemetry::metrics::{PutOutcome, StreamMetrics};
 
@@ -210,7 +210,8 @@ impl<S: Sink> Lane<S> {
     async fn attempt(&self, request: &[&Record]) -> Result<Vec<EntryFailure>, RequestError> {
         self.health.attempt_started(self.id);
         let started = Instant::now();
-        let outcome = self.sink.put(request).await;
+        let entries: Vec<Entry<'_>> = request.iter().map(|r| r.entry()).collect();
+        let outcome = self.sink.put(&entries).await;
         self.health.attempt_ended(self.id);
         let m = &self.metrics;
         m.put_duration.observe(started.elapsed().as_secs_f64());
@@ -347,10 +348,14 @@ mod tests {
         }
     }
 
+    fn offset_in(entry: &Entry<'_>) -> i64 {
+        i64::from_be_bytes(entry.data[..8].try_into().expect("8 bytes of offset"))
+    }
+
     impl Sink for ScriptedSink {
         async fn put(
             &self,
-            records: &[&Record],
+            records: &[Entry<'_>],
         ) -> Result<Vec<crate::sink::EntryFailure>, RequestError> {
             let mut state = self.state.lock().unwrap();
             match Self::next(&mut state) {
@@ -358,7 +363,7 @@ mod tests {
                 5..8 => {
                     // Written, but the answer is lost: the caller must assume nothing was.
                     for r in records {
-                        state.1.push((r.partition_key.clone(), r.offset));
+                        state.1.push((r.partition_key.to_owned(), offset_in(r)));
                     }
                     return Err(RequestError::Overloaded("timed out".into()));
                 }
@@ -373,7 +378,7 @@ mod tests {
                         throttled: true,
                     });
                 } else {
-                    state.1.push((r.partition_key.clone(), r.offset));
+                    state.1.push((r.partition_key.to_owned(), offset_in(r)));
                 }
             }
             Ok(failed)
@@ -391,7 +396,8 @@ mod tests {
             progress.register(offset);
             let r = Record {
                 partition_key: format!("k{}", offset % 4),
-                data: vec![].into(),
+                // The scripted sink reads the offset back from the data.
+                data: offset.to_be_bytes().to_vec().into(),
                 explicit_hash_key: None,
                 progress: progress.clone(),
                 offset,
@@ -503,7 +509,7 @@ mod tests {
     impl Sink for CapacitySink {
         async fn put(
             &self,
-            records: &[&Record],
+            records: &[Entry<'_>],
         ) -> Result<Vec<crate::sink::EntryFailure>, RequestError> {
             tokio::time::sleep(Duration::from_millis(20)).await;
             let granted = {
@@ -648,7 +654,7 @@ mod tests {
     impl Sink for PanickingSink {
         async fn put(
             &self,
-            _records: &[&Record],
+            _records: &[Entry<'_>],
         ) -> Result<Vec<crate::sink::EntryFailure>, RequestError> {
             panic!("bug in the sink")
         }

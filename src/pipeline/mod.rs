@@ -18,6 +18,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+
+use crate::config::{HeadersPolicy, OversizedPolicy, TombstonePolicy};
 use offsets::PartitionProgress;
 
 /// One Kafka record on its way to Kinesis.
@@ -39,6 +41,15 @@ impl Record {
     pub fn size(&self) -> usize {
         self.data.len() + self.partition_key.len()
     }
+
+    /// What the sink sees of it.
+    pub fn entry(&self) -> crate::sink::Entry<'_> {
+        crate::sink::Entry {
+            partition_key: &self.partition_key,
+            explicit_hash_key: self.explicit_hash_key,
+            data: &self.data,
+        }
+    }
 }
 
 /// What happens to a record that a policy says not to send to Kinesis as it is. Never a silent
@@ -51,6 +62,39 @@ pub enum Refuse {
     Stop,
     /// Not sent anywhere (an explicit `skip` policy); its offset is committed.
     Skip,
+}
+
+// The policies are config's; what each means for a record is decided here.
+impl TombstonePolicy {
+    /// `None`: send it.
+    pub fn refusal(self) -> Option<Refuse> {
+        match self {
+            Self::SendEmpty => None,
+            Self::Skip => Some(Refuse::Skip),
+            Self::DeadLetter => Some(Refuse::DeadLetter),
+            Self::Stop => Some(Refuse::Stop),
+        }
+    }
+}
+
+impl HeadersPolicy {
+    /// `None`: send it without its headers.
+    pub fn refusal(self) -> Option<Refuse> {
+        match self {
+            Self::Ignore => None,
+            Self::DeadLetter => Some(Refuse::DeadLetter),
+            Self::Stop => Some(Refuse::Stop),
+        }
+    }
+}
+
+impl OversizedPolicy {
+    pub fn refusal(self) -> Refuse {
+        match self {
+            Self::DeadLetter => Refuse::DeadLetter,
+            Self::Stop => Refuse::Stop,
+        }
+    }
 }
 
 /// The lane for a partition key: the same key always takes the same lane.

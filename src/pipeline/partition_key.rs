@@ -6,51 +6,9 @@
 
 use std::fmt::Write as _;
 
-use md5::{Digest, Md5};
-use serde::{Deserialize, Serialize};
-
 use super::Refuse;
-
-/// Kinesis' limit on a partition key, in Unicode characters.
-pub const MAX_PARTITION_KEY_CHARS: usize = 256;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum KeyRule {
-    /// The Kafka message key (default). Same key, same shard, Kafka order kept.
-    #[default]
-    KafkaKey,
-    /// A random key per record: even spread over shards, no order between records.
-    Random,
-    /// A fixed prefix followed by a random suffix.
-    PrefixRandom,
-}
-
-/// What to do with a Kafka key over [`MAX_PARTITION_KEY_CHARS`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum LongKeyPolicy {
-    /// Use the 32 hex digits of its MD5: equal keys stay together (default).
-    #[default]
-    Hash,
-    /// Use its first 256 characters: keys sharing them share a shard.
-    Truncate,
-    /// Write the record to `dead_letter.topic` instead of Kinesis.
-    DeadLetter,
-    /// Stop doka; nothing from the record on is committed.
-    Stop,
-}
-
-/// What to do with a Kafka key that is not UTF-8 text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum BinaryKeyPolicy {
-    /// Use the 32 hex digits of its MD5 (default).
-    #[default]
-    Hash,
-    DeadLetter,
-    Stop,
-}
+pub use crate::config::{BinaryKeyPolicy, KeyRule, LongKeyPolicy, MAX_PARTITION_KEY_CHARS};
+use md5::{Digest, Md5};
 
 /// A Kafka key that the policy says not to send.
 #[derive(Debug, Clone, PartialEq, Eq)]

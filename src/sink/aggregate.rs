@@ -15,6 +15,8 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 use prost::Message;
 
+use super::Entry;
+
 pub const MAGIC: [u8; 4] = [0xF3, 0x89, 0x9A, 0xC2];
 
 #[derive(Clone, PartialEq, Message)]
@@ -37,16 +39,8 @@ struct SubRecord {
     data: Bytes,
 }
 
-/// One user record as the aggregator sees it.
-#[derive(Debug, Clone, Copy)]
-pub struct Item<'a> {
-    pub partition_key: &'a str,
-    pub explicit_hash_key: Option<u128>,
-    pub data: &'a Bytes,
-}
-
 /// Encodes `items` (at least two) as one aggregated record's data.
-pub fn encode(items: &[Item<'_>]) -> Vec<u8> {
+pub fn encode(items: &[Entry<'_>]) -> Vec<u8> {
     let mut keys: HashMap<&str, u64> = HashMap::new();
     let mut hash_keys: HashMap<u128, u64> = HashMap::new();
     let mut message = AggregatedRecord::default();
@@ -80,7 +74,7 @@ pub fn encode(items: &[Item<'_>]) -> Vec<u8> {
 /// What one sub-record adds to an aggregate at most: its data, protobuf framing (tags and
 /// lengths) and its explicit hash key's table entry (up to 39 digits, counted as if new); a new
 /// partition key's table entry is counted by [`pack`].
-fn sub_record_cost(item: &Item<'_>) -> usize {
+fn sub_record_cost(item: &Entry<'_>) -> usize {
     item.data.len()
         + 20
         + if item.explicit_hash_key.is_some() {
@@ -98,7 +92,7 @@ fn sub_record_cost(item: &Item<'_>) -> usize {
 /// whenever they fit in one, so a key is never split over two entries of a request that could
 /// fail separately (what strict ordering relies on). An item too large to share an aggregate
 /// gets one of its own.
-pub fn pack(items: &[Item<'_>], max_bytes: usize) -> Vec<Vec<usize>> {
+pub fn pack(items: &[Entry<'_>], max_bytes: usize) -> Vec<Vec<usize>> {
     // Keys in order of first appearance, each with its items in order.
     let mut order: Vec<&str> = Vec::new();
     let mut by_key: HashMap<&str, Vec<usize>> = HashMap::new();
@@ -159,10 +153,10 @@ pub fn pack(items: &[Item<'_>], max_bytes: usize) -> Vec<Vec<usize>> {
 mod tests {
     use super::*;
 
-    fn items<'a>(keys: &[&'a str], data: &'a [Bytes]) -> Vec<Item<'a>> {
+    fn items<'a>(keys: &[&'a str], data: &'a [Bytes]) -> Vec<Entry<'a>> {
         keys.iter()
             .zip(data)
-            .map(|(k, d)| Item {
+            .map(|(k, d)| Entry {
                 partition_key: k,
                 explicit_hash_key: None,
                 data: d,

@@ -14,10 +14,9 @@ use std::time::{Duration, Instant};
 use aws_sdk_kinesis::error::ProvideErrorMetadata;
 use tracing::{info, warn};
 
-use super::aggregate::{self, Item};
+use super::aggregate;
 use super::shards::{self, Shard, ShardMap};
-use super::{EntryFailure, RequestError, Sink};
-use crate::pipeline::Record;
+use super::{Entry, EntryFailure, RequestError, Sink};
 
 /// Writes to one stream, addressed by name or by ARN.
 #[derive(Debug)]
@@ -136,12 +135,12 @@ impl KinesisSink {
 }
 
 impl Sink for KinesisSink {
-    async fn put(&self, records: &[&Record]) -> Result<Vec<EntryFailure>, RequestError> {
+    async fn put(&self, records: &[Entry<'_>]) -> Result<Vec<EntryFailure>, RequestError> {
         let entries = match self.aggregate_max_bytes {
             None => records
                 .iter()
                 .enumerate()
-                .map(|(i, r)| Entry::plain(r, i))
+                .map(|(i, r)| Outgoing::plain(r, i))
                 .collect(),
             Some(max_bytes) => self.aggregated_entries(records, max_bytes).await?,
         };
@@ -150,7 +149,7 @@ impl Sink for KinesisSink {
 }
 
 /// One PutRecords entry and the records it carries.
-struct Entry {
+struct Outgoing {
     entry: PutRecordsRequestEntry,
     /// Indexes of the records in it (one unless aggregated).
     members: Vec<usize>,
@@ -160,12 +159,12 @@ struct Entry {
     hash_keys: Vec<u128>,
 }
 
-impl Entry {
-    fn plain(record: &Record, index: usize) -> Self {
+impl Outgoing {
+    fn plain(record: &Entry<'_>, index: usize) -> Self {
         Self {
             entry: request_entry(
                 record.data.to_vec(),
-                &record.partition_key,
+                record.partition_key,
                 record.explicit_hash_key,
             ),
             members: vec![index],
@@ -212,9 +211,9 @@ impl KinesisSink {
     /// Packs records into aggregates per shard ([`aggregate::pack`]).
     async fn aggregated_entries(
         &self,
-        records: &[&Record],
+        records: &[Entry<'_>],
         max_bytes: usize,
-    ) -> Result<Vec<Entry>, RequestError> {
+    ) -> Result<Vec<Outgoing>, RequestError> {
         let map = self.shard_map().await?;
         // Records per shard, in order.
         let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
@@ -223,7 +222,7 @@ impl KinesisSink {
             .iter()
             .map(|r| {
                 r.explicit_hash_key
-                    .unwrap_or_else(|| shards::hash_key(&r.partition_key))
+                    .unwrap_or_else(|| shards::hash_key(r.partition_key))
             })
             .collect();
         for (i, &hash) in hashes.iter().enumerate() {
@@ -236,23 +235,16 @@ impl KinesisSink {
         }
         let mut entries = Vec::new();
         for (shard, members) in groups {
-            let items: Vec<Item<'_>> = members
-                .iter()
-                .map(|&i| Item {
-                    partition_key: &records[i].partition_key,
-                    explicit_hash_key: records[i].explicit_hash_key,
-                    data: &records[i].data,
-                })
-                .collect();
+            let items: Vec<Entry<'_>> = members.iter().map(|&i| records[i]).collect();
             for packed in aggregate::pack(&items, max_bytes) {
                 if let [only] = packed[..] {
-                    entries.push(Entry::plain(records[members[only]], members[only]));
+                    entries.push(Outgoing::plain(&records[members[only]], members[only]));
                     continue;
                 }
-                let first = records[members[packed[0]]];
+                let first = &records[members[packed[0]]];
                 let blob = aggregate::encode(&packed.iter().map(|&j| items[j]).collect::<Vec<_>>());
-                entries.push(Entry {
-                    entry: request_entry(blob, &first.partition_key, first.explicit_hash_key),
+                entries.push(Outgoing {
+                    entry: request_entry(blob, first.partition_key, first.explicit_hash_key),
                     members: packed.iter().map(|&j| members[j]).collect(),
                     shard: Some(map.shards()[shard].id.clone()),
                     hash_keys: packed.iter().map(|&j| hashes[members[j]]).collect(),
@@ -264,7 +256,7 @@ impl KinesisSink {
 
     /// Sends entries in requests of at most `max_entries` and `max_request_bytes`, one after
     /// another, and says which records failed. `Err` only when every request failed as a whole.
-    async fn send(&self, entries: Vec<Entry>) -> Result<Vec<EntryFailure>, RequestError> {
+    async fn send(&self, entries: Vec<Outgoing>) -> Result<Vec<EntryFailure>, RequestError> {
         // Each request: the SDK entries (moved into the call, not copied) and what they carry.
         let mut requests: Vec<(Vec<PutRecordsRequestEntry>, Vec<Carried>)> = Vec::new();
         let mut bytes = 0;

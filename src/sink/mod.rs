@@ -8,12 +8,24 @@ pub mod shards;
 
 use std::future::Future;
 
-use crate::pipeline::Record;
+use bytes::Bytes;
+
+/// What a sink is given of a record: only what the destination needs. The pipeline keeps the
+/// rest (offsets, acknowledgement), so sinks know nothing of Kafka.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
+    /// Picks the Kinesis shard; not sent to Firehose.
+    pub partition_key: &'a str,
+    /// Routes the record instead of the partition key's MD5 (Kinesis only).
+    pub explicit_hash_key: Option<u128>,
+    /// Shared with the pipeline: an attempt does not copy it.
+    pub data: &'a Bytes,
+}
 
 /// One entry of a request that the destination did not accept.
 #[derive(Debug, Clone)]
 pub struct EntryFailure {
-    /// Index into the records passed to [`Sink::put`].
+    /// Index into the entries passed to [`Sink::put`].
     pub index: usize,
     pub code: String,
     pub throttled: bool,
@@ -41,9 +53,9 @@ pub enum RequestError {
 }
 
 pub trait Sink: Send + Sync + 'static {
-    /// Sends `records` in one request. `Ok` lists the entries that failed (empty: all delivered).
+    /// Sends `entries` in one request. `Ok` lists the entries that failed (empty: all delivered).
     fn put(
         &self,
-        records: &[&Record],
+        entries: &[Entry<'_>],
     ) -> impl Future<Output = Result<Vec<EntryFailure>, RequestError>> + Send;
 }
