@@ -7,6 +7,8 @@
 //! record is acknowledged to its partition only when Kinesis has accepted it.
 
 pub mod batch;
+pub mod envelope;
+pub mod json_field;
 pub mod lane;
 pub mod offsets;
 pub mod pace;
@@ -21,6 +23,39 @@ use bytes::Bytes;
 
 use crate::config::{HeadersPolicy, OversizedPolicy, TombstonePolicy};
 use offsets::PartitionProgress;
+
+/// A fetched Kafka record as the intake sees it. The source's messages implement it, so the
+/// pipeline knows Kafka records without knowing the Kafka client.
+pub trait Fetched {
+    fn topic(&self) -> &str;
+    fn partition(&self) -> i32;
+    fn offset(&self) -> i64;
+    /// `None`: no key (null).
+    fn key(&self) -> Option<&[u8]>;
+    /// `None`: a tombstone (null value).
+    fn value(&self) -> Option<&[u8]>;
+    fn timestamp(&self) -> Timestamp;
+    /// Parsed on each call (librdkafka allocates for it): ask only when they are needed.
+    fn headers(&self) -> Vec<Header<'_>>;
+}
+
+/// A Kafka record's timestamp and what it means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timestamp {
+    None,
+    /// Set by the producer, milliseconds since the Unix epoch.
+    CreateTime(i64),
+    /// Set by the broker when it appended the record, milliseconds since the Unix epoch.
+    LogAppendTime(i64),
+}
+
+/// One Kafka header, in the record's order (keys may repeat).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header<'a> {
+    pub key: &'a str,
+    /// `None`: a null header value.
+    pub value: Option<&'a [u8]>,
+}
 
 /// One Kafka record on its way to Kinesis.
 #[derive(Debug)]

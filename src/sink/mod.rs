@@ -3,6 +3,7 @@
 //! at-least-once rules.
 
 pub mod aggregate;
+pub mod firehose;
 pub mod kinesis;
 pub mod shards;
 
