@@ -4,23 +4,29 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::time::Duration;
 
-use tokio::sync::mpsc::unbounded_channel;
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 use tracing::{error, info, warn};
 
 use crate::aws::{self, msk_iam::MskTokenSigner};
-use crate::config::{AuthMode, Config, ExplicitHashKey, Ordering, default_session_name};
+use crate::config::{
+    AuthMode, Config, DestinationKind, ExplicitHashKey, KafkaConfig, Ordering, Route,
+    default_session_name,
+};
 use crate::dead_letter::DeadLetter;
 use crate::kafka::Connection;
 use crate::pipeline::batch::{BatchLimits, Batcher, PerKey};
+use crate::pipeline::intake::{DeadLetters, Intake, RouteIntake, TopicRoutes};
 use crate::pipeline::lane::{Backoff, Lane};
 use crate::pipeline::pace::Pace;
 use crate::pipeline::partition_key::{PartitionKeys, Spread};
-use crate::pipeline::{Budget, Halt};
+use crate::pipeline::{Budget, Halt, Share};
+use crate::sink::Sink;
+use crate::sink::firehose::FirehoseSink;
 use crate::sink::kinesis::KinesisSink;
 use crate::source::{self, SourceExit, SourceParts};
 use crate::telemetry::health::Health;
 use crate::telemetry::http;
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{Metrics, StreamMetrics};
 
 /// Exit codes, documented in the README.
 pub mod exit {
@@ -42,6 +48,8 @@ pub mod exit {
     pub const KAFKA_UNREACHABLE: u8 = 6;
     /// At start-up, the brokers refused the TLS handshake or the authentication (`kafka.auth`).
     pub const KAFKA_REFUSED: u8 = 7;
+    /// A second SIGTERM/SIGINT: exited at once; uncommitted records are sent again after restart.
+    pub const SIGNALLED_TWICE: u8 = 130;
 }
 
 /// Runs doka until a signal or a halt. Returns the process exit code.
@@ -60,51 +68,61 @@ pub async fn run(config: Config, profile: Option<String>) -> u8 {
 }
 
 async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8> {
-    let session_name = config
-        .aws
-        .session_name
-        .clone()
-        .unwrap_or_else(|| default_session_name(profile.as_deref()));
     let metrics = Arc::new(Metrics::new());
+    let lanes_total: usize = config.routes.iter().map(|r| r.lanes as usize).sum();
+    let longest_request = config
+        .routes
+        .iter()
+        .map(Route::request_timeout_ms)
+        .max()
+        .unwrap_or_default();
     let health = Arc::new(Health::new(
-        config.pipeline.lanes as usize,
+        lanes_total,
+        config.routes.iter().map(|r| r.name.clone()).collect(),
         // The consumer thread may wait this long for records in flight (rebalance, shutdown).
         config
             .pipeline
             .rebalance_drain_timeout()
             .max(config.pipeline.shutdown_timeout())
             + Duration::from_secs(30),
-        Duration::from_millis(config.kinesis.request_timeout_ms * 2) + Duration::from_secs(30),
+        Duration::from_millis(longest_request * 2) + Duration::from_secs(30),
     ));
     let budget = Arc::new(Budget::new(
         config.pipeline.max_in_flight_records,
         config.pipeline.max_in_flight_bytes,
     ));
-    let pace = Arc::new(Pace::new(
-        config.retry.adaptive_rate,
-        config.retry.min_records_per_sec as f64,
-    ));
-    // The stream's name, not its ARN: the ARN names account B, which /metrics does not show.
-    let stream_metrics = metrics.stream(config.stream_name());
-    // Probes answer from the start: alive, not ready until the group and the stream are.
+    // Each route's adaptive rate and metrics, for the scrape-time gauges.
+    let paces: Vec<(Arc<Pace>, StreamMetrics)> = config
+        .routes
+        .iter()
+        .map(|route| {
+            let pace = Arc::new(Pace::new(
+                route.retry.adaptive_rate,
+                route.retry.min_records_per_sec as f64,
+            ));
+            // The destination's name, not its ARN: the ARN names account B, which /metrics
+            // does not show.
+            (
+                pace,
+                metrics.destination(&route.name, route.destination_name()),
+            )
+        })
+        .collect();
+    // Probes answer from the start: alive, not ready until the group and the destinations are.
     let _endpoint = if config.http.enabled {
-        let (budget, pace, metrics, stream_metrics) = (
-            budget.clone(),
-            pace.clone(),
-            metrics.clone(),
-            stream_metrics.clone(),
-        );
-        let gauges = metrics.clone();
+        let (budget, paces, gauges) = (budget.clone(), paces.clone(), metrics.clone());
         let before_scrape = Box::new(move || {
             let usage = budget.usage();
             gauges.in_flight_records.set(usage.records as i64);
             gauges.in_flight_bytes.set(usage.bytes as i64);
-            stream_metrics.send_rate.set(pace.rate().unwrap_or(0.0));
+            for (pace, route_metrics) in &paces {
+                route_metrics.send_rate.set(pace.rate().unwrap_or(0.0));
+            }
         });
         match http::start(
             &config.http.listen,
             "http.listen",
-            metrics,
+            metrics.clone(),
             health.clone(),
             before_scrape,
         ) {
@@ -124,19 +142,6 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
         None
     };
     let base = aws::base_config(&config.aws).await;
-    let observer = aws::CredentialObserver {
-        metrics: metrics.clone(),
-        health: health.clone(),
-    };
-    let access = aws::kinesis_access(
-        &base,
-        &config.aws,
-        &config.kinesis,
-        session_name,
-        Some(observer),
-    )
-    .await?;
-    let target = describe_target(&config, &access.region);
     let signer = match msk_token_signer(&config, &base).await {
         Ok(signer) => signer,
         Err(problem) => {
@@ -144,96 +149,154 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
             return Ok(exit::CONFIG);
         }
     };
-    match aws::resolve(&access.credentials).await {
-        Ok(credentials) => {
-            info!(
-                session = access.session_name.as_deref().unwrap_or("-"),
-                "credentials for {target} obtained; they {}",
-                aws::describe_expiry(&credentials)
-            );
-            if config.aws.role_arn.is_none() {
-                // The chain renews its own; only an assumed role reports each renewal.
-                health.credentials_obtained(None);
-            }
-            log_identities(&config, &base, credentials).await;
-        }
-        Err(e) => {
-            error!(
-                "cannot obtain credentials for {target}: {e}. Check the source identity \
-                 (AWS_ROLE_ARN/AWS_WEB_IDENTITY_TOKEN_FILE or another provider of the default chain), \
-                 aws.role_arn, aws.external_id, aws.sts_endpoint and the role's trust policy"
-            );
-            return Ok(exit::CREDENTIALS);
-        }
-    }
-    let (stream_name, stream_arn) = config.stream_target();
-    tokio::spawn(watch_stream(
-        access.client.clone(),
-        stream_name.map(str::to_owned),
-        stream_arn.map(str::to_owned),
-        health.clone(),
-    ));
-    let aggregation = &config.kinesis.aggregation;
-    let aggregate_max_bytes = aggregation
-        .enabled
-        .then_some(aggregation.max_bytes as usize);
-    let sink = Arc::new(KinesisSink::new(
-        access.client,
-        stream_name.map(str::to_owned),
-        stream_arn.map(str::to_owned),
-        target.clone(),
-        config.batch.max_records as usize,
-        config.batch.max_bytes as usize,
-        aggregate_max_bytes,
-    ));
 
     let halt = Arc::new(Halt::default());
-    let limits = BatchLimits {
-        // Aggregated, batch.max_records counts Kinesis entries (the sink's concern): a batch is
-        // bounded by batch.max_bytes of records.
-        max_records: match aggregate_max_bytes {
-            None => config.batch.max_records as usize,
-            Some(_) => usize::MAX,
-        },
-        max_bytes: config.batch.max_bytes as usize,
-        linger: Duration::from_millis(config.batch.linger_ms),
-        per_key: match (config.pipeline.ordering, aggregate_max_bytes) {
-            (Ordering::Strict, None) => PerKey::OneRecord,
-            (Ordering::Strict, Some(max)) => PerKey::Aggregate(max),
-            _ => PerKey::Unlimited,
-        },
-    };
-    let backoff = Backoff {
-        initial: Duration::from_millis(config.retry.initial_backoff_ms),
-        max: Duration::from_millis(config.retry.max_backoff_ms),
-        max_attempts: config.retry.max_attempts,
-    };
-    let mut senders = Vec::new();
+    let mut route_intakes = Vec::new();
+    let mut shares = Vec::new();
     let mut lanes = Vec::new();
-    for id in 0..config.pipeline.lanes as usize {
-        let (tx, rx) = unbounded_channel();
-        senders.push(tx);
-        let lane = Lane {
-            id,
-            batcher: Batcher::new(rx, limits),
-            sink: sink.clone(),
-            backoff,
-            ordering: config.pipeline.ordering,
-            budget: budget.clone(),
-            pace: pace.clone(),
+    let mut first_lane = 0;
+    for (index, route) in config.routes.iter().enumerate() {
+        let session_name = route
+            .aws
+            .session_name
+            .clone()
+            .unwrap_or_else(|| default_session_name(profile.as_deref()));
+        let observer = aws::CredentialObserver {
+            metrics: metrics.clone(),
+            health: health.clone(),
+            destination: index,
+        };
+        let access = aws::kinesis_access(&base, route, session_name, Some(observer)).await?;
+        let target = describe_target(route, &access.region);
+        match aws::resolve(&access.credentials).await {
+            Ok(credentials) => {
+                info!(
+                    route = %route.name,
+                    session = access.session_name.as_deref().unwrap_or("-"),
+                    "credentials for {target} obtained; they {}",
+                    aws::describe_expiry(&credentials)
+                );
+                if route.aws.role_arn.is_none() {
+                    // The chain renews its own; only an assumed role reports each renewal.
+                    health.credentials_obtained(index, None);
+                }
+                log_identities(route, &base, credentials).await;
+            }
+            Err(e) => {
+                let at = if config.routes.len() > 1 {
+                    format!("routes[{index}].")
+                } else {
+                    String::new()
+                };
+                error!(
+                    "cannot obtain credentials for {target}: {e}. Check the source identity \
+                     (AWS_ROLE_ARN/AWS_WEB_IDENTITY_TOKEN_FILE or another provider of the default \
+                     chain), {at}aws.role_arn, {at}aws.external_id, {at}aws.sts_endpoint and the \
+                     role's trust policy"
+                );
+                return Ok(exit::CREDENTIALS);
+            }
+        }
+        let (pace, route_metrics) = paces[index].clone();
+        let (max_records, max_bytes) = config.in_flight_share(index);
+        let share = Arc::new(Share::new(max_records, max_bytes, budget.clone()));
+        let aggregate_max_bytes = route.aggregate_max_bytes();
+        let wiring = LaneWiring {
+            route: index,
+            first_lane,
+            count: route.lanes as usize,
+            limits: BatchLimits {
+                // Aggregated, batch.max_records counts Kinesis entries (the sink's concern): a
+                // batch is bounded by batch.max_bytes of records.
+                max_records: match aggregate_max_bytes {
+                    None => route.batch.max_records as usize,
+                    Some(_) => usize::MAX,
+                },
+                max_bytes: route.max_request_bytes() as usize,
+                linger: Duration::from_millis(route.batch.linger_ms),
+                per_key: match (route.ordering, aggregate_max_bytes) {
+                    (Ordering::Strict, None) => PerKey::OneRecord,
+                    (Ordering::Strict, Some(max)) => PerKey::Aggregate(max),
+                    _ => PerKey::Unlimited,
+                },
+            },
+            backoff: Backoff {
+                initial: Duration::from_millis(route.retry.initial_backoff_ms),
+                max: Duration::from_millis(route.retry.max_backoff_ms),
+                max_attempts: route.retry.max_attempts,
+            },
+            ordering: route.ordering,
+            share: share.clone(),
+            pace,
             halt: halt.clone(),
-            metrics: stream_metrics.clone(),
+            metrics: route_metrics,
             health: health.clone(),
         };
-        lanes.push(tokio::spawn(lane.run_watched()));
+        first_lane += route.lanes as usize;
+        let senders = match (route.kind(), access.firehose) {
+            (DestinationKind::Firehose, Some(client)) => {
+                let name = route.destination_name().to_owned();
+                tokio::spawn(watch_delivery_stream(
+                    client.clone(),
+                    name.clone(),
+                    health.clone(),
+                    index,
+                ));
+                let sink = FirehoseSink::new(
+                    client,
+                    name,
+                    target.clone(),
+                    route.batch.max_records as usize,
+                    route.max_request_bytes() as usize,
+                );
+                wiring.spawn(Arc::new(sink), &mut lanes)
+            }
+            _ => {
+                let (stream_name, stream_arn) = route.stream_target();
+                tokio::spawn(watch_stream(
+                    access.client.clone(),
+                    stream_name.map(str::to_owned),
+                    stream_arn.map(str::to_owned),
+                    health.clone(),
+                    index,
+                ));
+                let sink = KinesisSink::new(
+                    access.client,
+                    stream_name.map(str::to_owned),
+                    stream_arn.map(str::to_owned),
+                    target.clone(),
+                    route.batch.max_records as usize,
+                    route.batch.max_bytes as usize,
+                    aggregate_max_bytes,
+                );
+                wiring.spawn(Arc::new(sink), &mut lanes)
+            }
+        };
+        info!(route = %route.name, "delivering {} to {target}", describe_topics(route));
+        route_intakes.push(RouteIntake {
+            name: route.name.as_str().into(),
+            keys: PartitionKeys::from_config(&route.partition_key),
+            spread: (route.partition_key.explicit_hash_key == ExplicitHashKey::Spread)
+                .then(Spread::default),
+            format: route.records.format,
+            delimiter: route.delimiter(),
+            max_record_bytes: route.max_record_bytes() as usize,
+            key_counts: route.kind() == DestinationKind::Kinesis,
+            on_tombstone: route.records.on_tombstone,
+            on_headers: route.records.on_headers,
+            lanes: senders,
+            share: share.clone(),
+            headers_noted: AtomicBool::new(false),
+        });
+        shares.push(share);
     }
 
     let shutdown = Arc::new(AtomicBool::new(false));
     tokio::spawn(watch_signals(shutdown.clone()));
     let runtime = tokio::runtime::Handle::current();
 
-    let dead_letter = match &config.dead_letter.topic {
-        Some(topic) => Some(DeadLetter::new(
+    let dead_letters: Option<Box<dyn DeadLetters>> = match &config.dead_letter.topic {
+        Some(topic) => Some(Box::new(DeadLetter::new(
             &config.kafka,
             // Its tokens are not in the metrics: one client's renewals (the consumer's) tell the
             // story without counting each token twice.
@@ -243,39 +306,36 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
             budget.clone(),
             halt.clone(),
             metrics.clone(),
-        )?),
+        )?)),
         None => None,
     };
+    let intake = Intake::new(
+        route_intakes,
+        budget.clone(),
+        halt.clone(),
+        metrics.clone(),
+        dead_letters,
+        config.dead_letter.oversized_policy().refusal(),
+    );
     let parts = SourceParts {
-        lanes: senders,
+        intake,
+        routing: TopicRoutes::new(&config.routes),
+        shares,
         budget: budget.clone(),
         halt: halt.clone(),
         metrics: metrics.clone(),
         health: health.clone(),
-        keys: PartitionKeys::new(
-            config.partition_key.rule,
-            config.partition_key.prefix.as_deref(),
-            config.partition_key.on_long_key,
-            config.partition_key.on_binary_key,
-        ),
-        spread: (config.partition_key.explicit_hash_key == ExplicitHashKey::Spread)
-            .then(Spread::default),
-        max_record_bytes: config.kinesis.max_record_bytes as usize,
         commit_interval: config.pipeline.commit_interval(),
         drain_timeout: config.pipeline.rebalance_drain_timeout(),
         shutdown_timeout: config.pipeline.shutdown_timeout(),
         shutdown,
-        dead_letter,
-        on_oversized: config.dead_letter.oversized_policy().refusal(),
-        on_tombstone: config.records.on_tombstone,
-        on_headers: config.records.on_headers,
-        headers_noted: AtomicBool::new(false),
     };
-    info!("delivering {:?} to {target}", config.kafka.topics);
-    let kafka = config.kafka.clone();
+    let kafka = consumer_kafka_config(&config);
+    let subscription = config.subscription();
     let connection = Connection::new(&config.kafka.auth, signer, runtime, Some(metrics.clone()));
     let source_exit =
-        tokio::task::spawn_blocking(move || source::run(&kafka, connection, parts)).await??;
+        tokio::task::spawn_blocking(move || source::run(&kafka, &subscription, connection, parts))
+            .await??;
 
     // The consumer has dropped the lane senders: lanes end once their queues are delivered. If
     // shutdown timed out they may still be retrying; their records are uncommitted, so stop them.
@@ -296,6 +356,74 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
             exit::HALTED
         }
     })
+}
+
+/// The consumer's Kafka settings: with a `topic_pattern`, new topics are found at each metadata
+/// refresh, so the refresh is brought down from librdkafka's 5 minutes to 30 s unless set.
+fn consumer_kafka_config(config: &Config) -> KafkaConfig {
+    let mut kafka = config.kafka.clone();
+    let patterns = config.routes.iter().any(|r| r.topic_pattern.is_some());
+    if patterns {
+        kafka
+            .properties
+            .entry("topic.metadata.refresh.interval.ms".into())
+            .or_insert_with(|| "30000".into());
+    }
+    kafka
+}
+
+fn describe_topics(route: &Route) -> String {
+    let mut parts: Vec<String> = route.topics.iter().map(|t| format!("`{t}`")).collect();
+    if let Some(pattern) = &route.topic_pattern {
+        parts.push(format!("topics matching `{pattern}`"));
+    }
+    parts.join(", ")
+}
+
+/// What one route's lanes share.
+struct LaneWiring {
+    route: usize,
+    /// The first lane's id (ids are unique across routes, for the health state).
+    first_lane: usize,
+    count: usize,
+    limits: BatchLimits,
+    backoff: Backoff,
+    ordering: Ordering,
+    share: Arc<Share>,
+    pace: Arc<Pace>,
+    halt: Arc<Halt>,
+    metrics: StreamMetrics,
+    health: Arc<Health>,
+}
+
+impl LaneWiring {
+    /// Starts the route's lanes on `sink`; returns their inboxes.
+    fn spawn<S: Sink>(
+        self,
+        sink: Arc<S>,
+        tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+    ) -> Vec<UnboundedSender<Vec<crate::pipeline::Record>>> {
+        let mut senders = Vec::new();
+        for id in self.first_lane..self.first_lane + self.count {
+            let (tx, rx) = unbounded_channel();
+            senders.push(tx);
+            let lane = Lane {
+                id,
+                batcher: Batcher::new(rx, self.limits),
+                sink: sink.clone(),
+                backoff: self.backoff,
+                ordering: self.ordering,
+                budget: self.share.clone(),
+                route: self.route,
+                pace: self.pace.clone(),
+                halt: self.halt.clone(),
+                metrics: self.metrics.clone(),
+                health: self.health.clone(),
+            };
+            tasks.push(tokio::spawn(lane.run_watched()));
+        }
+        senders
+    }
 }
 
 /// For mode `iam`: the signer of MSK tokens, with the source identity (never the assumed role)
@@ -324,7 +452,7 @@ pub async fn msk_token_signer(
 
 /// Says in the log who doka is on each side (ARNs carry the session names); not fatal.
 async fn log_identities(
-    config: &Config,
+    route: &Route,
     base: &aws_types::SdkConfig,
     target: aws_credential_types::Credentials,
 ) {
@@ -333,32 +461,44 @@ async fn log_identities(
         None => Err("no credential chain".into()),
     };
     match source {
-        Ok(creds) => match aws::caller_identity(base, &config.aws, creds).await {
+        Ok(creds) => match aws::caller_identity(base, &route.aws, creds).await {
             Ok(id) => info!(account = %id.account, "source identity: {}", id.arn),
             Err(e) => warn!("cannot tell the source identity (GetCallerIdentity): {e}"),
         },
         Err(e) => warn!("cannot tell the source identity: {e}"),
     }
-    if config.aws.role_arn.is_some() {
-        match aws::caller_identity(base, &config.aws, target).await {
-            Ok(id) => info!(account = %id.account, "target identity: {}", id.arn),
+    if route.aws.role_arn.is_some() {
+        match aws::caller_identity(base, &route.aws, target).await {
+            Ok(id) => {
+                info!(route = %route.name, account = %id.account, "target identity: {}", id.arn)
+            }
             Err(e) => warn!("cannot tell the target identity (GetCallerIdentity): {e}"),
         }
     }
 }
 
-fn describe_target(config: &Config, region: &str) -> String {
-    let via = match &config.aws.role_arn {
+fn describe_target(route: &Route, region: &str) -> String {
+    let via = match &route.aws.role_arn {
         Some(role) => format!("via role {role}"),
         None => "with the source credentials".into(),
     };
-    format!(
-        "stream `{}` (region {region}, {via})",
-        config.kinesis.stream
-    )
+    match route.kind() {
+        DestinationKind::Kinesis => format!(
+            "stream `{}` (region {region}, {via})",
+            route
+                .kinesis
+                .as_ref()
+                .and_then(|k| k.stream.as_deref())
+                .unwrap_or_default()
+        ),
+        DestinationKind::Firehose => format!(
+            "delivery stream `{}` (region {region}, {via})",
+            route.destination_name()
+        ),
+    }
 }
 
-/// How often the stream is described while doka runs.
+/// How often each destination is described while doka runs.
 const STREAM_CHECK_EVERY: Duration = Duration::from_secs(30);
 
 /// DescribeStreamSummary every [`STREAM_CHECK_EVERY`]: the stream's reachability is known before
@@ -369,6 +509,7 @@ async fn watch_stream(
     name: Option<String>,
     arn: Option<String>,
     health: Arc<Health>,
+    destination: usize,
 ) {
     loop {
         let described = client
@@ -378,18 +519,45 @@ async fn watch_stream(
             .send()
             .await;
         match described {
-            Ok(_) => health.stream_answered(),
+            Ok(_) => health.stream_answered(destination),
             // Rate-limited: the stream answered.
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|s| s.is_limit_exceeded_exception()) =>
             {
-                health.stream_answered()
+                health.stream_answered(destination)
             }
             Err(e) => {
-                health.stream_failed();
+                health.stream_failed(destination);
                 tracing::debug!(
                     "DescribeStreamSummary failed: {}",
+                    aws_smithy_types::error::display::DisplayErrorContext(&e)
+                );
+            }
+        }
+        tokio::time::sleep(STREAM_CHECK_EVERY).await;
+    }
+}
+
+/// [`watch_stream`] for a Firehose delivery stream (DescribeDeliveryStream).
+async fn watch_delivery_stream(
+    client: aws_sdk_firehose::Client,
+    name: String,
+    health: Arc<Health>,
+    destination: usize,
+) {
+    loop {
+        let described = client
+            .describe_delivery_stream()
+            .delivery_stream_name(&name)
+            .send()
+            .await;
+        match described {
+            Ok(_) => health.stream_answered(destination),
+            Err(e) => {
+                health.stream_failed(destination);
+                tracing::debug!(
+                    "DescribeDeliveryStream failed: {}",
                     aws_smithy_types::error::display::DisplayErrorContext(&e)
                 );
             }
@@ -419,7 +587,7 @@ async fn watch_signals(shutdown: Arc<AtomicBool>) {
             shutdown.store(true, AtomicOrdering::SeqCst);
         } else {
             warn!("second signal: exiting without waiting; uncommitted records will be sent again");
-            std::process::exit(130);
+            std::process::exit(exit::SIGNALLED_TWICE.into());
         }
     }
 }

@@ -15,7 +15,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use crate::aws;
-use crate::config::{AuthMode, Config, default_session_name};
+use crate::config::{AuthMode, Config, Route, default_session_name};
 use crate::kafka::{self, Connection, ConnectionContext};
 
 /// How one hop went.
@@ -97,7 +97,15 @@ pub async fn run(config: &Config, options: &CheckOptions) -> Report {
     );
     let base = aws::base_config(&config.aws).await;
     kafka_chain(&mut walk, config, &base).await;
-    aws_chain(&mut walk, config, &base).await;
+    for route in &config.routes {
+        if config.routes.len() > 1 {
+            walk.ok(
+                "route",
+                format!("route `{}` → {}", route.name, route.destination_name()),
+            );
+        }
+        aws_chain(&mut walk, route, &base).await;
+    }
     walk.report.ok = walk.report.hops.iter().all(|h| h.status != Status::Fail);
     walk.report
 }
@@ -436,7 +444,7 @@ fn probe_kafka(
 // ---------------------------------------------------------------------------------------------
 // AWS
 
-async fn aws_chain(walk: &mut Walk<'_>, config: &Config, base: &aws_types::SdkConfig) {
+async fn aws_chain(walk: &mut Walk<'_>, route: &Route, base: &aws_types::SdkConfig) {
     let Some(chain) = base.credentials_provider() else {
         walk.fail(
             "aws.source_identity",
@@ -459,7 +467,7 @@ async fn aws_chain(walk: &mut Walk<'_>, config: &Config, base: &aws_types::SdkCo
             return;
         }
     };
-    let source_id = match aws::caller_identity(base, &config.aws, source.clone()).await {
+    let source_id = match aws::caller_identity(base, &route.aws, source.clone()).await {
         Ok(id) => id,
         Err(e) => {
             walk.fail(
@@ -478,15 +486,15 @@ async fn aws_chain(walk: &mut Walk<'_>, config: &Config, base: &aws_types::SdkCo
         ),
     );
 
-    let session_name = config
+    let session_name = route
         .aws
         .session_name
         .clone()
         .unwrap_or_else(|| default_session_name(walk.options.profile.as_deref()));
-    if let Some(role) = &config.aws.role_arn
+    if let Some(role) = &route.aws.role_arn
         && !assume_role(
             walk,
-            config,
+            route,
             base,
             source,
             &source_id.arn,
@@ -498,22 +506,18 @@ async fn aws_chain(walk: &mut Walk<'_>, config: &Config, base: &aws_types::SdkCo
         return;
     }
 
-    let access = match aws::kinesis_access(
-        base,
-        &config.aws,
-        &config.kinesis,
-        session_name.clone(),
-        None,
-    )
-    .await
-    {
+    let access = match aws::kinesis_access(base, route, session_name.clone(), None).await {
         Ok(access) => access,
         Err(e) => {
             walk.fail("kinesis.stream", format!("{e:#}"), "Set aws.region");
             return;
         }
     };
-    let (name, arn) = config.stream_target();
+    if let Some(client) = &access.firehose {
+        delivery_stream(walk, route, client, &access.region).await;
+        return;
+    }
+    let (name, arn) = route.stream_target();
     let described = access
         .client
         .describe_stream_summary()
@@ -534,7 +538,7 @@ async fn aws_chain(walk: &mut Walk<'_>, config: &Config, base: &aws_types::SdkCo
             }
         },
         Err(e) => {
-            let (detail, fix) = describe_stream_error(config, &access.region, &e);
+            let (detail, fix) = describe_stream_error(route, &access.region, &e);
             walk.fail("kinesis.stream", detail, fix);
             return;
         }
@@ -562,24 +566,24 @@ async fn aws_chain(walk: &mut Walk<'_>, config: &Config, base: &aws_types::SdkCo
             detail,
             "Wait until the stream is ACTIVE (CREATING/UPDATING finish by themselves; DELETING does not)",
         )
-    } else if max_bytes.is_some_and(|b| b < config.kinesis.max_record_bytes) {
+    } else if max_bytes.is_some_and(|b| b < route.max_record_bytes()) {
         walk.fail(
             "kinesis.stream",
             detail,
             format!(
                 "kinesis.max_record_bytes ({}) is above the stream's limit: lower it to {} or raise the stream's (UpdateMaxRecordSize)",
-                config.kinesis.max_record_bytes,
+                route.max_record_bytes(),
                 max_bytes.unwrap_or_default()
             ),
         )
-    } else if max_bytes.is_some_and(|b| b > config.kinesis.max_record_bytes) {
+    } else if max_bytes.is_some_and(|b| b > route.max_record_bytes()) {
         walk.warn(
             "kinesis.stream",
             detail,
             format!(
                 "The stream takes records up to {} bytes; kinesis.max_record_bytes ({}) refuses larger ones before sending",
                 max_bytes.unwrap_or_default(),
-                config.kinesis.max_record_bytes
+                route.max_record_bytes()
             ),
         )
     } else {
@@ -627,7 +631,7 @@ async fn aws_chain(walk: &mut Walk<'_>, config: &Config, base: &aws_types::SdkCo
 #[allow(clippy::too_many_arguments)]
 async fn assume_role(
     walk: &mut Walk<'_>,
-    config: &Config,
+    route: &Route,
     base: &aws_types::SdkConfig,
     source: Credentials,
     source_arn: &str,
@@ -635,16 +639,16 @@ async fn assume_role(
     session_name: &str,
 ) -> bool {
     let mut sts = aws_sdk_sts::config::Builder::from(base).credentials_provider(source);
-    if let Some(endpoint) = &config.aws.sts_endpoint {
+    if let Some(endpoint) = &route.aws.sts_endpoint {
         sts = sts.endpoint_url(endpoint);
     }
     let assumed = aws_sdk_sts::Client::from_conf(sts.build())
         .assume_role()
         .role_arn(role)
         .role_session_name(session_name)
-        .duration_seconds(config.aws.session_duration_secs as i32)
+        .duration_seconds(route.aws.session_duration_secs as i32)
         .set_external_id(
-            config
+            route
                 .aws
                 .external_id
                 .as_ref()
@@ -664,7 +668,7 @@ async fn assume_role(
                 "aws.assume_role",
                 format!(
                     "assumed {role} as {arn} (account {account}{}), session expires {expires}",
-                    if config.aws.external_id.is_some() {
+                    if route.aws.external_id.is_some() {
                         ", with external id"
                     } else {
                         ""
@@ -678,7 +682,7 @@ async fn assume_role(
                 format!(
                     "Role {role}'s trust policy must allow sts:AssumeRole for {source_arn}{}; the \
                      source role needs sts:AssumeRole on {role}",
-                    if config.aws.external_id.is_some() {
+                    if route.aws.external_id.is_some() {
                         ", and its sts:ExternalId condition must equal aws.external_id"
                     } else {
                         " (if the trust policy requires sts:ExternalId, set aws.external_id)"
@@ -698,12 +702,12 @@ async fn assume_role(
 }
 
 fn describe_stream_error<E: std::error::Error + 'static>(
-    config: &Config,
+    route: &Route,
     region: &str,
     error: &E,
 ) -> (String, String) {
     let text = aws_smithy_types::error::display::DisplayErrorContext(error).to_string();
-    let account = config
+    let account = route
         .aws
         .role_arn
         .as_deref()
@@ -713,7 +717,7 @@ fn describe_stream_error<E: std::error::Error + 'static>(
         (
             format!(
                 "stream {} does not exist in region {region}, account {account}",
-                config.kinesis.stream
+                route.destination_name()
             ),
             "Check kinesis.stream, aws.region (the stream's region) and aws.role_arn (the stream's account)"
                 .to_owned(),
@@ -731,6 +735,87 @@ fn describe_stream_error<E: std::error::Error + 'static>(
                 .to_owned(),
         )
     }
+}
+
+/// The hops of a Firehose route: the delivery stream is there and active, and (with
+/// `--write-test`) takes a record.
+async fn delivery_stream(
+    walk: &mut Walk<'_>,
+    route: &Route,
+    client: &aws_sdk_firehose::Client,
+    region: &str,
+) {
+    let name = route.destination_name();
+    let described = client
+        .describe_delivery_stream()
+        .delivery_stream_name(name)
+        .send()
+        .await;
+    let status = match described {
+        Ok(out) => out
+            .delivery_stream_description
+            .map(|d| d.delivery_stream_status.as_str().to_owned())
+            .unwrap_or_default(),
+        Err(e) => {
+            let text = aws_smithy_types::error::display::DisplayErrorContext(&e).to_string();
+            let fix = if text.contains("ResourceNotFound") {
+                "Check firehose.delivery_stream, aws.region (its region) and aws.role_arn (its account)"
+            } else if text.contains("AccessDenied") {
+                "The role needs firehose:DescribeDeliveryStream and firehose:PutRecordBatch on the delivery stream"
+            } else {
+                "Check aws.firehose_endpoint (or AWS_ENDPOINT_URL_FIREHOSE) and the network path to Firehose"
+            };
+            walk.fail(
+                "firehose.delivery_stream",
+                format!("DescribeDeliveryStream for `{name}` in {region} failed: {text}"),
+                fix,
+            );
+            return;
+        }
+    };
+    let detail = format!("delivery stream {name} in {region}: {status}");
+    let ok = if status == "ACTIVE" {
+        walk.ok("firehose.delivery_stream", detail)
+    } else {
+        walk.fail(
+            "firehose.delivery_stream",
+            detail,
+            "Wait until the delivery stream is ACTIVE",
+        )
+    };
+    if !ok || !walk.options.write_test {
+        return;
+    }
+    let record = aws_sdk_firehose::types::Record::builder()
+        .data(aws_smithy_types::Blob::new(
+            format!(
+                "doka check --write-test: a test record, not Kafka data ({})\n",
+                chrono_like_now()
+            )
+            .into_bytes(),
+        ))
+        .build();
+    let written = match record {
+        Ok(record) => client
+            .put_record()
+            .delivery_stream_name(name)
+            .record(record)
+            .send()
+            .await
+            .map_err(|e| aws_smithy_types::error::display::DisplayErrorContext(&e).to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match written {
+        Ok(_) => walk.ok(
+            "firehose.write_test",
+            format!("TEST RECORD WRITTEN to delivery stream {name}: its destination will hold it"),
+        ),
+        Err(e) => walk.fail(
+            "firehose.write_test",
+            format!("PutRecord failed: {e}"),
+            "The role needs firehose:PutRecord and firehose:PutRecordBatch on the delivery stream",
+        ),
+    };
 }
 
 /// Seconds since the epoch, to tell test records apart.

@@ -27,8 +27,15 @@ const ENV_PREFIX: &str = "DOKA_";
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub kafka: KafkaConfig,
+    /// AWS settings of every route (a route's own `aws` keys override them).
+    #[serde(default, deserialize_with = "null_as_default")]
     pub aws: AwsConfig,
-    pub kinesis: KinesisConfig,
+    /// The one-route shorthand's stream (`kinesis.stream`), and defaults for Kinesis routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kinesis: Option<KinesisConfig>,
+    /// The one-route shorthand's delivery stream, and defaults for Firehose routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firehose: Option<FirehoseConfig>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub partition_key: PartitionKeyConfig,
     #[serde(default, deserialize_with = "null_as_default")]
@@ -45,9 +52,79 @@ pub struct Config {
     pub dead_letter: DeadLetterConfig,
     #[serde(default, deserialize_with = "null_as_default")]
     pub http: HttpConfig,
+    /// Routes as written: each is merged over the shared sections into [`Self::routes`].
+    #[serde(default, rename(deserialize = "routes"), skip_serializing)]
+    pub route_specs: Vec<figment::value::Value>,
+    /// Every route, resolved and validated: the shorthand's one, or one per `routes` entry.
+    #[serde(skip_deserializing, rename(serialize = "routes"))]
+    pub routes: Vec<Route>,
     /// Named overlays; read when the file is loaded, not part of the effective config.
     #[serde(default, skip_serializing)]
     pub profiles: BTreeMap<String, serde_yaml::Value>,
+}
+
+/// One way from Kafka topics to one destination, with everything that may differ per route.
+#[derive(Debug, Clone, Serialize)]
+pub struct Route {
+    pub name: String,
+    /// Topic names; with `topic_pattern`, topics matching either are the route's.
+    pub topics: Vec<String>,
+    /// A regular expression a whole topic name must match (new topics are picked up while doka
+    /// runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic_pattern: Option<String>,
+    pub aws: AwsConfig,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kinesis: Option<KinesisConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub firehose: Option<FirehoseConfig>,
+    pub partition_key: PartitionKeyConfig,
+    pub batch: BatchConfig,
+    pub records: RecordsConfig,
+    pub retry: RetryConfig,
+    pub lanes: u32,
+    pub ordering: Ordering,
+    /// The route's weight in the in-flight bound (see [`Route::in_flight_share`]).
+    pub in_flight_share: u32,
+}
+
+/// A `routes` entry as written; missing sections come from the top level.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteSpec {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default, deserialize_with = "string_list")]
+    topics: Vec<String>,
+    #[serde(default)]
+    topic_pattern: Option<String>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    aws: AwsConfig,
+    #[serde(default)]
+    kinesis: Option<KinesisConfig>,
+    #[serde(default)]
+    firehose: Option<FirehoseConfig>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    partition_key: PartitionKeyConfig,
+    #[serde(default, deserialize_with = "null_as_default")]
+    batch: BatchConfig,
+    #[serde(default, deserialize_with = "null_as_default")]
+    records: RecordsConfig,
+    #[serde(default, deserialize_with = "null_as_default")]
+    retry: RetryConfig,
+    #[serde(default)]
+    lanes: Option<u32>,
+    #[serde(default)]
+    ordering: Option<Ordering>,
+    #[serde(default = "defaults::in_flight_share")]
+    in_flight_share: u32,
+}
+
+/// Where a route writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DestinationKind {
+    Kinesis,
+    Firehose,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,7 +134,12 @@ pub struct KafkaConfig {
     #[serde(deserialize_with = "string_list")]
     pub brokers: Vec<String>,
     pub group_id: String,
-    #[serde(deserialize_with = "string_list")]
+    /// The one-route shorthand's topics (with `routes`, each route lists its own).
+    #[serde(
+        default,
+        deserialize_with = "string_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub topics: Vec<String>,
     /// Where a group without committed offsets starts.
     #[serde(default)]
@@ -232,6 +314,9 @@ pub struct AwsConfig {
     /// Kinesis endpoint override. `AWS_ENDPOINT_URL_KINESIS` works too.
     #[serde(default)]
     pub kinesis_endpoint: Option<String>,
+    /// Firehose endpoint override. `AWS_ENDPOINT_URL_FIREHOSE` works too.
+    #[serde(default)]
+    pub firehose_endpoint: Option<String>,
     /// Role in the target account to assume. Without it the source credentials write directly.
     #[serde(default)]
     pub role_arn: Option<String>,
@@ -251,7 +336,8 @@ pub struct AwsConfig {
 #[serde(deny_unknown_fields)]
 pub struct KinesisConfig {
     /// Stream name, or its ARN (the ARN pins the account and region).
-    pub stream: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
     /// The stream's maximum record size (data + partition key); 1 MiB unless raised on the stream.
     #[serde(default = "defaults::max_record_bytes")]
     pub max_record_bytes: u64,
@@ -262,6 +348,40 @@ pub struct KinesisConfig {
     #[serde(default)]
     pub aggregation: AggregationConfig,
 }
+
+impl Default for AwsConfig {
+    fn default() -> Self {
+        Self {
+            region: None,
+            sts_endpoint: None,
+            kinesis_endpoint: None,
+            firehose_endpoint: None,
+            role_arn: None,
+            external_id: None,
+            session_name: None,
+            session_duration_secs: defaults::session_duration_secs(),
+            credential_refresh_margin_secs: defaults::credential_refresh_margin_secs(),
+        }
+    }
+}
+
+/// An Amazon Data Firehose delivery stream (Direct PUT), e.g. one that writes to S3.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirehoseConfig {
+    /// Delivery stream name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_stream: Option<String>,
+    /// Time limit of one PutRecordBatch call, including connecting.
+    #[serde(default = "defaults::request_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+/// Firehose's limits, as the sink knows them: records per PutRecordBatch, bytes per request,
+/// bytes per record (data only).
+pub const FIREHOSE_MAX_BATCH_RECORDS: u32 = crate::sink::firehose::MAX_BATCH_RECORDS as u32;
+pub const FIREHOSE_MAX_BATCH_BYTES: u64 = crate::sink::firehose::MAX_BATCH_BYTES as u64;
+pub const FIREHOSE_MAX_RECORD_BYTES: u64 = crate::sink::firehose::MAX_RECORD_BYTES as u64;
 
 /// Packing records into KPL aggregated records, per shard. Off by default: only readers that
 /// de-aggregate (KCL, Firehose with a stream source, Lambda with the aggregation library) see the
@@ -292,12 +412,18 @@ pub struct PartitionKeyConfig {
     #[serde(default)]
     pub rule: KeyRule,
     /// Required for `prefix_random`, refused otherwise.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
-    /// A Kafka key over Kinesis' 256 characters (rule `kafka_key`).
+    /// For `json_field`: a dotted path into a JSON value, e.g. `customer.id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// For `template`: text with `{topic}`, `{partition}` and `{key}`, e.g. `{topic}-{partition}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// A key over Kinesis' 256 characters (any rule that uses the Kafka key or builds one).
     #[serde(default)]
     pub on_long_key: LongKeyPolicy,
-    /// A Kafka key that is not UTF-8 text (rule `kafka_key`).
+    /// A Kafka key that is not UTF-8 text (rules `kafka_key`, `json_field`'s fallback, `template`).
     #[serde(default)]
     pub on_binary_key: BinaryKeyPolicy,
     /// Route by an ExplicitHashKey instead of the partition key's MD5.
@@ -330,6 +456,11 @@ pub enum KeyRule {
     Random,
     /// A fixed prefix followed by a random suffix.
     PrefixRandom,
+    /// A field of the JSON value (`partition_key.field`); when the value is not JSON or the field
+    /// is missing, null, an object or an array, the `kafka_key` rule decides instead.
+    JsonField,
+    /// `partition_key.template` with `{topic}`, `{partition}` and `{key}` filled in.
+    Template,
 }
 
 /// What to do with a Kafka key over [`MAX_PARTITION_KEY_CHARS`].
@@ -362,12 +493,39 @@ pub enum BinaryKeyPolicy {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecordsConfig {
+    /// What a destination record holds: the Kafka value, or a JSON envelope with its metadata.
+    #[serde(default)]
+    pub format: RecordFormat,
+    /// What ends each record. Default: `newline` for Firehose (JSON Lines objects in S3), `none`
+    /// for Kinesis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delimiter: Option<Delimiter>,
     /// A record without a value (a tombstone) or with an empty one.
     #[serde(default)]
     pub on_tombstone: TombstonePolicy,
-    /// A record with Kafka headers, which a raw Kinesis record cannot carry.
+    /// A record with Kafka headers, which a raw record cannot carry (`envelope` carries them, so
+    /// this is not used there).
     #[serde(default)]
     pub on_headers: HeadersPolicy,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordFormat {
+    /// The Kafka value, byte for byte.
+    #[default]
+    Raw,
+    /// One JSON object with value, key, headers, topic, partition, offset and timestamp
+    /// (docs/ENVELOPE.md, docs/envelope.schema.json).
+    Envelope,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delimiter {
+    None,
+    /// A "\n" after each record: Firehose concatenates records, so S3 objects are JSON Lines.
+    Newline,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -541,6 +699,9 @@ pub enum LogFormat {
 }
 
 mod defaults {
+    pub fn in_flight_share() -> u32 {
+        1
+    }
     pub fn connect_timeout_ms() -> u64 {
         30_000
     }
@@ -818,12 +979,13 @@ fn load_with_env(file: &Path, profile: Option<&str>, env: Env) -> Result<Config,
     let env = env.split("__").ignore(&["profile", "config"]);
     figment = figment.merge(env);
 
-    let config: Config = figment
+    let mut config: Config = figment
         .extract()
         .map_err(|e| ConfigError::new(describe_figment_error(e, &source)))?;
     config.validate().map_err(|(key, problem)| {
         ConfigError::new(describe_invalid(&figment, &source, &key, &problem))
     })?;
+    config.resolve_routes(&figment, &source)?;
     Ok(config)
 }
 
@@ -849,9 +1011,15 @@ fn describe_invalid(figment: &Figment, source: &Source, key: &str, problem: &str
 }
 
 fn describe_figment_error(errors: figment::Error, source: &Source) -> String {
+    describe_figment_error_at(errors, source, "")
+}
+
+/// Like [`describe_figment_error`] for a value found under `prefix` (e.g. `routes[0].`).
+fn describe_figment_error_at(errors: figment::Error, source: &Source, prefix: &str) -> String {
     use figment::error::Kind;
     let mut lines = Vec::new();
     for e in errors {
+        let key = format!("{prefix}{}", e.path.join("."));
         let origin = match &e.metadata {
             Some(meta) if meta.name.contains("environment") => {
                 format!("environment variable {}", env_var_for(&e.path.join(".")))
@@ -862,7 +1030,7 @@ fn describe_figment_error(errors: figment::Error, source: &Source) -> String {
             Kind::MissingField(field) => {
                 let mut path = e.path.clone();
                 path.push(field.to_string());
-                let key = path.join(".");
+                let key = format!("{prefix}{}", path.join("."));
                 format!(
                     "missing config key `{key}`: set it in {} or in the environment variable {}",
                     source.describe(),
@@ -874,9 +1042,9 @@ fn describe_figment_error(errors: figment::Error, source: &Source) -> String {
                 if path.last().map(String::as_str) != Some(field.as_str()) {
                     path.push(field.clone());
                 }
+                let shown = format!("{prefix}{}", path.join("."));
                 format!(
-                    "unknown config key `{}` in {origin}: expected one of {}",
-                    path.join("."),
+                    "unknown config key `{shown}` in {origin}: expected one of {}",
                     expected
                         .iter()
                         .map(|f| format!("`{f}`"))
@@ -885,8 +1053,7 @@ fn describe_figment_error(errors: figment::Error, source: &Source) -> String {
                 )
             }
             Kind::UnknownVariant(value, expected) => format!(
-                "invalid value `{value}` for config key `{}` in {origin}: expected one of {}",
-                e.path.join("."),
+                "invalid value `{value}` for config key `{key}` in {origin}: expected one of {}",
                 expected
                     .iter()
                     .map(|f| format!("`{f}`"))
@@ -894,40 +1061,41 @@ fn describe_figment_error(errors: figment::Error, source: &Source) -> String {
                     .join(", ")
             ),
             Kind::InvalidType(actual, expected) => format!(
-                "wrong type for config key `{}` in {origin}: found {actual}, expected {expected}",
-                e.path.join(".")
+                "wrong type for config key `{key}` in {origin}: found {actual}, expected {expected}",
             ),
-            other => format!(
-                "invalid config key `{}` in {origin}: {other}",
-                e.path.join(".")
-            ),
+            other => format!("invalid config key `{key}` in {origin}: {other}",),
         };
         lines.push(line);
     }
     lines.join("\n")
 }
 
-impl Config {
-    /// Semantic checks serde cannot express. Returns the offending key and what is expected.
-    fn validate(&self) -> Result<(), (String, String)> {
-        fn bad(key: &str, problem: impl Into<String>) -> Result<(), (String, String)> {
-            Err((key.to_owned(), problem.into()))
-        }
-        fn range<T: PartialOrd + fmt::Display>(
-            key: &str,
-            value: T,
-            min: T,
-            max: T,
-        ) -> Result<(), (String, String)> {
-            if value < min || value > max {
-                return bad(
-                    key,
-                    format!("{value} is out of range: expected {min} to {max}"),
-                );
-            }
-            Ok(())
-        }
+fn bad(key: &str, problem: impl Into<String>) -> Result<(), (String, String)> {
+    Err((key.to_owned(), problem.into()))
+}
 
+fn range<T: PartialOrd + fmt::Display>(
+    key: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<(), (String, String)> {
+    if value < min || value > max {
+        return bad(
+            key,
+            format!("{value} is out of range: expected {min} to {max}"),
+        );
+    }
+    Ok(())
+}
+
+/// The sections a route inherits from the top level, key by key.
+const SHARED_SECTIONS: [&str; 5] = ["aws", "partition_key", "batch", "records", "retry"];
+
+impl Config {
+    /// Semantic checks of the process-wide settings serde cannot express. Returns the offending
+    /// key and what is expected. Routes are checked by [`Route::validate`].
+    fn validate(&self) -> Result<(), (String, String)> {
         if self.kafka.brokers.is_empty() || self.kafka.brokers.iter().any(|b| b.trim().is_empty()) {
             return bad("kafka.brokers", "expected at least one broker as host:port");
         }
@@ -942,9 +1110,6 @@ impl Config {
         if self.kafka.group_id.trim().is_empty() {
             return bad("kafka.group_id", "expected a non-empty consumer group id");
         }
-        if self.kafka.topics.is_empty() || self.kafka.topics.iter().any(|t| t.trim().is_empty()) {
-            return bad("kafka.topics", "expected at least one topic name");
-        }
         for reserved in [
             "group.id",
             "enable.auto.commit",
@@ -958,7 +1123,6 @@ impl Config {
                 );
             }
         }
-
         range(
             "kafka.connect_timeout_ms",
             self.kafka.connect_timeout_ms,
@@ -966,155 +1130,6 @@ impl Config {
             600_000,
         )?;
         self.kafka.auth.validate(&self.kafka.properties)?;
-        if let Some(region) = &self.aws.region
-            && !is_region_name(region)
-        {
-            return bad(
-                "aws.region",
-                format!("`{region}` is not a region name like eu-west-1"),
-            );
-        }
-        for key in ["sts_endpoint", "kinesis_endpoint"] {
-            let value = if key == "sts_endpoint" {
-                &self.aws.sts_endpoint
-            } else {
-                &self.aws.kinesis_endpoint
-            };
-            if let Some(url) = value
-                && !(url.starts_with("http://") || url.starts_with("https://"))
-            {
-                return bad(
-                    &format!("aws.{key}"),
-                    format!("`{url}` is not a URL: expected http(s)://host[:port]"),
-                );
-            }
-        }
-        if let Some(arn) = &self.aws.role_arn
-            && !is_role_arn(arn)
-        {
-            return bad(
-                "aws.role_arn",
-                format!(
-                    "`{arn}` is not an IAM role ARN: expected arn:aws:iam::<12-digit account>:role/<name>"
-                ),
-            );
-        }
-        if self.aws.external_id.is_some() && self.aws.role_arn.is_none() {
-            return bad(
-                "aws.external_id",
-                "is only used with aws.role_arn: set the role or remove the external id",
-            );
-        }
-        if let Some(id) = &self.aws.external_id {
-            range("aws.external_id (length)", id.expose().len(), 2, 1224)?;
-        }
-        if let Some(name) = &self.aws.session_name {
-            let ok = (2..=64).contains(&name.len())
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c));
-            if !ok {
-                return bad(
-                    "aws.session_name",
-                    format!("`{name}`: expected 2 to 64 characters of letters, digits and +=,.@_-"),
-                );
-            }
-        }
-        range(
-            "aws.session_duration_secs",
-            self.aws.session_duration_secs,
-            900,
-            43_200,
-        )?;
-        if self.aws.credential_refresh_margin_secs >= self.aws.session_duration_secs {
-            return bad(
-                "aws.credential_refresh_margin_secs",
-                "must be shorter than aws.session_duration_secs",
-            );
-        }
-
-        if !is_stream_name(&self.kinesis.stream) && !is_stream_arn(&self.kinesis.stream) {
-            return bad(
-                "kinesis.stream",
-                format!(
-                    "`{}` is neither a stream name (1-128 of a-z A-Z 0-9 _ . -) nor a stream ARN (arn:aws:kinesis:<region>:<account>:stream/<name>)",
-                    self.kinesis.stream
-                ),
-            );
-        }
-        range(
-            "kinesis.max_record_bytes",
-            self.kinesis.max_record_bytes,
-            1024,
-            MAX_STREAM_RECORD_BYTES,
-        )?;
-        range(
-            "kinesis.request_timeout_ms",
-            self.kinesis.request_timeout_ms,
-            100,
-            600_000,
-        )?;
-
-        match (self.partition_key.rule, &self.partition_key.prefix) {
-            (KeyRule::PrefixRandom, None) => {
-                return bad("partition_key.prefix", "rule prefix_random needs a prefix");
-            }
-            (KeyRule::PrefixRandom, Some(p)) => {
-                range(
-                    "partition_key.prefix (characters)",
-                    p.chars().count(),
-                    1,
-                    MAX_PARTITION_KEY_CHARS - 32,
-                )?;
-            }
-            (_, Some(_)) => {
-                return bad(
-                    "partition_key.prefix",
-                    "is only used with rule prefix_random: remove it or change the rule",
-                );
-            }
-            _ => {}
-        }
-
-        range(
-            "batch.max_records",
-            self.batch.max_records,
-            1,
-            MAX_PUT_RECORDS_ENTRIES,
-        )?;
-        range(
-            "batch.max_bytes",
-            self.batch.max_bytes,
-            1024,
-            MAX_PUT_RECORDS_BYTES,
-        )?;
-        if self.batch.max_bytes < self.kinesis.max_record_bytes {
-            return bad(
-                "batch.max_bytes",
-                format!(
-                    "{} is smaller than kinesis.max_record_bytes ({}): a maximum-size record could never be sent",
-                    self.batch.max_bytes, self.kinesis.max_record_bytes
-                ),
-            );
-        }
-        range("batch.linger_ms", self.batch.linger_ms, 0, 60_000)?;
-        if self.kinesis.aggregation.enabled {
-            range(
-                "kinesis.aggregation.max_bytes",
-                self.kinesis.aggregation.max_bytes,
-                1024,
-                self.kinesis.max_record_bytes,
-            )?;
-        }
-        if self.partition_key.explicit_hash_key == ExplicitHashKey::Spread
-            && self.pipeline.ordering == Ordering::Strict
-        {
-            return bad(
-                "partition_key.explicit_hash_key",
-                "spread sends a key's records to different shards, which strict ordering cannot \
-                 allow: use none, or pipeline.ordering per_key or none",
-            );
-        }
 
         range("pipeline.lanes", self.pipeline.lanes, 1, 1024)?;
         range(
@@ -1126,7 +1141,7 @@ impl Config {
         range(
             "pipeline.max_in_flight_bytes",
             self.pipeline.max_in_flight_bytes,
-            self.kinesis.max_record_bytes,
+            1024,
             16 * 1024 * 1024 * 1024,
         )?;
         range(
@@ -1148,65 +1163,18 @@ impl Config {
             3_600_000,
         )?;
 
-        range(
-            "retry.initial_backoff_ms",
-            self.retry.initial_backoff_ms,
-            1,
-            60_000,
-        )?;
-        range(
-            "retry.max_backoff_ms",
-            self.retry.max_backoff_ms,
-            self.retry.initial_backoff_ms,
-            600_000,
-        )?;
-        range(
-            "retry.min_records_per_sec",
-            self.retry.min_records_per_sec,
-            1,
-            1_000_000,
-        )?;
-
-        if let Some(topic) = &self.dead_letter.topic {
-            if topic.trim().is_empty() {
-                return bad("dead_letter.topic", "expected a Kafka topic name");
-            }
-            if self.kafka.topics.contains(topic) {
-                return bad(
-                    "dead_letter.topic",
-                    format!("`{topic}` is also in kafka.topics: dead letters would be read back"),
-                );
-            }
+        if let Some(topic) = &self.dead_letter.topic
+            && topic.trim().is_empty()
+        {
+            return bad("dead_letter.topic", "expected a Kafka topic name");
         }
-        if self.dead_letter.topic.is_none() {
-            let wanting_a_topic = [
-                (
-                    "dead_letter.on_oversized",
-                    self.dead_letter.on_oversized == Some(OversizedPolicy::DeadLetter),
-                ),
-                (
-                    "partition_key.on_long_key",
-                    self.partition_key.on_long_key == LongKeyPolicy::DeadLetter,
-                ),
-                (
-                    "partition_key.on_binary_key",
-                    self.partition_key.on_binary_key == BinaryKeyPolicy::DeadLetter,
-                ),
-                (
-                    "records.on_tombstone",
-                    self.records.on_tombstone == TombstonePolicy::DeadLetter,
-                ),
-                (
-                    "records.on_headers",
-                    self.records.on_headers == HeadersPolicy::DeadLetter,
-                ),
-            ];
-            if let Some((key, _)) = wanting_a_topic.iter().find(|(_, wants)| *wants) {
-                return bad(
-                    key,
-                    "dead_letter needs dead_letter.topic: set a topic or choose another policy",
-                );
-            }
+        if self.dead_letter.topic.is_none()
+            && self.dead_letter.on_oversized == Some(OversizedPolicy::DeadLetter)
+        {
+            return bad(
+                "dead_letter.on_oversized",
+                "dead_letter needs dead_letter.topic: set a topic or choose another policy",
+            );
         }
 
         if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
@@ -1230,6 +1198,169 @@ impl Config {
         Ok(())
     }
 
+    /// The one-route shorthand: `kafka.topics` to `kinesis.stream` or `firehose.delivery_stream`.
+    fn shorthand_route(&self) -> Route {
+        let kinesis = self
+            .kinesis
+            .clone()
+            .filter(|k| k.stream.is_some() || self.firehose.is_none());
+        let firehose = self.firehose.clone().filter(|_| kinesis.is_none());
+        Route {
+            name: "default".into(),
+            topics: self.kafka.topics.clone(),
+            topic_pattern: None,
+            aws: self.aws.clone(),
+            kinesis,
+            firehose,
+            partition_key: self.partition_key.clone(),
+            batch: self.batch.clone(),
+            records: self.records.clone(),
+            retry: self.retry.clone(),
+            lanes: self.pipeline.lanes,
+            ordering: self.pipeline.ordering,
+            in_flight_share: 1,
+        }
+    }
+
+    /// Builds [`Self::routes`]: each `routes` entry merged over the top-level sections (key by
+    /// key), or the shorthand's one route. Errors name the key as `routes[i].<key>`.
+    fn resolve_routes(&mut self, figment: &Figment, source: &Source) -> Result<(), ConfigError> {
+        let invalid = |key: &str, problem: &str| {
+            ConfigError::new(describe_invalid(figment, source, key, problem))
+        };
+        if self.route_specs.is_empty() {
+            if self.kafka.topics.is_empty() || self.kafka.topics.iter().any(|t| t.trim().is_empty())
+            {
+                return Err(invalid(
+                    "kafka.topics",
+                    "expected at least one topic name (or a `routes` list)",
+                ));
+            }
+            let has_stream = self.kinesis.as_ref().is_some_and(|k| k.stream.is_some());
+            let has_delivery_stream = self
+                .firehose
+                .as_ref()
+                .is_some_and(|f| f.delivery_stream.is_some());
+            match (has_stream, has_delivery_stream) {
+                (false, false) => {
+                    return Err(ConfigError::new(format!(
+                        "missing config key `kinesis.stream`: set it in {} or in the environment \
+                         variable {} (or firehose.delivery_stream to write to Firehose, or a \
+                         `routes` list)",
+                        source.describe(),
+                        env_var_for("kinesis.stream")
+                    )));
+                }
+                (true, true) => {
+                    return Err(invalid(
+                        "firehose.delivery_stream",
+                        "set either kinesis.stream or firehose.delivery_stream, not both (or use \
+                         `routes` for several destinations)",
+                    ));
+                }
+                _ => {}
+            }
+            let route = self.shorthand_route();
+            route
+                .validate("", self)
+                .map_err(|(key, problem)| invalid(&key, &problem))?;
+            self.routes = vec![route];
+            return Ok(());
+        }
+
+        for (key, set) in [
+            ("kafka.topics", !self.kafka.topics.is_empty()),
+            (
+                "kinesis.stream",
+                self.kinesis.as_ref().is_some_and(|k| k.stream.is_some()),
+            ),
+            (
+                "firehose.delivery_stream",
+                self.firehose
+                    .as_ref()
+                    .is_some_and(|f| f.delivery_stream.is_some()),
+            ),
+        ] {
+            if set {
+                return Err(invalid(
+                    key,
+                    "with `routes`, each route names its topics and destination: move this into a \
+                     route (the shorthand without `routes` is one route)",
+                ));
+            }
+        }
+        let mut routes = Vec::new();
+        for (i, spec) in self.route_specs.iter().enumerate() {
+            let prefix = format!("routes[{i}].");
+            let Some(own) = spec.as_dict() else {
+                return Err(invalid(
+                    &format!("routes[{i}]"),
+                    "expected a mapping with topics and a destination (kinesis or firehose)",
+                ));
+            };
+            let mut merged = Figment::new();
+            let mut sections: Vec<&str> = SHARED_SECTIONS.to_vec();
+            sections.extend(
+                ["kinesis", "firehose"]
+                    .into_iter()
+                    .filter(|d| own.contains_key(*d)),
+            );
+            for section in sections {
+                if let Ok(shared) = figment.find_value(section) {
+                    merged = merged.merge(figment::providers::Serialized::default(section, shared));
+                }
+            }
+            merged = merged.merge(figment::providers::Serialized::defaults(spec));
+            let spec: RouteSpec = merged
+                .extract()
+                .map_err(|e| ConfigError::new(describe_figment_error_at(e, source, &prefix)))?;
+            let route = Route {
+                name: spec.name.clone().unwrap_or_default(),
+                topics: spec.topics,
+                topic_pattern: spec.topic_pattern,
+                aws: spec.aws,
+                kinesis: spec.kinesis,
+                firehose: spec.firehose,
+                partition_key: spec.partition_key,
+                batch: spec.batch,
+                records: spec.records,
+                retry: spec.retry,
+                lanes: spec.lanes.unwrap_or(self.pipeline.lanes),
+                ordering: spec.ordering.unwrap_or(self.pipeline.ordering),
+                in_flight_share: spec.in_flight_share,
+            };
+            let named = spec.name.is_some();
+            let mut route = route;
+            match (&route.kinesis, &route.firehose) {
+                (Some(k), None) if k.stream.is_some() => {}
+                (None, Some(f)) if f.delivery_stream.is_some() => {}
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        &format!("{prefix}firehose"),
+                        "a route writes to one destination: keep kinesis or firehose",
+                    ));
+                }
+                _ => {
+                    return Err(invalid(
+                        &format!("{prefix}kinesis.stream"),
+                        "each route needs a destination: kinesis.stream or firehose.delivery_stream",
+                    ));
+                }
+            }
+            if !named {
+                route.name = route.destination_name().to_owned();
+            }
+            route
+                .validate(&prefix, self)
+                .map_err(|(key, problem)| invalid(&key, &problem))?;
+            routes.push(route);
+        }
+        check_route_overlaps(&routes, self.dead_letter.topic.as_deref())
+            .map_err(|(key, problem)| invalid(&key, &problem))?;
+        self.routes = routes;
+        Ok(())
+    }
+
     /// The effective configuration as YAML, with every secret replaced by `<redacted>`.
     pub fn to_redacted_yaml(&self) -> String {
         let mut shown = self.clone();
@@ -1241,22 +1372,536 @@ impl Config {
         serde_yaml::to_string(&shown).expect("config serialises")
     }
 
-    /// The stream's name, also when `kinesis.stream` is an ARN.
-    pub fn stream_name(&self) -> &str {
-        let stream = self.kinesis.stream.as_str();
-        stream
-            .rsplit_once("stream/")
-            .map_or(stream, |(_, name)| name)
+    /// Every topic name and pattern the consumer subscribes to, patterns as librdkafka regexes.
+    pub fn subscription(&self) -> Vec<String> {
+        let mut topics = Vec::new();
+        for route in &self.routes {
+            topics.extend(route.topics.iter().cloned());
+            if let Some(pattern) = &route.topic_pattern {
+                topics.push(format!("^({pattern})$"));
+            }
+        }
+        topics
     }
 
-    /// The stream as (name, arn): exactly one is set.
-    pub fn stream_target(&self) -> (Option<&str>, Option<&str>) {
-        if is_stream_arn(&self.kinesis.stream) {
-            (None, Some(&self.kinesis.stream))
-        } else {
-            (Some(&self.kinesis.stream), None)
+    /// The in-flight bound a route may use: `pipeline.max_in_flight_*` split by the routes'
+    /// `in_flight_share` weights, so a stuck route can fill its share but never another's.
+    pub fn in_flight_share(&self, route: usize) -> (u64, u64) {
+        let total: u64 = self
+            .routes
+            .iter()
+            .map(|r| u64::from(r.in_flight_share))
+            .sum();
+        let weight = u64::from(self.routes[route].in_flight_share);
+        let records = (self.pipeline.max_in_flight_records * weight / total).max(1);
+        // At least one maximum-size record fits, whatever the split.
+        let bytes = (self.pipeline.max_in_flight_bytes * weight / total)
+            .max(self.routes[route].max_record_bytes());
+        (records, bytes)
+    }
+}
+
+/// A topic named by two routes, a named topic matched by another route's pattern, or the
+/// dead-letter topic read by a route. (Two patterns can only be compared against real topics:
+/// that is checked when a topic is assigned.)
+fn check_route_overlaps(
+    routes: &[Route],
+    dead_letter: Option<&str>,
+) -> Result<(), (String, String)> {
+    let patterns: Vec<Option<regex::Regex>> = routes.iter().map(|r| r.topic_regex()).collect();
+    for (i, a) in routes.iter().enumerate() {
+        for (j, b) in routes.iter().enumerate().skip(i + 1) {
+            if a.name == b.name {
+                return bad(
+                    &format!("routes[{j}].name"),
+                    format!(
+                        "`{}` is also the name of routes[{i}]: give each route its own name",
+                        b.name
+                    ),
+                );
+            }
+        }
+        for topic in &a.topics {
+            for (j, b) in routes.iter().enumerate() {
+                if i == j {
+                    continue;
+                }
+                let named = j > i && b.topics.contains(topic);
+                let matched = patterns[j].as_ref().is_some_and(|p| p.is_match(topic));
+                if named || matched {
+                    return bad(
+                        &format!("routes[{i}].topics"),
+                        format!(
+                            "topic `{topic}` is read by route `{}` and by route `{}`{}: a topic \
+                             belongs to one route",
+                            a.name,
+                            b.name,
+                            if matched { " (its topic_pattern)" } else { "" }
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(topic) = dead_letter {
+            let reads = a.topics.iter().any(|t| t == topic)
+                || patterns[i].as_ref().is_some_and(|p| p.is_match(topic));
+            if reads {
+                return bad(
+                    "dead_letter.topic",
+                    format!(
+                        "`{topic}` is read by route `{}`: dead letters would be read back",
+                        a.name
+                    ),
+                );
+            }
         }
     }
+    Ok(())
+}
+
+impl Route {
+    pub fn kind(&self) -> DestinationKind {
+        if self.firehose.is_some() {
+            DestinationKind::Firehose
+        } else {
+            DestinationKind::Kinesis
+        }
+    }
+
+    /// The stream's or delivery stream's name (also when `kinesis.stream` is an ARN): what logs
+    /// and metrics call the destination.
+    pub fn destination_name(&self) -> &str {
+        match (&self.kinesis, &self.firehose) {
+            (Some(k), _) => {
+                let stream = k.stream.as_deref().unwrap_or_default();
+                stream
+                    .rsplit_once("stream/")
+                    .map_or(stream, |(_, name)| name)
+            }
+            (None, Some(f)) => f.delivery_stream.as_deref().unwrap_or_default(),
+            (None, None) => "",
+        }
+    }
+
+    /// The Kinesis stream as (name, arn): exactly one is set. `(None, None)` for Firehose.
+    pub fn stream_target(&self) -> (Option<&str>, Option<&str>) {
+        match self.kinesis.as_ref().and_then(|k| k.stream.as_deref()) {
+            Some(stream) if is_stream_arn(stream) => (None, Some(stream)),
+            Some(stream) => (Some(stream), None),
+            None => (None, None),
+        }
+    }
+
+    /// The largest record the destination takes (Kinesis counts the partition key too).
+    pub fn max_record_bytes(&self) -> u64 {
+        match &self.kinesis {
+            Some(k) => k.max_record_bytes,
+            None => FIREHOSE_MAX_RECORD_BYTES,
+        }
+    }
+
+    /// The largest request: `batch.max_bytes`, within Firehose's 4 MiB for Firehose.
+    pub fn max_request_bytes(&self) -> u64 {
+        match self.kind() {
+            DestinationKind::Kinesis => self.batch.max_bytes,
+            DestinationKind::Firehose => self.batch.max_bytes.min(FIREHOSE_MAX_BATCH_BYTES),
+        }
+    }
+
+    pub fn request_timeout_ms(&self) -> u64 {
+        match (&self.kinesis, &self.firehose) {
+            (Some(k), _) => k.request_timeout_ms,
+            (None, Some(f)) => f.request_timeout_ms,
+            (None, None) => defaults::request_timeout_ms(),
+        }
+    }
+
+    /// What ends each record: `records.delimiter`, or newline for Firehose (JSON Lines in S3).
+    pub fn delimiter(&self) -> Delimiter {
+        self.records.delimiter.unwrap_or(match self.kind() {
+            DestinationKind::Firehose => Delimiter::Newline,
+            DestinationKind::Kinesis => Delimiter::None,
+        })
+    }
+
+    /// KPL aggregation's largest aggregate, when enabled (Kinesis only).
+    pub fn aggregate_max_bytes(&self) -> Option<usize> {
+        let aggregation = &self.kinesis.as_ref()?.aggregation;
+        aggregation
+            .enabled
+            .then_some(aggregation.max_bytes as usize)
+    }
+
+    /// The whole-name regex of `topic_pattern` (validated at load).
+    pub fn topic_regex(&self) -> Option<regex::Regex> {
+        let pattern = self.topic_pattern.as_ref()?;
+        regex::Regex::new(&format!("^(?:{pattern})$")).ok()
+    }
+
+    /// Whether `topic` is this route's.
+    pub fn reads(&self, topic: &str, regex: Option<&regex::Regex>) -> bool {
+        self.topics.iter().any(|t| t == topic) || regex.is_some_and(|r| r.is_match(topic))
+    }
+
+    /// Semantic checks of one route; keys are reported under `prefix` (empty for the shorthand,
+    /// whose keys are the top-level ones).
+    fn validate(&self, prefix: &str, config: &Config) -> Result<(), (String, String)> {
+        let key = |k: &str| format!("{prefix}{k}");
+        if self.name.trim().is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        {
+            return bad(
+                &key("name"),
+                format!(
+                    "`{}`: expected 1 or more of a-z A-Z 0-9 _ . - (it labels metrics and logs)",
+                    self.name
+                ),
+            );
+        }
+        if !prefix.is_empty() {
+            if self.topics.iter().any(|t| t.trim().is_empty()) {
+                return bad(&key("topics"), "expected topic names");
+            }
+            if self.topics.is_empty() && self.topic_pattern.is_none() {
+                return bad(
+                    &key("topics"),
+                    "each route needs topics or a topic_pattern (or both)",
+                );
+            }
+        }
+        if let Some(pattern) = &self.topic_pattern
+            && let Err(e) = regex::Regex::new(&format!("^(?:{pattern})$"))
+        {
+            return bad(
+                &key("topic_pattern"),
+                format!("`{pattern}` is not a regular expression: {e}"),
+            );
+        }
+        if let Some(topic) = &config.dead_letter.topic
+            && self.topics.contains(topic)
+        {
+            let topics = if prefix.is_empty() {
+                "kafka.topics".to_owned()
+            } else {
+                key("topics")
+            };
+            return bad(
+                "dead_letter.topic",
+                format!("`{topic}` is also in {topics}: dead letters would be read back"),
+            );
+        }
+
+        let aws = &self.aws;
+        if let Some(region) = &aws.region
+            && !is_region_name(region)
+        {
+            return bad(
+                &key("aws.region"),
+                format!("`{region}` is not a region name like eu-west-1"),
+            );
+        }
+        for (name, value) in [
+            ("sts_endpoint", &aws.sts_endpoint),
+            ("kinesis_endpoint", &aws.kinesis_endpoint),
+            ("firehose_endpoint", &aws.firehose_endpoint),
+        ] {
+            if let Some(url) = value
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return bad(
+                    &key(&format!("aws.{name}")),
+                    format!("`{url}` is not a URL: expected http(s)://host[:port]"),
+                );
+            }
+        }
+        if let Some(arn) = &aws.role_arn
+            && !is_role_arn(arn)
+        {
+            return bad(
+                &key("aws.role_arn"),
+                format!(
+                    "`{arn}` is not an IAM role ARN: expected arn:aws:iam::<12-digit account>:role/<name>"
+                ),
+            );
+        }
+        if aws.external_id.is_some() && aws.role_arn.is_none() {
+            return bad(
+                &key("aws.external_id"),
+                "is only used with aws.role_arn: set the role or remove the external id",
+            );
+        }
+        if let Some(id) = &aws.external_id {
+            range(&key("aws.external_id (length)"), id.expose().len(), 2, 1224)?;
+        }
+        if let Some(name) = &aws.session_name {
+            let ok = (2..=64).contains(&name.len())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c));
+            if !ok {
+                return bad(
+                    &key("aws.session_name"),
+                    format!("`{name}`: expected 2 to 64 characters of letters, digits and +=,.@_-"),
+                );
+            }
+        }
+        range(
+            &key("aws.session_duration_secs"),
+            aws.session_duration_secs,
+            900,
+            43_200,
+        )?;
+        if aws.credential_refresh_margin_secs >= aws.session_duration_secs {
+            return bad(
+                &key("aws.credential_refresh_margin_secs"),
+                "must be shorter than aws.session_duration_secs",
+            );
+        }
+
+        if let Some(kinesis) = &self.kinesis {
+            let stream = kinesis.stream.as_deref().unwrap_or_default();
+            if !is_stream_name(stream) && !is_stream_arn(stream) {
+                return bad(
+                    &key("kinesis.stream"),
+                    format!(
+                        "`{stream}` is neither a stream name (1-128 of a-z A-Z 0-9 _ . -) nor a stream ARN (arn:aws:kinesis:<region>:<account>:stream/<name>)",
+                    ),
+                );
+            }
+            range(
+                &key("kinesis.max_record_bytes"),
+                kinesis.max_record_bytes,
+                1024,
+                MAX_STREAM_RECORD_BYTES,
+            )?;
+            range(
+                &key("kinesis.request_timeout_ms"),
+                kinesis.request_timeout_ms,
+                100,
+                600_000,
+            )?;
+            if kinesis.aggregation.enabled {
+                range(
+                    &key("kinesis.aggregation.max_bytes"),
+                    kinesis.aggregation.max_bytes,
+                    1024,
+                    kinesis.max_record_bytes,
+                )?;
+            }
+        }
+        if let Some(firehose) = &self.firehose {
+            let name = firehose.delivery_stream.as_deref().unwrap_or_default();
+            if !is_stream_name(name) || name.len() > 64 {
+                return bad(
+                    &key("firehose.delivery_stream"),
+                    format!("`{name}` is not a delivery stream name (1-64 of a-z A-Z 0-9 _ . -)"),
+                );
+            }
+            range(
+                &key("firehose.request_timeout_ms"),
+                firehose.request_timeout_ms,
+                100,
+                600_000,
+            )?;
+            if self.partition_key.explicit_hash_key != ExplicitHashKey::None {
+                return bad(
+                    &key("partition_key.explicit_hash_key"),
+                    "Firehose has no shards to spread over: remove it (the partition key only \
+                     chooses the lane)",
+                );
+            }
+        }
+
+        let pk = &self.partition_key;
+        match (pk.rule, &pk.prefix) {
+            (KeyRule::PrefixRandom, None) => {
+                return bad(
+                    &key("partition_key.prefix"),
+                    "rule prefix_random needs a prefix",
+                );
+            }
+            (KeyRule::PrefixRandom, Some(p)) => {
+                range(
+                    &key("partition_key.prefix (characters)"),
+                    p.chars().count(),
+                    1,
+                    MAX_PARTITION_KEY_CHARS - 32,
+                )?;
+            }
+            (_, Some(_)) => {
+                return bad(
+                    &key("partition_key.prefix"),
+                    "is only used with rule prefix_random: remove it or change the rule",
+                );
+            }
+            _ => {}
+        }
+        match (pk.rule, &pk.field) {
+            (KeyRule::JsonField, None) => {
+                return bad(
+                    &key("partition_key.field"),
+                    "rule json_field needs a field, e.g. customer.id",
+                );
+            }
+            (KeyRule::JsonField, Some(field)) => {
+                if let Err(problem) = crate::pipeline::json_field::parse_path(field) {
+                    return bad(&key("partition_key.field"), problem);
+                }
+            }
+            (_, Some(_)) => {
+                return bad(
+                    &key("partition_key.field"),
+                    "is only used with rule json_field: remove it or change the rule",
+                );
+            }
+            _ => {}
+        }
+        match (pk.rule, &pk.template) {
+            (KeyRule::Template, None) => {
+                return bad(
+                    &key("partition_key.template"),
+                    "rule template needs a template, e.g. `{topic}-{partition}`",
+                );
+            }
+            (KeyRule::Template, Some(template)) => {
+                if let Err(problem) = check_key_template(template) {
+                    return bad(&key("partition_key.template"), problem);
+                }
+            }
+            (_, Some(_)) => {
+                return bad(
+                    &key("partition_key.template"),
+                    "is only used with rule template: remove it or change the rule",
+                );
+            }
+            _ => {}
+        }
+
+        let max_entries = match self.kind() {
+            DestinationKind::Kinesis => MAX_PUT_RECORDS_ENTRIES,
+            DestinationKind::Firehose => FIREHOSE_MAX_BATCH_RECORDS,
+        };
+        range(
+            &key("batch.max_records"),
+            self.batch.max_records,
+            1,
+            max_entries,
+        )?;
+        range(
+            &key("batch.max_bytes"),
+            self.batch.max_bytes,
+            1024,
+            MAX_PUT_RECORDS_BYTES,
+        )?;
+        if self.max_request_bytes() < self.max_record_bytes() {
+            return bad(
+                &key("batch.max_bytes"),
+                format!(
+                    "{} is smaller than the largest record ({}, kinesis.max_record_bytes): a \
+                     maximum-size record could never be sent",
+                    self.batch.max_bytes,
+                    self.max_record_bytes()
+                ),
+            );
+        }
+        range(&key("batch.linger_ms"), self.batch.linger_ms, 0, 60_000)?;
+        if pk.explicit_hash_key == ExplicitHashKey::Spread && self.ordering == Ordering::Strict {
+            return bad(
+                &key("partition_key.explicit_hash_key"),
+                "spread sends a key's records to different shards, which strict ordering cannot \
+                 allow: use none, or pipeline.ordering per_key or none",
+            );
+        }
+        range(&key("lanes"), self.lanes, 1, 1024)?;
+        range(&key("in_flight_share"), self.in_flight_share, 1, 1000)?;
+        if self.max_record_bytes() > config.pipeline.max_in_flight_bytes {
+            return bad(
+                "pipeline.max_in_flight_bytes",
+                format!(
+                    "{} is smaller than route `{}`'s largest record ({} bytes)",
+                    config.pipeline.max_in_flight_bytes,
+                    self.name,
+                    self.max_record_bytes()
+                ),
+            );
+        }
+
+        range(
+            &key("retry.initial_backoff_ms"),
+            self.retry.initial_backoff_ms,
+            1,
+            60_000,
+        )?;
+        range(
+            &key("retry.max_backoff_ms"),
+            self.retry.max_backoff_ms,
+            self.retry.initial_backoff_ms,
+            600_000,
+        )?;
+        range(
+            &key("retry.min_records_per_sec"),
+            self.retry.min_records_per_sec,
+            1,
+            1_000_000,
+        )?;
+
+        if config.dead_letter.topic.is_none() {
+            let headers_matter = self.records.format == RecordFormat::Raw;
+            let wanting_a_topic = [
+                (
+                    "partition_key.on_long_key",
+                    pk.on_long_key == LongKeyPolicy::DeadLetter,
+                ),
+                (
+                    "partition_key.on_binary_key",
+                    pk.on_binary_key == BinaryKeyPolicy::DeadLetter,
+                ),
+                (
+                    "records.on_tombstone",
+                    self.records.on_tombstone == TombstonePolicy::DeadLetter,
+                ),
+                (
+                    "records.on_headers",
+                    headers_matter && self.records.on_headers == HeadersPolicy::DeadLetter,
+                ),
+            ];
+            if let Some((name, _)) = wanting_a_topic.iter().find(|(_, wants)| *wants) {
+                return bad(
+                    &key(name),
+                    "dead_letter needs dead_letter.topic: set a topic or choose another policy",
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A partition key template: text with `{topic}`, `{partition}` and `{key}`.
+pub fn check_key_template(template: &str) -> Result<(), String> {
+    let mut rest = template;
+    let mut placeholders = 0;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            return Err(format!("`{template}` has a `{{` without its `}}`"));
+        };
+        let name = &rest[open + 1..open + close];
+        if !matches!(name, "topic" | "partition" | "key") {
+            return Err(format!(
+                "`{template}` uses `{{{name}}}`: expected {{topic}}, {{partition}} or {{key}}"
+            ));
+        }
+        placeholders += 1;
+        rest = &rest[open + close + 1..];
+    }
+    if rest.contains('}') || placeholders == 0 {
+        return Err(format!(
+            "`{template}` needs at least one of {{topic}}, {{partition}}, {{key}} (and balanced braces)"
+        ));
+    }
+    Ok(())
 }
 
 impl KafkaAuth {

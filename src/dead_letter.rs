@@ -7,13 +7,14 @@
 use std::sync::Arc;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use tracing::warn;
 
 use crate::config::KafkaConfig;
 use crate::kafka::{self, Connection, ConnectionContext};
+use crate::pipeline::intake::{DeadLetterRecord, DeadLetters};
 use crate::pipeline::offsets::PartitionProgress;
 use crate::pipeline::{Budget, Halt};
 use crate::telemetry::metrics::Metrics;
@@ -86,27 +87,27 @@ impl DeadLetter {
     pub fn topic(&self) -> &str {
         &self.topic
     }
+}
 
-    /// Writes `msg` to the dead-letter topic in the background. The caller has registered its
-    /// offset and taken `size` from the budget; both are settled when the write is confirmed.
-    pub fn send(
-        &self,
-        msg: &BorrowedMessage<'_>,
-        reason: String,
-        progress: Arc<PartitionProgress>,
-        size: usize,
-    ) {
-        let key = msg.key().map(<[u8]>::to_vec);
-        let value = msg.payload().unwrap_or_default().to_vec();
-        let (topic, partition, offset) = (msg.topic().to_owned(), msg.partition(), msg.offset());
+impl DeadLetters for DeadLetter {
+    /// Writes the record to the dead-letter topic in the background. The caller has registered
+    /// its offset and taken `size` from the budget; both are settled when the write is confirmed.
+    fn send(&self, record: DeadLetterRecord, progress: Arc<PartitionProgress>, size: usize) {
+        let DeadLetterRecord {
+            topic,
+            partition,
+            offset,
+            key,
+            value,
+            headers: original,
+            reason,
+        } = record;
         let mut headers = OwnedHeaders::new();
-        if let Some(original) = msg.headers() {
-            for h in original.iter() {
-                headers = headers.insert(Header {
-                    key: h.key,
-                    value: h.value,
-                });
-            }
+        for (key, value) in &original {
+            headers = headers.insert(Header {
+                key,
+                value: value.as_deref(),
+            });
         }
         let partition_text = partition.to_string();
         let offset_text = offset.to_string();

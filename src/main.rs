@@ -51,7 +51,7 @@ struct CheckArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Consume the configured topics and deliver every record to the Kinesis stream.
+    /// Consume the configured topics and deliver every record to its route's destination (Kinesis or Firehose).
     Run(ConfigArgs),
     /// Print the effective configuration (file + profile + environment) with secrets redacted.
     Config(ConfigArgs),

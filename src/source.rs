@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 
-use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,27 +16,30 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{HeadersPolicy, KafkaConfig, StartFrom, TombstonePolicy};
-use crate::dead_letter::DeadLetter;
+use crate::config::{KafkaConfig, StartFrom};
 use crate::kafka::{self, ConnectFailure, Connection};
+use crate::pipeline::intake::{Intake, TopicRoutes};
 use crate::pipeline::offsets::PartitionProgress;
-use crate::pipeline::partition_key::PartitionKeys;
-use crate::pipeline::partition_key::Spread;
-use crate::pipeline::{Budget, Halt, Record, Refuse, lane_of};
+use crate::pipeline::{Budget, Fetched, Halt, Header, Share, Timestamp};
 use crate::telemetry::health::Health;
 use crate::telemetry::metrics::Metrics;
 
-type Progress = HashMap<Arc<str>, HashMap<i32, Arc<PartitionProgress>>>;
+/// Each assigned partition's progress and the index of its topic's route.
+type Progress = HashMap<Arc<str>, HashMap<i32, (Arc<PartitionProgress>, usize)>>;
 
 /// Callbacks librdkafka runs on the consumer thread.
 pub struct SourceContext {
     partitions: Mutex<Progress>,
     budget: Arc<Budget>,
     drain_timeout: Duration,
-    paused: AtomicBool,
+    routing: TopicRoutes,
+    /// Per route: its partitions are paused (its share of the in-flight bound is full).
+    paused: Vec<AtomicBool>,
+    /// Set once the consumer is closing: every partition is paused.
+    all_paused: AtomicBool,
+    halt: Arc<Halt>,
     /// Set during shutdown, when in-flight records were already waited for.
     closing: AtomicBool,
     /// Set when a rebalance completed: the broker refused commits while it was under way, so
@@ -52,14 +54,30 @@ impl SourceContext {
     ///
     /// Never create tracking on the fly: a fresh watermark knows nothing of the records below its
     /// first offset and would commit past them.
-    fn progress(&self, topic: &str, partition: i32) -> Option<Arc<PartitionProgress>> {
+    fn progress(&self, topic: &str, partition: i32) -> Option<(Arc<PartitionProgress>, usize)> {
         let map = self.partitions.lock().unwrap();
         map.get(topic).and_then(|t| t.get(&partition)).cloned()
     }
 
     fn all(&self) -> Vec<Arc<PartitionProgress>> {
         let map = self.partitions.lock().unwrap();
-        map.values().flat_map(|t| t.values().cloned()).collect()
+        map.values()
+            .flat_map(|t| t.values().map(|(p, _)| p.clone()))
+            .collect()
+    }
+
+    /// The assigned partitions of `route`.
+    fn of_route(&self, route: usize) -> TopicPartitionList {
+        let map = self.partitions.lock().unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partitions) in map.iter() {
+            for (&partition, (_, r)) in partitions {
+                if *r == route {
+                    tpl.add_partition(topic, partition);
+                }
+            }
+        }
+        tpl
     }
 
     fn remove(&self, tpl: &TopicPartitionList) -> Vec<Arc<PartitionProgress>> {
@@ -68,6 +86,7 @@ impl SourceContext {
             .elements()
             .iter()
             .filter_map(|e| map.get_mut(e.topic())?.remove(&e.partition()))
+            .map(|(p, _)| p)
             .collect();
         for p in &removed {
             p.revoke();
@@ -185,11 +204,29 @@ impl ConsumerContext for SourceContext {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let mut map = self.partitions.lock().unwrap();
+                let mut to_pause = TopicPartitionList::new();
                 for e in tpl.elements() {
+                    let route = match self.routing.route_of(e.topic()) {
+                        Ok(route) => route,
+                        Err(problem) => {
+                            // Left untracked: its records count as not ours, nothing commits.
+                            self.halt.halt(problem);
+                            continue;
+                        }
+                    };
                     let topic: Arc<str> = e.topic().into();
-                    map.entry(topic.clone())
-                        .or_default()
-                        .insert(e.partition(), PartitionProgress::new(topic, e.partition()));
+                    if !map.contains_key(&topic) {
+                        self.routing.announce(e.topic(), route);
+                    }
+                    if self.all_paused.load(AtomicOrdering::SeqCst)
+                        || self.paused[route].load(AtomicOrdering::SeqCst)
+                    {
+                        to_pause.add_partition(e.topic(), e.partition());
+                    }
+                    map.entry(topic.clone()).or_default().insert(
+                        e.partition(),
+                        (PartitionProgress::new(topic, e.partition()), route),
+                    );
                 }
                 drop(map);
                 self.commit_now.store(true, AtomicOrdering::SeqCst);
@@ -198,8 +235,8 @@ impl ConsumerContext for SourceContext {
                 }
                 self.metrics.rebalance("assigned");
                 self.metrics.assigned_partitions.add(tpl.count() as i64);
-                if self.paused.load(AtomicOrdering::SeqCst)
-                    && let Err(e) = consumer.pause(tpl)
+                if to_pause.count() > 0
+                    && let Err(e) = consumer.pause(&to_pause)
                 {
                     warn!("pausing newly assigned partitions failed: {e}");
                 }
@@ -242,26 +279,21 @@ fn describe_tpl(tpl: &TopicPartitionList) -> String {
 
 /// What the consumer thread needs from the rest of the pipeline.
 pub struct SourceParts {
-    pub lanes: Vec<UnboundedSender<Vec<Record>>>,
+    /// Where fetched records go: each route's policies, format and lanes.
+    pub intake: Intake,
+    /// Which route each topic belongs to.
+    pub routing: TopicRoutes,
+    /// Each route's part of the in-flight bound (the route pauses its partitions when full).
+    pub shares: Vec<Arc<Share>>,
+    /// The whole in-flight bound.
     pub budget: Arc<Budget>,
     pub halt: Arc<Halt>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
-    pub keys: PartitionKeys,
-    /// Set by `partition_key.explicit_hash_key: spread`.
-    pub spread: Option<Spread>,
-    pub max_record_bytes: usize,
     pub commit_interval: Duration,
     pub drain_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub shutdown: Arc<AtomicBool>,
-    /// Set when `dead_letter.topic` is.
-    pub dead_letter: Option<DeadLetter>,
-    pub on_oversized: Refuse,
-    pub on_tombstone: TombstonePolicy,
-    pub on_headers: HeadersPolicy,
-    /// Set once a record's headers were left out (logged the first time only).
-    pub headers_noted: AtomicBool,
 }
 
 /// How the consumer thread ended.
@@ -279,250 +311,62 @@ pub enum SourceExit {
     AuthFailed,
 }
 
-/// Under `records.on_headers: ignore`, one record in this many is looked at for the note.
-const HEADER_SAMPLE: i64 = 64;
-
-/// A record that a policy keeps from Kinesis as it is.
-struct Refusal {
-    action: Refuse,
-    /// What is wrong and where: topic, partition, offset (never key or value bytes).
-    reason: String,
-    /// The config key of the policy.
-    setting: &'static str,
-    /// How to let it through instead.
-    fix: &'static str,
-}
-
-/// The partition key and data of a record that may be sent, or why it may not.
-fn prepare<'m>(
-    msg: &'m BorrowedMessage<'_>,
-    parts: &SourceParts,
-) -> Result<(String, &'m [u8]), Refusal> {
-    let at = || {
-        format!(
-            "record {}[{}] offset {}",
-            msg.topic(),
-            msg.partition(),
-            msg.offset()
-        )
-    };
-    let data = msg.payload().unwrap_or_default();
-    if data.is_empty()
-        && let Some(action) = parts.on_tombstone.refusal()
-    {
-        return Err(Refusal {
-            action,
-            reason: format!("{} is a tombstone (no value)", at()),
-            setting: "records.on_tombstone",
-            fix: "Set records.on_tombstone to send_empty (an empty record) or skip",
-        });
-    }
-    // librdkafka parses (and allocates for) headers on each call. Under `ignore` they only feed a
-    // one-time note, so a sample of records is enough for it.
-    let look_at_headers = parts.on_headers.refusal().is_some()
-        || (msg.offset() % HEADER_SAMPLE == 0
-            && !parts.headers_noted.load(AtomicOrdering::Relaxed));
-    if look_at_headers && msg.headers().is_some_and(|h| h.count() > 0) {
-        match parts.on_headers.refusal() {
-            Some(action) => {
-                return Err(Refusal {
-                    action,
-                    reason: format!("{} has headers, which a Kinesis record cannot carry", at()),
-                    setting: "records.on_headers",
-                    fix: "Set records.on_headers to ignore to send key and value without them",
-                });
-            }
-            None if !parts.headers_noted.swap(true, AtomicOrdering::Relaxed) => info!(
-                "{} has headers: they are not sent, a Kinesis record has none \
-                 (records.on_headers is ignore; said once)",
-                at()
-            ),
-            None => {}
-        }
-    }
-    let partition_key = parts
-        .keys
-        .key_for(msg.key(), msg.topic(), msg.partition())
-        .map_err(|refused| Refusal {
-            action: refused.action,
-            reason: format!("{} has {}", at(), refused.problem),
-            setting: refused.setting,
-            fix: "Set the policy to hash (the key's MD5 becomes the partition key)",
-        })?;
-    let size = data.len() + partition_key.len();
-    if size > parts.max_record_bytes {
-        return Err(Refusal {
-            action: parts.on_oversized,
-            reason: format!(
-                "{} is {size} bytes (value + partition key), over the stream's maximum record size of {} \
-                 bytes (kinesis.max_record_bytes)",
-                at(),
-                parts.max_record_bytes
-            ),
-            setting: "dead_letter.on_oversized",
-            fix: "Raise the stream's limit and kinesis.max_record_bytes, or set dead_letter.topic",
-        });
-    }
-    Ok((partition_key, data))
-}
-
-/// Carries out a refusal. False when doka must stop.
-fn handle_refusal(
-    msg: &BorrowedMessage<'_>,
-    refusal: Refusal,
-    progress: Arc<PartitionProgress>,
-    parts: &SourceParts,
-) -> bool {
-    let Refusal {
-        action,
-        reason,
-        setting,
-        fix,
-    } = refusal;
-    if action == Refuse::Stop {
-        parts.halt.halt(format!(
-            "{reason}. {setting} is stop: doka stops rather than drop it and commits nothing from \
-             this offset on. {fix}"
-        ));
-        return false;
-    }
-    let offset = msg.offset();
-    if !progress.register(offset) {
-        parts.metrics.refetched.inc();
-        return true;
-    }
-    parts.metrics.consumed(msg.topic()).inc();
-    match (action, &parts.dead_letter) {
-        (Refuse::DeadLetter, Some(dead_letter)) => {
-            let size = msg.payload_len() + msg.key_len();
-            parts.budget.take(1, size as u64);
-            dead_letter.send(msg, reason, progress, size);
-        }
-        (Refuse::DeadLetter, None) => {
-            // Config validation requires dead_letter.topic for every dead_letter policy.
-            parts.halt.halt(format!(
-                "{reason}. {setting} is dead_letter but no dead-letter topic is set"
-            ));
-            return false;
-        }
-        (Refuse::Stop, _) => unreachable!("a stop returned above"),
-        (Refuse::Skip, _) => {
-            parts.metrics.skipped(msg.topic()).inc();
-            info!("{reason}: not sent ({setting} is skip); counted as skipped");
-            progress.ack(offset);
-        }
-    }
-    true
-}
-
 /// How long a poll waits for the first record of a round.
 const POLL_WAIT: Duration = Duration::from_millis(100);
 /// Records taken in one round before they are handed to the lanes.
 const ROUND: usize = 2048;
 
-/// Records of one poll round, in fetch order, with their lanes: handed to the lanes together.
-///
-/// Handing records over one at a time woke a lane's task per record, and that wake-up (and the
-/// lock traffic around it) was what held throughput down (docs/PERFORMANCE.md). Offsets are
-/// registered only at hand-over, in fetch order, so a partition revoked meanwhile (its callback
-/// runs inside `poll`) neither waits for records held here nor commits past them.
-#[derive(Default)]
-struct Outbox {
-    held: Vec<(usize, Record)>,
-    /// What the records taken this round weigh against the budget (handed over or not).
-    round_bytes: u64,
-}
+/// A fetched message as the pipeline sees it.
+struct Fetch<'a, 'm>(&'a BorrowedMessage<'m>);
 
-impl Outbox {
-    fn push(&mut self, lane: usize, record: Record) {
-        self.round_bytes += record.size() as u64;
-        self.held.push((lane, record));
+impl Fetched for Fetch<'_, '_> {
+    fn topic(&self) -> &str {
+        self.0.topic()
     }
-
-    /// Registers the held records' offsets and sends each lane its share.
-    fn hand_over(&mut self, parts: &SourceParts) {
-        if self.held.is_empty() {
-            return;
+    fn partition(&self) -> i32 {
+        self.0.partition()
+    }
+    fn offset(&self) -> i64 {
+        self.0.offset()
+    }
+    fn key(&self) -> Option<&[u8]> {
+        self.0.key()
+    }
+    fn value(&self) -> Option<&[u8]> {
+        self.0.payload()
+    }
+    fn timestamp(&self) -> Timestamp {
+        match self.0.timestamp() {
+            rdkafka::Timestamp::NotAvailable => Timestamp::None,
+            rdkafka::Timestamp::CreateTime(t) => Timestamp::CreateTime(t),
+            rdkafka::Timestamp::LogAppendTime(t) => Timestamp::LogAppendTime(t),
         }
-        let mut per_lane: Vec<Vec<Record>> = (0..parts.lanes.len()).map(|_| Vec::new()).collect();
-        let (mut records, mut bytes) = (0u64, 0u64);
-        let mut held = self.held.drain(..).peekable();
-        while let Some((lane, first)) = held.next() {
-            // A run of records of one partition: registered under one lock.
-            let progress = first.progress.clone();
-            let mut run = vec![(lane, first)];
-            while let Some(next) = held.next_if(|(_, r)| Arc::ptr_eq(&r.progress, &progress)) {
-                run.push(next);
-            }
-            if progress.is_revoked() {
-                parts.metrics.not_ours.inc_by(run.len() as u64);
-                continue;
-            }
-            let mut new = Vec::with_capacity(run.len());
-            progress.register_all(run.iter().map(|(_, r)| r.offset), |is_new| new.push(is_new));
-            let mut consumed = 0;
-            for ((lane, record), is_new) in run.into_iter().zip(new) {
-                if !is_new {
-                    parts.metrics.refetched.inc();
-                    continue;
-                }
-                consumed += 1;
-                records += 1;
-                bytes += record.size() as u64;
-                per_lane[lane].push(record);
-            }
-            parts.metrics.consumed(&progress.topic).inc_by(consumed);
-        }
-        parts.budget.take(records, bytes);
-        for (lane, chunk) in per_lane.into_iter().enumerate() {
-            if chunk.is_empty() {
-                continue;
-            }
-            if let Err(returned) = parts.lanes[lane].send(chunk) {
-                // The lane stopped (halt): the records stay undelivered and uncommitted.
-                let returned = returned.0;
-                let bytes = returned.iter().map(|r| r.size() as u64).sum();
-                parts.budget.release(returned.len() as u64, bytes);
-            }
-        }
+    }
+    fn headers(&self) -> Vec<Header<'_>> {
+        self.0
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| Header {
+                        key: h.key,
+                        value: h.value,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
-/// Prepares one fetched record for its lane, or carries out the policy that refuses it. False
-/// when doka must stop.
-fn take(
-    msg: &BorrowedMessage<'_>,
-    context: &SourceContext,
-    parts: &SourceParts,
-    outbox: &mut Outbox,
-) -> bool {
-    let Some(progress) = context.progress(msg.topic(), msg.partition()) else {
+/// Hands one fetched record to the intake. False when doka must stop.
+fn take(msg: &BorrowedMessage<'_>, context: &SourceContext, intake: &mut Intake) -> bool {
+    let Some((progress, route)) = context.progress(msg.topic(), msg.partition()) else {
         // Fetched before its partition was revoked: it belongs to the new owner, who reads it
         // from the committed offset (which never passed it).
-        parts.metrics.not_ours.inc();
+        context.metrics.not_ours.inc();
         return true;
     };
-    match prepare(msg, parts) {
-        Ok((partition_key, data)) => {
-            let lane = lane_of(&partition_key, parts.lanes.len());
-            outbox.push(
-                lane,
-                Record {
-                    partition_key,
-                    explicit_hash_key: parts.spread.as_ref().map(|s| s.next_hash_key()),
-                    data: Bytes::copy_from_slice(data),
-                    progress,
-                    offset: msg.offset(),
-                },
-            );
-            true
-        }
-        Err(refusal) => {
-            // Offsets are registered in fetch order: the held records first.
-            outbox.hand_over(parts);
-            handle_refusal(msg, refusal, progress, parts)
-        }
-    }
+    intake.take(&Fetch(msg), progress, route)
 }
 
 pub fn consumer_config(kafka: &KafkaConfig) -> anyhow::Result<ClientConfig> {
@@ -550,6 +394,7 @@ pub fn consumer_config(kafka: &KafkaConfig) -> anyhow::Result<ClientConfig> {
 /// Runs the consumer until shutdown or halt. Blocks the calling thread.
 pub fn run(
     kafka: &KafkaConfig,
+    subscription: &[String],
     connection: Connection,
     parts: SourceParts,
 ) -> anyhow::Result<SourceExit> {
@@ -557,7 +402,14 @@ pub fn run(
         partitions: Mutex::new(HashMap::new()),
         budget: parts.budget.clone(),
         drain_timeout: parts.drain_timeout,
-        paused: AtomicBool::new(false),
+        paused: parts
+            .shares
+            .iter()
+            .map(|_| AtomicBool::new(false))
+            .collect(),
+        all_paused: AtomicBool::new(false),
+        routing: parts.routing,
+        halt: parts.halt.clone(),
         closing: AtomicBool::new(false),
         commit_now: AtomicBool::new(false),
         connection,
@@ -573,20 +425,21 @@ pub fn run(
         // Nothing is subscribed yet: a poll serves events, it returns no records.
         let _ = consumer.poll(timeout);
     });
-    let topics: Vec<&str> = kafka.topics.iter().map(String::as_str).collect();
+    let topics: Vec<&str> = subscription.iter().map(String::as_str).collect();
     // Fail fast at start-up: a broker list that reaches nothing is a set-up problem, best shown
     // by exiting (Kubernetes shows the crash loop). Outages later on are waited out.
     let connect_timeout = Duration::from_millis(kafka.connect_timeout_ms);
     match consumer.fetch_metadata(None, connect_timeout) {
         Ok(metadata) => {
-            for topic in &topics {
+            // Patterns (`^…`) match whatever exists; named topics are looked up.
+            for topic in topics.iter().filter(|t| !t.starts_with('^')) {
                 let found = metadata
                     .topics()
                     .iter()
                     .any(|t| t.name() == *topic && t.error().is_none());
                 if !found {
                     warn!(
-                        "topic `{topic}` does not exist on {}; doka waits for it (check kafka.topics)",
+                        "topic `{topic}` does not exist on {}; doka waits for it (check the topics of its route)",
                         kafka.brokers.join(",")
                     );
                 }
@@ -614,26 +467,26 @@ pub fn run(
     consumer
         .subscribe(&topics)
         .map_err(|e| anyhow::anyhow!("cannot subscribe to {topics:?}: {e}"))?;
-    info!(brokers = %kafka.brokers.join(","), group = %kafka.group_id, topics = ?kafka.topics, "joining consumer group");
+    info!(brokers = %kafka.brokers.join(","), group = %kafka.group_id, topics = ?subscription, "joining consumer group");
     parts.health.joined();
 
     let mut last_commit = Instant::now();
     let mut last_gauges = Instant::now();
     let mut last_poll_error: Option<Instant> = None;
-    let mut outbox = Outbox::default();
+    let mut intake = parts.intake;
     'rounds: while !parts.shutdown.load(AtomicOrdering::SeqCst) && !parts.halt.is_halted() {
         parts.health.consumer_turned();
-        manage_pause(&consumer, &parts.budget);
+        manage_pause(&consumer, &parts.shares);
         // One round: what librdkafka has ready, waiting only for the first record, up to ROUND
         // records and never past the in-flight bound (one record at least: a poll must run).
         let room = parts.budget.room();
         let round = (room.records as usize).clamp(1, ROUND);
         let mut wait = POLL_WAIT;
-        outbox.round_bytes = 0;
+        intake.start_round();
         for _ in 0..round {
             // Checked once something was taken: the first poll always runs (it also serves
             // rebalances and token refreshes while fetching is paused).
-            if outbox.round_bytes > 0 && outbox.round_bytes >= room.bytes {
+            if intake.round_bytes() > 0 && intake.round_bytes() >= room.bytes {
                 break;
             }
             let Some(polled) = consumer.poll(wait) else {
@@ -642,7 +495,7 @@ pub fn run(
             wait = Duration::ZERO;
             match polled {
                 Ok(msg) => {
-                    if !take(&msg, consumer.context(), &parts, &mut outbox) {
+                    if !take(&msg, consumer.context(), &mut intake) {
                         break 'rounds;
                     }
                 }
@@ -656,7 +509,7 @@ pub fn run(
                 }
             }
         }
-        outbox.hand_over(&parts);
+        intake.hand_over();
         let context = consumer.context();
         if last_commit.elapsed() >= parts.commit_interval
             || context.commit_now.swap(false, AtomicOrdering::SeqCst)
@@ -671,14 +524,14 @@ pub fn run(
     }
     // Records prepared before a halt or a stop request go out like the rest: what is delivered
     // before the shutdown timeout is committed, the rest is read again after a restart.
-    outbox.hand_over(&parts);
+    intake.hand_over();
     parts.health.stopping();
 
     // Stop fetching, let the lanes finish, commit what was delivered, leave the group.
     if let Ok(assignment) = consumer.assignment() {
         let _ = consumer.pause(&assignment);
     }
-    drop(parts.lanes);
+    intake.close_lanes();
     let halted = parts.halt.is_halted();
     info!(
         in_flight = parts.budget.usage().records,
@@ -689,7 +542,7 @@ pub fn run(
         .wait_until(parts.shutdown_timeout, |u| u.records == 0);
     let context = consumer.context();
     context.closing.store(true, AtomicOrdering::SeqCst);
-    context.paused.store(true, AtomicOrdering::SeqCst);
+    context.all_paused.store(true, AtomicOrdering::SeqCst);
     context.commit(&consumer, &context.all(), CommitMode::Sync);
     let undelivered = parts.budget.usage().records;
     leave_group(&consumer);
@@ -806,47 +659,58 @@ fn close(consumer: BaseConsumer<SourceContext>) {
     }
 }
 
-fn manage_pause(consumer: &BaseConsumer<SourceContext>, budget: &Budget) {
+/// Pauses the partitions of each route whose share of the in-flight bound is full, and resumes
+/// them below 3/4 of it. Other routes keep fetching.
+fn manage_pause(consumer: &BaseConsumer<SourceContext>, shares: &[Arc<Share>]) {
     let context = consumer.context();
-    let paused = context.paused.load(AtomicOrdering::SeqCst);
-    let change = if !paused && budget.full() {
-        Some(true)
-    } else if paused && budget.has_room() {
-        Some(false)
-    } else {
-        None
-    };
-    let Some(pause) = change else { return };
-    let Ok(assignment) = consumer.assignment() else {
-        return;
-    };
-    let result = if pause {
-        consumer.pause(&assignment)
-    } else {
-        consumer.resume(&assignment)
-    };
-    match result {
-        Ok(()) => {
-            context.paused.store(pause, AtomicOrdering::SeqCst);
-            context.metrics.fetch_paused.set(i64::from(pause));
-            let usage = budget.usage();
-            if pause {
-                info!(
-                    records = usage.records,
-                    bytes = usage.bytes,
-                    "in-flight bound reached: fetching paused"
-                );
-            } else {
-                info!(
-                    records = usage.records,
-                    bytes = usage.bytes,
-                    "fetching resumed"
-                );
+    for (route, share) in shares.iter().enumerate() {
+        let paused = context.paused[route].load(AtomicOrdering::SeqCst);
+        let pause = if !paused && share.full() {
+            true
+        } else if paused && share.has_room() {
+            false
+        } else {
+            continue;
+        };
+        let partitions = context.of_route(route);
+        let result = if partitions.count() == 0 {
+            Ok(())
+        } else if pause {
+            consumer.pause(&partitions)
+        } else {
+            consumer.resume(&partitions)
+        };
+        let name = context.routing.name(route);
+        match result {
+            Ok(()) => {
+                context.paused[route].store(pause, AtomicOrdering::SeqCst);
+                let any = context
+                    .paused
+                    .iter()
+                    .any(|p| p.load(AtomicOrdering::SeqCst));
+                context.metrics.fetch_paused.set(i64::from(any));
+                let usage = share.usage();
+                if pause {
+                    info!(
+                        route = name,
+                        records = usage.records,
+                        bytes = usage.bytes,
+                        "in-flight bound reached: fetching paused"
+                    );
+                } else {
+                    info!(
+                        route = name,
+                        records = usage.records,
+                        bytes = usage.bytes,
+                        "fetching resumed"
+                    );
+                }
             }
+            Err(e) => warn!(
+                route = name,
+                "could not {} partitions: {e}",
+                if pause { "pause" } else { "resume" }
+            ),
         }
-        Err(e) => warn!(
-            "could not {} partitions: {e}",
-            if pause { "pause" } else { "resume" }
-        ),
     }
 }

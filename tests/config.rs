@@ -200,7 +200,14 @@ fn a_wrong_type_is_named() {
 fn a_missing_value_says_where_to_set_it() {
     let yaml = VALID.replace("kinesis:\n  stream: orders-stream\n", "");
     let run = broken(&yaml, &[]);
-    assert_mentions(&run, &["missing config key `kinesis`", "DOKA_KINESIS"]);
+    assert_mentions(
+        &run,
+        &[
+            "missing config key `kinesis.stream`",
+            "DOKA_KINESIS__STREAM",
+            "routes",
+        ],
+    );
     let yaml = VALID.replace("  group_id: doka\n", "");
     let run = broken(&yaml, &[]);
     assert_mentions(

@@ -786,6 +786,7 @@ fn iam_examples_are_policy_documents_for_the_shipped_deployment() {
         [
             "role-a-policy.json",
             "role-a-trust.json",
+            "role-b-firehose-policy.json",
             "role-b-policy.json",
             "role-b-trust.json"
         ]
@@ -903,7 +904,23 @@ fn iam_examples_are_policy_documents_for_the_shipped_deployment() {
             .all(|k| k.starts_with("arn:aws:kms:") && k.contains(":key/")),
         "kms:GenerateDataKey on a key ARN, got {keys:?}"
     );
+    // A Firehose route's role: write to and describe its delivery stream, nothing wider.
+    let firehose = policy("role-b-firehose-policy.json");
+    for action in ["firehose:PutRecordBatch", "firehose:DescribeDeliveryStream"] {
+        let resources = resources_for(&firehose, action);
+        assert!(
+            !resources.is_empty()
+                && resources
+                    .iter()
+                    .all(|r| r.starts_with("arn:aws:firehose:") && r.contains(":deliverystream/")),
+            "{action} on a delivery stream ARN, got {resources:?}"
+        );
+    }
     let readme = read("deploy/iam/README.md");
+    assert!(
+        readme.contains("role-b-firehose-policy.json"),
+        "deploy/iam/README.md says when the Firehose policy is needed"
+    );
     assert!(
         readme.contains("kms:GenerateDataKey") && readme.contains("customer"),
         "deploy/iam/README.md explains when kms:GenerateDataKey is needed"
@@ -945,7 +962,7 @@ fn metric_names(expr: &str) -> Vec<String> {
 fn known_metrics() -> BTreeSet<String> {
     use doka::telemetry::metrics::{CredentialKind, Metrics, PutOutcome};
     let metrics = Metrics::new();
-    let stream = metrics.stream("s");
+    let stream = metrics.destination("default", "s");
     stream.request(PutOutcome::Ok);
     stream.put_duration.observe(0.1);
     stream.batch_records.observe(1.0);

@@ -118,7 +118,7 @@ async fn tombstones_long_and_binary_keys_follow_their_policies() {
     let headers_reason =
         String::from_utf8_lossy(&header(&with_headers.2, "doka.reason")).into_owned();
     assert!(
-        headers_reason.contains("has headers, which a Kinesis record cannot carry"),
+        headers_reason.contains("has headers, which a raw record cannot carry"),
         "{headers_reason}"
     );
     let (key, _, headers) = dead

@@ -16,7 +16,7 @@ use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvid
 use aws_types::SdkConfig;
 use aws_types::region::Region;
 
-use crate::config::{AwsConfig, KinesisConfig};
+use crate::config::{AwsConfig, Route};
 use crate::telemetry::health::Health;
 use crate::telemetry::metrics::{CredentialKind, Metrics};
 
@@ -25,6 +25,8 @@ use crate::telemetry::metrics::{CredentialKind, Metrics};
 pub struct CredentialObserver {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    /// The route whose destination the credentials are for (its index in `Config::routes`).
+    pub destination: usize,
 }
 
 impl std::fmt::Debug for CredentialObserver {
@@ -33,9 +35,11 @@ impl std::fmt::Debug for CredentialObserver {
     }
 }
 
-/// Everything needed to talk to the target stream.
+/// Everything needed to talk to a route's destination.
 pub struct KinesisAccess {
     pub client: aws_sdk_kinesis::Client,
+    /// Set for a Firehose route (the Kinesis client is then unused).
+    pub firehose: Option<aws_sdk_firehose::Client>,
     pub credentials: SharedCredentialsProvider,
     pub region: String,
     pub session_name: Option<String>,
@@ -112,11 +116,24 @@ pub async fn caller_identity(
 /// Builds the Kinesis client whose credentials come from AssumeRole (when `aws.role_arn` is set).
 pub async fn kinesis_access(
     base: &SdkConfig,
-    aws: &AwsConfig,
-    kinesis: &KinesisConfig,
+    route: &Route,
     session_name: String,
     observer: Option<CredentialObserver>,
 ) -> anyhow::Result<KinesisAccess> {
+    let aws = &route.aws;
+    // A route in another region than the shared one keeps the shared credential chain.
+    let routed;
+    let base = match &aws.region {
+        Some(region) if base.region().is_none_or(|r| r.as_ref() != region) => {
+            routed = base
+                .clone()
+                .into_builder()
+                .region(Region::new(region.clone()))
+                .build();
+            &routed
+        }
+        _ => base,
+    };
     let Some(region) = base.region().map(|r| r.to_string()) else {
         anyhow::bail!("no AWS region: set aws.region in the config (or AWS_REGION)");
     };
@@ -151,28 +168,40 @@ pub async fn kinesis_access(
         None => (source, None),
     };
 
-    let request_timeout = Duration::from_millis(kinesis.request_timeout_ms);
+    let request_timeout = Duration::from_millis(route.request_timeout_ms());
+    let identity_cache = if aws.role_arn.is_some() {
+        // `Renewed` already moved the expiry `credential_refresh_margin_secs` early.
+        IdentityCache::lazy().buffer_time(Duration::ZERO).build()
+    } else {
+        IdentityCache::lazy().build()
+    };
+    let timeouts = TimeoutConfig::builder()
+        .operation_timeout(request_timeout)
+        .connect_timeout(request_timeout.min(Duration::from_secs(10)))
+        .build();
     let mut builder = aws_sdk_kinesis::config::Builder::from(base)
         .credentials_provider(credentials.clone())
-        .identity_cache(if aws.role_arn.is_some() {
-            // `Renewed` already moved the expiry `credential_refresh_margin_secs` early.
-            IdentityCache::lazy().buffer_time(Duration::ZERO).build()
-        } else {
-            IdentityCache::lazy().build()
-        })
+        .identity_cache(identity_cache.clone())
         // doka retries itself, entry by entry, with its own backoff and accounting.
         .retry_config(RetryConfig::disabled())
-        .timeout_config(
-            TimeoutConfig::builder()
-                .operation_timeout(request_timeout)
-                .connect_timeout(request_timeout.min(Duration::from_secs(10)))
-                .build(),
-        );
+        .timeout_config(timeouts.clone());
     if let Some(endpoint) = &aws.kinesis_endpoint {
         builder = builder.endpoint_url(endpoint);
     }
+    let firehose = route.firehose.as_ref().map(|_| {
+        let mut builder = aws_sdk_firehose::config::Builder::from(base)
+            .credentials_provider(credentials.clone())
+            .identity_cache(identity_cache)
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(timeouts);
+        if let Some(endpoint) = &aws.firehose_endpoint {
+            builder = builder.endpoint_url(endpoint);
+        }
+        aws_sdk_firehose::Client::from_conf(builder.build())
+    });
     Ok(KinesisAccess {
         client: aws_sdk_kinesis::Client::from_conf(builder.build()),
+        firehose,
         credentials,
         region,
         session_name,
@@ -258,7 +287,9 @@ impl<P: ProvideCredentials> ProvideCredentials for Renewed<P> {
                             .map(|d| d.as_secs_f64())
                     }),
                 );
-                observer.health.credentials_obtained(expiry);
+                observer
+                    .health
+                    .credentials_obtained(observer.destination, expiry);
             }
             let renewed = match assumed.expiry() {
                 Some(expiry) => Credentials::new(

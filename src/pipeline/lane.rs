@@ -12,7 +12,7 @@ use tracing::{debug, error, warn};
 
 use super::batch::Batcher;
 use super::pace::Pace;
-use super::{Budget, Halt, Record};
+use super::{Halt, Record, Share};
 use crate::config::Ordering;
 use crate::sink::{Entry, EntryFailure, RequestError, Sink};
 use crate::telemetry::health::Health;
@@ -47,7 +47,10 @@ pub struct Lane<S> {
     pub sink: Arc<S>,
     pub backoff: Backoff,
     pub ordering: Ordering,
-    pub budget: Arc<Budget>,
+    /// The route's part of the in-flight bound.
+    pub budget: Arc<Share>,
+    /// The route's index: its destination's health.
+    pub route: usize,
     /// Shared by every lane of the destination.
     pub pace: Arc<Pace>,
     pub halt: Arc<Halt>,
@@ -228,9 +231,9 @@ impl<S: Sink> Lane<S> {
         };
         m.request(kind);
         if answered {
-            self.health.stream_answered();
+            self.health.stream_answered(self.route);
         } else {
-            self.health.stream_failed();
+            self.health.stream_failed(self.route);
         }
         outcome
     }
@@ -280,6 +283,7 @@ mod tests {
     fn test_health() -> Arc<crate::telemetry::health::Health> {
         Arc::new(crate::telemetry::health::Health::new(
             64,
+            vec!["s".into()],
             Duration::from_secs(3600),
             Duration::from_secs(3600),
         ))
@@ -390,7 +394,10 @@ mod tests {
         seed: u64,
     ) -> (Vec<(String, i64)>, Arc<PartitionProgress>) {
         let progress = PartitionProgress::new("t".into(), 0);
-        let budget = Arc::new(Budget::new(10_000, 1 << 30));
+        let budget = Arc::new(Share::whole(Arc::new(crate::pipeline::Budget::new(
+            10_000,
+            1 << 30,
+        ))));
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         for offset in 0..300 {
             progress.register(offset);
@@ -429,9 +436,10 @@ mod tests {
             },
             ordering,
             budget: budget.clone(),
+            route: 0,
             pace: Arc::new(crate::pipeline::pace::Pace::new(true, 1e6)),
             halt: Arc::new(Halt::default()),
-            metrics: crate::telemetry::metrics::Metrics::new().stream("test"),
+            metrics: crate::telemetry::metrics::Metrics::new().destination("default", "test"),
             health: test_health(),
         };
         lane.run().await;
@@ -543,7 +551,10 @@ mod tests {
         const LANES: usize = 8;
         let started = tokio::time::Instant::now();
         let progress = PartitionProgress::new("t".into(), 0);
-        let budget = Arc::new(Budget::new(100_000, 1 << 30));
+        let budget = Arc::new(Share::whole(Arc::new(crate::pipeline::Budget::new(
+            100_000,
+            1 << 30,
+        ))));
         let sink = Arc::new(CapacitySink {
             capacity: 1000.0,
             state: std::sync::Mutex::new((1000.0, started)),
@@ -575,9 +586,10 @@ mod tests {
                 },
                 ordering: Ordering::PerKey,
                 budget: budget.clone(),
+                route: 0,
                 pace: pace.clone(),
                 halt: Arc::new(Halt::default()),
-                metrics: crate::telemetry::metrics::Metrics::new().stream("test"),
+                metrics: crate::telemetry::metrics::Metrics::new().destination("default", "test"),
                 health: test_health(),
             };
             lanes.push(tokio::spawn(lane.run()));
@@ -692,10 +704,14 @@ mod tests {
                 max_attempts: 0,
             },
             ordering: Ordering::PerKey,
-            budget: Arc::new(Budget::new(10, 1 << 20)),
+            budget: Arc::new(Share::whole(Arc::new(crate::pipeline::Budget::new(
+                10,
+                1 << 20,
+            )))),
+            route: 0,
             pace: Arc::new(crate::pipeline::pace::Pace::new(false, 1.0)),
             halt: halt.clone(),
-            metrics: crate::telemetry::metrics::Metrics::new().stream("test"),
+            metrics: crate::telemetry::metrics::Metrics::new().destination("default", "test"),
             health: test_health(),
         };
         lane.run_watched().await;

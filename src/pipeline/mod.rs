@@ -8,6 +8,7 @@
 
 pub mod batch;
 pub mod envelope;
+pub mod intake;
 pub mod json_field;
 pub mod lane;
 pub mod offsets;
@@ -230,6 +231,66 @@ impl Budget {
             }
             guard = self.changed.wait_timeout(guard, deadline - now).unwrap().0;
         }
+    }
+}
+
+/// A route's part of the in-flight bound. Each route pauses its own partitions when its share is
+/// full, so a route whose destination is down holds at most its share and the others keep
+/// fetching; every take and release also counts in the whole [`Budget`], which shutdown and
+/// rebalances wait on.
+#[derive(Debug)]
+pub struct Share {
+    records: AtomicU64,
+    bytes: AtomicU64,
+    max_records: u64,
+    max_bytes: u64,
+    total: Arc<Budget>,
+}
+
+impl Share {
+    pub fn new(max_records: u64, max_bytes: u64, total: Arc<Budget>) -> Self {
+        Self {
+            records: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            max_records,
+            max_bytes,
+            total,
+        }
+    }
+
+    /// The whole budget as one share (one route, or a test).
+    pub fn whole(total: Arc<Budget>) -> Self {
+        Self::new(total.max_records, total.max_bytes, total)
+    }
+
+    pub fn take(&self, records: u64, bytes: u64) {
+        self.records.fetch_add(records, Ordering::SeqCst);
+        self.bytes.fetch_add(bytes, Ordering::SeqCst);
+        self.total.take(records, bytes);
+    }
+
+    pub fn release(&self, records: u64, bytes: u64) {
+        self.records.fetch_sub(records, Ordering::SeqCst);
+        self.bytes.fetch_sub(bytes, Ordering::SeqCst);
+        self.total.release(records, bytes);
+    }
+
+    pub fn usage(&self) -> Usage {
+        Usage {
+            records: self.records.load(Ordering::SeqCst),
+            bytes: self.bytes.load(Ordering::SeqCst),
+        }
+    }
+
+    pub fn full(&self) -> bool {
+        let used = self.usage();
+        used.records >= self.max_records || used.bytes >= self.max_bytes
+    }
+
+    /// Below 3/4 of both limits: the route's partitions resume.
+    pub fn has_room(&self) -> bool {
+        let used = self.usage();
+        used.records * 4 < self.max_records * 3 && used.bytes * 4 < self.max_bytes * 3
     }
 }
 

@@ -7,6 +7,8 @@
 use std::fmt::Write as _;
 
 use super::Refuse;
+use super::json_field;
+use crate::config::PartitionKeyConfig;
 pub use crate::config::{BinaryKeyPolicy, KeyRule, LongKeyPolicy, MAX_PARTITION_KEY_CHARS};
 use md5::{Digest, Md5};
 
@@ -25,6 +27,9 @@ pub struct KeyRefused {
 pub struct PartitionKeys {
     rule: KeyRule,
     prefix: String,
+    /// `json_field`'s path, parsed once.
+    path: Vec<String>,
+    template: String,
     on_long_key: LongKeyPolicy,
     on_binary_key: BinaryKeyPolicy,
 }
@@ -39,12 +44,29 @@ impl PartitionKeys {
         Self {
             rule,
             prefix: prefix.unwrap_or_default().to_owned(),
+            path: Vec::new(),
+            template: String::new(),
             on_long_key,
             on_binary_key,
         }
     }
 
-    /// The partition key for a record with Kafka `key` from `topic`/`partition`.
+    /// The rule of a route's `partition_key` section (validated at load).
+    pub fn from_config(config: &PartitionKeyConfig) -> Self {
+        let mut keys = Self::new(
+            config.rule,
+            config.prefix.as_deref(),
+            config.on_long_key,
+            config.on_binary_key,
+        );
+        if let Some(field) = &config.field {
+            keys.path = json_field::parse_path(field).unwrap_or_default();
+        }
+        keys.template = config.template.clone().unwrap_or_default();
+        keys
+    }
+
+    /// The partition key for a record with Kafka `key` and `value` from `topic`/`partition`.
     ///
     /// With [`KeyRule::KafkaKey`]:
     /// - a key that is valid UTF-8 of 1 to 256 characters is used as it is;
@@ -53,58 +75,54 @@ impl PartitionKeys {
     /// - a binary key or one longer than 256 characters is handled by `on_binary_key` /
     ///   `on_long_key`: by default replaced by the 32 hex digits of its MD5, which keeps equal keys
     ///   together.
+    ///
+    /// [`KeyRule::JsonField`] uses the field's text, and the `kafka_key` rule when the value is not
+    /// JSON or the field is missing, null, empty, an object or an array. [`KeyRule::Template`]
+    /// fills in topic, partition and key (a binary key by `on_binary_key`; no key: empty; an
+    /// empty result: `<topic>-<partition>`). Every rule's result goes through `on_long_key`.
     pub fn key_for(
         &self,
         key: Option<&[u8]>,
+        value: Option<&[u8]>,
         topic: &str,
         partition: i32,
     ) -> Result<String, KeyRefused> {
         Ok(match self.rule {
-            KeyRule::KafkaKey => match key {
-                None | Some([]) => {
-                    let fallback = format!("{topic}-{partition}");
-                    if fallback.chars().count() <= MAX_PARTITION_KEY_CHARS {
-                        fallback
-                    } else {
-                        md5_hex(fallback.as_bytes())
-                    }
-                }
-                Some(bytes) => match std::str::from_utf8(bytes) {
-                    Ok(s) if s.chars().count() <= MAX_PARTITION_KEY_CHARS => s.to_owned(),
-                    Ok(s) => {
-                        let refused = |action| KeyRefused {
-                            action,
-                            problem: format!(
-                                "a key of {} characters, over Kinesis' {MAX_PARTITION_KEY_CHARS}",
-                                s.chars().count()
-                            ),
-                            setting: "partition_key.on_long_key",
-                        };
-                        match self.on_long_key {
-                            LongKeyPolicy::Hash => md5_hex(bytes),
-                            LongKeyPolicy::Truncate => {
-                                s.chars().take(MAX_PARTITION_KEY_CHARS).collect()
-                            }
-                            LongKeyPolicy::DeadLetter => return Err(refused(Refuse::DeadLetter)),
-                            LongKeyPolicy::Stop => return Err(refused(Refuse::Stop)),
-                        }
-                    }
-                    Err(_) => {
-                        let refused = |action| KeyRefused {
-                            action,
-                            problem: format!("a binary key ({} bytes, not UTF-8)", bytes.len()),
-                            setting: "partition_key.on_binary_key",
-                        };
-                        match self.on_binary_key {
-                            BinaryKeyPolicy::Hash => md5_hex(bytes),
-                            BinaryKeyPolicy::DeadLetter => {
-                                return Err(refused(Refuse::DeadLetter));
-                            }
-                            BinaryKeyPolicy::Stop => return Err(refused(Refuse::Stop)),
-                        }
-                    }
-                },
+            KeyRule::KafkaKey => self.by_kafka_key(key, topic, partition)?,
+            KeyRule::JsonField => match value.and_then(|v| json_field::field_text(v, &self.path)) {
+                Some(text) if !text.is_empty() => self.bounded(text)?,
+                _ => self.by_kafka_key(key, topic, partition)?,
             },
+            KeyRule::Template => {
+                let mut out = String::with_capacity(self.template.len() + 32);
+                let mut rest = self.template.as_str();
+                while let Some(open) = rest.find('{') {
+                    out.push_str(&rest[..open]);
+                    let close = open + rest[open..].find('}').unwrap_or(rest.len() - open);
+                    match &rest[open + 1..close.min(rest.len())] {
+                        "topic" => out.push_str(topic),
+                        "partition" => {
+                            let _ = write!(out, "{partition}");
+                        }
+                        "key" => match key {
+                            None => {}
+                            Some(bytes) => match std::str::from_utf8(bytes) {
+                                Ok(text) => out.push_str(text),
+                                Err(_) => out.push_str(&self.binary(bytes)?),
+                            },
+                        },
+                        // Validated at load: nothing else is there.
+                        _ => {}
+                    }
+                    rest = rest.get(close + 1..).unwrap_or_default();
+                }
+                out.push_str(rest);
+                if out.is_empty() {
+                    self.by_kafka_key(None, topic, partition)?
+                } else {
+                    self.bounded(out)?
+                }
+            }
             KeyRule::Random => random_hex(String::with_capacity(32)),
             KeyRule::PrefixRandom => {
                 let mut key = String::with_capacity(self.prefix.len() + 32);
@@ -112,6 +130,64 @@ impl PartitionKeys {
                 random_hex(key)
             }
         })
+    }
+
+    fn by_kafka_key(
+        &self,
+        key: Option<&[u8]>,
+        topic: &str,
+        partition: i32,
+    ) -> Result<String, KeyRefused> {
+        match key {
+            None | Some([]) => {
+                let fallback = format!("{topic}-{partition}");
+                Ok(if fallback.chars().count() <= MAX_PARTITION_KEY_CHARS {
+                    fallback
+                } else {
+                    md5_hex(fallback.as_bytes())
+                })
+            }
+            Some(bytes) => match std::str::from_utf8(bytes) {
+                Ok(text) if text.chars().count() <= MAX_PARTITION_KEY_CHARS => Ok(text.to_owned()),
+                Ok(text) => self.bounded(text.to_owned()),
+                Err(_) => self.binary(bytes),
+            },
+        }
+    }
+
+    /// `text` as a partition key: as it is up to 256 characters, else by `on_long_key`.
+    fn bounded(&self, text: String) -> Result<String, KeyRefused> {
+        let chars = text.chars().count();
+        if chars <= MAX_PARTITION_KEY_CHARS {
+            return Ok(text);
+        }
+        let refused = |action| KeyRefused {
+            action,
+            problem: format!(
+                "a key of {chars} characters, over Kinesis' {MAX_PARTITION_KEY_CHARS}"
+            ),
+            setting: "partition_key.on_long_key",
+        };
+        match self.on_long_key {
+            LongKeyPolicy::Hash => Ok(md5_hex(text.as_bytes())),
+            LongKeyPolicy::Truncate => Ok(text.chars().take(MAX_PARTITION_KEY_CHARS).collect()),
+            LongKeyPolicy::DeadLetter => Err(refused(Refuse::DeadLetter)),
+            LongKeyPolicy::Stop => Err(refused(Refuse::Stop)),
+        }
+    }
+
+    /// A key that is not UTF-8, by `on_binary_key`.
+    fn binary(&self, bytes: &[u8]) -> Result<String, KeyRefused> {
+        let refused = |action| KeyRefused {
+            action,
+            problem: format!("a binary key ({} bytes, not UTF-8)", bytes.len()),
+            setting: "partition_key.on_binary_key",
+        };
+        match self.on_binary_key {
+            BinaryKeyPolicy::Hash => Ok(md5_hex(bytes)),
+            BinaryKeyPolicy::DeadLetter => Err(refused(Refuse::DeadLetter)),
+            BinaryKeyPolicy::Stop => Err(refused(Refuse::Stop)),
+        }
     }
 }
 
@@ -153,7 +229,7 @@ mod tests {
     use super::*;
 
     fn key(keys: &PartitionKeys, k: Option<&[u8]>, topic: &str, partition: i32) -> String {
-        keys.key_for(k, topic, partition).expect("a key")
+        keys.key_for(k, None, topic, partition).expect("a key")
     }
 
     fn valid(key: &str) -> bool {
@@ -270,14 +346,16 @@ mod tests {
             LongKeyPolicy::DeadLetter,
             BinaryKeyPolicy::Stop,
         );
-        let long_refused = refuse.key_for(Some(long.as_bytes()), "t", 0).unwrap_err();
+        let long_refused = refuse
+            .key_for(Some(long.as_bytes()), None, "t", 0)
+            .unwrap_err();
         assert_eq!(long_refused.action, Refuse::DeadLetter);
         assert_eq!(long_refused.setting, "partition_key.on_long_key");
         assert!(
             long_refused.problem.contains("300 characters"),
             "{long_refused:?}"
         );
-        let binary_refused = refuse.key_for(Some(&binary), "t", 0).unwrap_err();
+        let binary_refused = refuse.key_for(Some(&binary), None, "t", 0).unwrap_err();
         assert_eq!(binary_refused.action, Refuse::Stop);
         assert_eq!(binary_refused.setting, "partition_key.on_binary_key");
         // Keys within the rules are untouched by the policies.

@@ -29,21 +29,33 @@ pub struct Health {
     lanes: Vec<AtomicU64>,
     lane_stall: Duration,
     member: AtomicBool,
-    /// Unix seconds until which the stream's credentials are valid; 0: none yet.
+    /// One per route: its destination and the credentials for it.
+    destinations: Vec<Destination>,
+    /// Shutdown began: the consumer loop now waits for the drain, the group and the close.
+    stopping: AtomicBool,
+}
+
+struct Destination {
+    name: String,
+    /// Unix seconds until which the credentials are valid; 0: none yet.
     credentials_until: AtomicU64,
     /// Milliseconds since `epoch` of the first whole-request failure since the last accepted
     /// request; 0: none.
     failing_since: AtomicU64,
-    /// The stream answered at least once since start.
-    stream_seen: AtomicBool,
-    /// Shutdown began: the consumer loop now waits for the drain, the group and the close.
-    stopping: AtomicBool,
+    /// The destination answered at least once since start.
+    seen: AtomicBool,
 }
 
 impl Health {
     /// `consumer_stall`: how long the consumer loop may not turn; `lane_stall`: how long one
     /// request attempt may run.
-    pub fn new(lanes: usize, consumer_stall: Duration, lane_stall: Duration) -> Self {
+    /// `destinations`: each route's destination, named in the probe's answer.
+    pub fn new(
+        lanes: usize,
+        destinations: Vec<String>,
+        consumer_stall: Duration,
+        lane_stall: Duration,
+    ) -> Self {
         Self {
             epoch: Instant::now(),
             consumer_beat: AtomicU64::new(0),
@@ -51,9 +63,15 @@ impl Health {
             lanes: (0..lanes).map(|_| AtomicU64::new(0)).collect(),
             lane_stall,
             member: AtomicBool::new(false),
-            credentials_until: AtomicU64::new(0),
-            failing_since: AtomicU64::new(0),
-            stream_seen: AtomicBool::new(false),
+            destinations: destinations
+                .into_iter()
+                .map(|name| Destination {
+                    name,
+                    credentials_until: AtomicU64::new(0),
+                    failing_since: AtomicU64::new(0),
+                    seen: AtomicBool::new(false),
+                })
+                .collect(),
             stopping: AtomicBool::new(false),
         }
     }
@@ -93,24 +111,27 @@ impl Health {
 
     /// Credentials for the stream were obtained, valid until `expiry` (`None`: they do not
     /// expire). A failed renewal changes nothing: the old ones are good until they expire.
-    pub fn credentials_obtained(&self, expiry: Option<SystemTime>) {
+    pub fn credentials_obtained(&self, destination: usize, expiry: Option<SystemTime>) {
         let until = expiry.map_or(u64::MAX, |e| {
             e.duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(1, |d| d.as_secs().max(1))
         });
-        self.credentials_until.store(until, Ordering::SeqCst);
+        self.destinations[destination]
+            .credentials_until
+            .store(until, Ordering::SeqCst);
     }
 
     /// The stream accepted a request (throttled entries included: it answered).
-    pub fn stream_answered(&self) {
-        self.failing_since.store(0, Ordering::Relaxed);
-        self.stream_seen.store(true, Ordering::Relaxed);
+    pub fn stream_answered(&self, destination: usize) {
+        let d = &self.destinations[destination];
+        d.failing_since.store(0, Ordering::Relaxed);
+        d.seen.store(true, Ordering::Relaxed);
     }
 
     /// A whole request failed (connection, timeout, server error, missing stream, denied).
-    pub fn stream_failed(&self) {
+    pub fn stream_failed(&self, destination: usize) {
         let now = self.now();
-        let _ = self
+        let _ = self.destinations[destination]
             .failing_since
             .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
     }
@@ -144,22 +165,32 @@ impl Health {
         if !self.member.load(Ordering::SeqCst) {
             return Err("not a consumer group member (starting or stopping)".into());
         }
-        let until = self.credentials_until.load(Ordering::SeqCst);
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        if until <= now {
-            return Err("no valid credentials for the stream (expired without renewal)".into());
-        }
-        if !self.stream_seen.load(Ordering::Relaxed) {
-            return Err("the stream has not answered yet".into());
-        }
-        let since = self.failing_since.load(Ordering::Relaxed);
-        if since != 0 && self.age(since) >= UNREACHABLE_AFTER {
-            return Err(format!(
-                "the stream has not accepted a request for {} s",
-                self.age(since).as_secs()
-            ));
+        // With several routes the answer names the destination; with one it reads as before.
+        let named = self.destinations.len() > 1;
+        for d in &self.destinations {
+            let which = if named {
+                format!("`{}`", d.name)
+            } else {
+                "the stream".to_owned()
+            };
+            if d.credentials_until.load(Ordering::SeqCst) <= now {
+                return Err(format!(
+                    "no valid credentials for {which} (expired without renewal)"
+                ));
+            }
+            if !d.seen.load(Ordering::Relaxed) {
+                return Err(format!("{which} has not answered yet"));
+            }
+            let since = d.failing_since.load(Ordering::Relaxed);
+            if since != 0 && self.age(since) >= UNREACHABLE_AFTER {
+                return Err(format!(
+                    "{which} has not accepted a request for {} s",
+                    self.age(since).as_secs()
+                ));
+            }
         }
         Ok(())
     }
@@ -171,15 +202,20 @@ mod tests {
 
     #[test]
     fn ready_needs_membership_and_credentials_and_alive_needs_progress() {
-        let health = Health::new(2, Duration::from_millis(300), Duration::from_millis(300));
+        let health = Health::new(
+            2,
+            vec!["s".into()],
+            Duration::from_millis(300),
+            Duration::from_millis(300),
+        );
         assert!(health.alive().is_ok(), "nothing started yet");
         assert!(health.ready().is_err());
         health.joined();
         assert!(health.ready().is_err(), "no credentials yet");
-        health.credentials_obtained(Some(SystemTime::now() + Duration::from_secs(60)));
+        health.credentials_obtained(0, Some(SystemTime::now() + Duration::from_secs(60)));
         health.consumer_turned();
         assert!(health.ready().unwrap_err().contains("not answered yet"));
-        health.stream_answered();
+        health.stream_answered(0);
         assert!(health.ready().is_ok());
 
         // Time passing is what is tested here (thresholds 300 ms, waits 400 ms).
@@ -194,18 +230,18 @@ mod tests {
         health.consumer_turned();
         assert!(health.alive().is_ok());
 
-        health.stream_failed();
+        health.stream_failed(0);
         assert!(
             health.ready().is_ok(),
             "a short outage is not unreachability"
         );
-        health.stream_answered();
-        health.credentials_obtained(None);
+        health.stream_answered(0);
+        health.credentials_obtained(0, None);
         assert!(health.ready().is_ok());
-        health.credentials_obtained(Some(SystemTime::now() + Duration::from_secs(60)));
-        health.credentials_obtained(Some(SystemTime::now() - Duration::from_secs(1)));
+        health.credentials_obtained(0, Some(SystemTime::now() + Duration::from_secs(60)));
+        health.credentials_obtained(0, Some(SystemTime::now() - Duration::from_secs(1)));
         assert!(health.ready().unwrap_err().contains("credentials"));
-        health.credentials_obtained(None);
+        health.credentials_obtained(0, None);
         assert!(health.ready().is_ok(), "credentials that do not expire");
 
         // Shutdown: not ready, and the long waits of the drain are not a wedge.

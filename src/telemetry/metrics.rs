@@ -199,31 +199,31 @@ impl Metrics {
                 &r,
                 "doka_records_delivered_total",
                 "Records the stream accepted.",
-                &["stream"],
+                &["route", "stream"],
             ),
             retried: counter(
                 &r,
                 "doka_records_retried_total",
                 "Entries sent again after a failed attempt.",
-                &["stream"],
+                &["route", "stream"],
             ),
             throttled: counter(
                 &r,
                 "doka_records_throttled_total",
                 "Entries refused with ProvisionedThroughputExceededException.",
-                &["stream"],
+                &["route", "stream"],
             ),
             failed: counter(
                 &r,
                 "doka_records_failed_total",
                 "Entries refused for another reason (retried).",
-                &["stream"],
+                &["route", "stream"],
             ),
             put_requests: counter(
                 &r,
                 "doka_put_requests_total",
                 "PutRecords requests by outcome: ok, partial (some entries failed), throttled, timeout, error.",
-                &["stream", "outcome"],
+                &["route", "stream", "outcome"],
             ),
             put_duration: histogram(
                 &r,
@@ -232,27 +232,27 @@ impl Metrics {
                 vec![
                     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                 ],
-                &["stream"],
+                &["route", "stream"],
             ),
             batch_records: histogram(
                 &r,
                 "doka_batch_records",
                 "Entries per PutRecords request.",
                 vec![1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0],
-                &["stream"],
+                &["route", "stream"],
             ),
             batch_bytes: histogram(
                 &r,
                 "doka_batch_bytes",
                 "Bytes (data and partition keys) per PutRecords request.",
                 prometheus::exponential_buckets(1024.0, 4.0, 8).expect("valid buckets"),
-                &["stream"],
+                &["route", "stream"],
             ),
             send_rate: gauge(
                 &r,
                 "doka_send_rate_limit_records_per_second",
                 "The adaptive send rate limit; 0 while not limiting.",
-                &["stream"],
+                &["route", "stream"],
             ),
             in_flight_records: single(
                 &r,
@@ -323,16 +323,18 @@ impl Metrics {
         String::from_utf8(buffer).expect("the text format is UTF-8")
     }
 
-    pub fn stream(&self, stream: &str) -> StreamMetrics {
+    /// The metrics of a route's destination: labelled by route and by the stream's (or
+    /// delivery stream's) name, never its ARN (which names account B).
+    pub fn destination(&self, route: &str, stream: &str) -> StreamMetrics {
         let request = |outcome: PutOutcome| {
             self.put_requests
-                .with_label_values(&[stream, outcome.label()])
+                .with_label_values(&[route, stream, outcome.label()])
         };
         StreamMetrics {
-            delivered: self.delivered.with_label_values(&[stream]),
-            retried: self.retried.with_label_values(&[stream]),
-            throttled: self.throttled.with_label_values(&[stream]),
-            failed: self.failed.with_label_values(&[stream]),
+            delivered: self.delivered.with_label_values(&[route, stream]),
+            retried: self.retried.with_label_values(&[route, stream]),
+            throttled: self.throttled.with_label_values(&[route, stream]),
+            failed: self.failed.with_label_values(&[route, stream]),
             put_requests: [
                 request(PutOutcome::Ok),
                 request(PutOutcome::Partial),
@@ -340,10 +342,10 @@ impl Metrics {
                 request(PutOutcome::Timeout),
                 request(PutOutcome::Error),
             ],
-            put_duration: self.put_duration.with_label_values(&[stream]),
-            batch_records: self.batch_records.with_label_values(&[stream]),
-            batch_bytes: self.batch_bytes.with_label_values(&[stream]),
-            send_rate: self.send_rate.with_label_values(&[stream]),
+            put_duration: self.put_duration.with_label_values(&[route, stream]),
+            batch_records: self.batch_records.with_label_values(&[route, stream]),
+            batch_bytes: self.batch_bytes.with_label_values(&[route, stream]),
+            send_rate: self.send_rate.with_label_values(&[route, stream]),
         }
     }
 
@@ -459,7 +461,7 @@ mod tests {
     #[test]
     fn the_summary_reads_the_exported_counters() {
         let metrics = Metrics::new();
-        let stream = metrics.stream("orders");
+        let stream = metrics.destination("default", "orders");
         metrics.consumed("a").inc_by(3);
         metrics.consumed("b").inc_by(2);
         stream.delivered.inc_by(4);
@@ -479,11 +481,13 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("doka_records_delivered_total{stream=\"orders\"} 4"),
+            text.contains("doka_records_delivered_total{route=\"default\",stream=\"orders\"} 4"),
             "{text}"
         );
         assert!(
-            text.contains("doka_put_requests_total{outcome=\"error\",stream=\"orders\"} 1"),
+            text.contains(
+                "doka_put_requests_total{outcome=\"error\",route=\"default\",stream=\"orders\"} 1"
+            ),
             "{text}"
         );
         assert!(text.contains("doka_build_info{version="), "{text}");

@@ -1015,3 +1015,160 @@ pub fn summary_count(log: &str, field: &str) -> u64 {
         .parse()
         .unwrap()
 }
+
+// ---------------------------------------------------------------------------------------------
+// Routes: several destinations, accounts and endpoints in one run
+
+/// Credentials from AssumeRole into `role` at the STS emulator `sts`, asked for with the source
+/// identity (account A's long-term keys). The assumed identity must be in the role's account.
+pub async fn assume_role_credentials(sts: &str, role: &str) -> Credentials {
+    let sts_conf = aws_sdk_sts::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .endpoint_url(sts)
+        .credentials_provider(Credentials::new(
+            ACCOUNT_A_KEY,
+            "source-secret",
+            None,
+            None,
+            "test",
+        ))
+        .build();
+    let out = aws_sdk_sts::Client::from_conf(sts_conf)
+        .assume_role()
+        .role_arn(role)
+        .role_session_name("doka-test-reader")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("AssumeRole into {role} at {sts}: {e:?}"));
+    let account = role.split(':').nth(4).expect("a role ARN");
+    let assumed = out.assumed_role_user.expect("assumed role user").arn;
+    assert!(
+        assumed.contains(&format!("::{account}:")),
+        "the STS emulator must keep accounts apart: assumed {assumed} for {role}"
+    );
+    let c = out.credentials.expect("credentials");
+    Credentials::new(
+        c.access_key_id,
+        c.secret_access_key,
+        Some(c.session_token),
+        None,
+        "test",
+    )
+}
+
+/// A Kinesis client for any endpoint (kinesis-mock, moto) with these credentials.
+pub fn kinesis_client_at(endpoint: &str, creds: Credentials) -> aws_sdk_kinesis::Client {
+    kinesis_client(endpoint, creds)
+}
+
+/// A Kinesis client acting as account A (the source identity) at any endpoint.
+pub fn account_a_kinesis_at(endpoint: &str) -> aws_sdk_kinesis::Client {
+    kinesis_client(
+        endpoint,
+        Credentials::new(ACCOUNT_A_KEY, "source-secret", None, None, "test"),
+    )
+}
+
+/// Every stream name the client's account lists (all pages).
+pub async fn stream_names(client: &aws_sdk_kinesis::Client) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    loop {
+        let page = client
+            .list_streams()
+            .set_exclusive_start_stream_name(names.last().cloned())
+            .send()
+            .await
+            .expect("ListStreams");
+        let more = page.has_more_streams;
+        let before = names.len();
+        names.extend(page.stream_names);
+        if !more || names.len() == before {
+            return names;
+        }
+    }
+}
+
+/// Reads `stream` until every id in `ids` is in it (copies allowed), or panics after `timeout`
+/// naming how many are missing. Ids outside `ids` are ignored here (check them afterwards).
+pub async fn wait_for_ids(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    ids: std::ops::Range<usize>,
+    timeout: Duration,
+) -> Vec<StreamRecord> {
+    let deadline = Instant::now() + timeout;
+    let mut tail = StreamTail::new(client, stream).await;
+    let mut present = vec![false; ids.len()];
+    let mut missing = ids.len();
+    loop {
+        let seen = tail.records.len();
+        for r in &tail.poll().await[seen..] {
+            let id = message_id(&r.data);
+            if ids.contains(&id) && !present[id - ids.start] {
+                present[id - ids.start] = true;
+                missing -= 1;
+            }
+        }
+        if missing == 0 {
+            return tail.records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stream {stream}: {missing} of the {} records with ids {ids:?} still missing after {timeout:?}",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until `group`'s committed offsets of `topic` are `ends`, or panics after `timeout`.
+pub async fn wait_for_topic_committed(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    ends: &HashMap<i32, i64>,
+    timeout: Duration,
+) {
+    let partitions = ends.keys().max().map_or(0, |p| p + 1);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let now = committed(bootstrap, group, topic, partitions);
+        if now == *ends {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "topic {topic}: committed {now:?} after {timeout:?}, expected {ends:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+impl Doka {
+    /// Waits until one log line contains every one of `parts`; returns that line.
+    pub fn wait_for_line(&mut self, parts: &[&str], timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self
+                .log_text()
+                .lines()
+                .find(|l| parts.iter().all(|p| l.contains(p)))
+            {
+                return line.to_owned();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "doka exited ({status}) before logging a line with {parts:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "doka logged no line with {parts:?} within {timeout:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

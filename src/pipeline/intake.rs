@@ -1,0 +1,490 @@
+//! Intake: a fetched Kafka record becomes a record in one of its route's lanes.
+//!
+//! The source hands each fetched record here with its partition's progress and its route. The
+//! intake applies the route's record policies (tombstones, headers, oversized records, partition
+//! keys), encodes the record in the route's format, and holds it until the end of the poll round,
+//! when offsets are registered in fetch order and each lane gets its share in one go.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+
+use bytes::Bytes;
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::info;
+
+use super::offsets::PartitionProgress;
+use super::partition_key::{PartitionKeys, Spread};
+use super::{Budget, Fetched, Halt, Record, Refuse, Share, envelope, lane_of};
+use crate::config::{Delimiter, HeadersPolicy, RecordFormat, TombstonePolicy};
+use crate::telemetry::metrics::Metrics;
+
+/// What a route does with each record before its lanes take it.
+pub struct RouteIntake {
+    pub name: Arc<str>,
+    pub keys: PartitionKeys,
+    /// Set by `partition_key.explicit_hash_key: spread`.
+    pub spread: Option<Spread>,
+    pub format: RecordFormat,
+    pub delimiter: Delimiter,
+    /// The destination's record limit.
+    pub max_record_bytes: usize,
+    /// Kinesis counts the partition key against the record limit; Firehose sends no key.
+    pub key_counts: bool,
+    pub on_tombstone: TombstonePolicy,
+    pub on_headers: HeadersPolicy,
+    pub lanes: Vec<UnboundedSender<Vec<Record>>>,
+    /// The route's part of the in-flight bound.
+    pub share: Arc<Share>,
+    /// Set once a record's headers were left out (logged the first time only).
+    pub headers_noted: AtomicBool,
+}
+
+/// A refused record on its way to the dead-letter topic, with what the writer needs.
+pub struct DeadLetterRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub reason: String,
+}
+
+/// Writes refused records to the dead-letter topic. It acknowledges `progress` at the record's
+/// offset once the write is confirmed (or halts the pipeline), and releases `size` from the
+/// budget either way.
+pub trait DeadLetters: Send + Sync {
+    fn send(&self, record: DeadLetterRecord, progress: Arc<PartitionProgress>, size: usize);
+}
+
+/// Under `records.on_headers: ignore`, one record in this many is looked at for the note.
+const HEADER_SAMPLE: i64 = 64;
+
+/// A record that a policy keeps from the destination as it is.
+struct Refusal {
+    action: Refuse,
+    /// What is wrong and where: topic, partition, offset (never key or value bytes).
+    reason: String,
+    /// The config key of the policy.
+    setting: &'static str,
+    /// How to let it through instead.
+    fix: &'static str,
+}
+
+pub struct Intake {
+    pub routes: Vec<RouteIntake>,
+    /// The whole in-flight bound (every route's share counts here too).
+    pub budget: Arc<Budget>,
+    pub halt: Arc<Halt>,
+    pub metrics: Arc<Metrics>,
+    pub dead_letters: Option<Box<dyn DeadLetters>>,
+    pub on_oversized: Refuse,
+    held: Vec<Held>,
+    /// What the records taken this round weigh against the budget (handed over or not).
+    round_bytes: u64,
+}
+
+struct Held {
+    route: usize,
+    lane: usize,
+    record: Record,
+}
+
+impl Intake {
+    pub fn new(
+        routes: Vec<RouteIntake>,
+        budget: Arc<Budget>,
+        halt: Arc<Halt>,
+        metrics: Arc<Metrics>,
+        dead_letters: Option<Box<dyn DeadLetters>>,
+        on_oversized: Refuse,
+    ) -> Self {
+        Self {
+            routes,
+            budget,
+            halt,
+            metrics,
+            dead_letters,
+            on_oversized,
+            held: Vec::new(),
+            round_bytes: 0,
+        }
+    }
+
+    /// Starts a poll round: [`Self::round_bytes`] counts from zero.
+    pub fn start_round(&mut self) {
+        self.round_bytes = 0;
+    }
+
+    pub fn round_bytes(&self) -> u64 {
+        self.round_bytes
+    }
+
+    /// Takes one fetched record of `route` (its partition's `progress`). False when doka must
+    /// stop.
+    pub fn take(
+        &mut self,
+        msg: &impl Fetched,
+        progress: Arc<PartitionProgress>,
+        route: usize,
+    ) -> bool {
+        match self.prepare(msg, route) {
+            Ok((partition_key, data)) => {
+                let r = &self.routes[route];
+                let lane = lane_of(&partition_key, r.lanes.len());
+                let record = Record {
+                    partition_key,
+                    explicit_hash_key: r.spread.as_ref().map(|s| s.next_hash_key()),
+                    data,
+                    progress,
+                    offset: msg.offset(),
+                };
+                self.round_bytes += record.size() as u64;
+                self.held.push(Held {
+                    route,
+                    lane,
+                    record,
+                });
+                true
+            }
+            Err(refusal) => {
+                // Offsets are registered in fetch order: the held records first.
+                self.hand_over();
+                self.refuse(msg, refusal, progress)
+            }
+        }
+    }
+
+    /// The partition key and encoded data of a record that may be sent, or why it may not.
+    fn prepare(&self, msg: &impl Fetched, route: usize) -> Result<(String, Bytes), Refusal> {
+        let r = &self.routes[route];
+        let at = || {
+            format!(
+                "record {}[{}] offset {}",
+                msg.topic(),
+                msg.partition(),
+                msg.offset()
+            )
+        };
+        let value = msg.value();
+        if value.is_none_or(<[u8]>::is_empty)
+            && let Some(action) = r.on_tombstone.refusal()
+        {
+            return Err(Refusal {
+                action,
+                reason: format!("{} is a tombstone (no value)", at()),
+                setting: "records.on_tombstone",
+                fix: "Set records.on_tombstone to send_empty (an empty record) or skip",
+            });
+        }
+        if r.format == RecordFormat::Raw {
+            self.check_headers(msg, r, &at)?;
+        }
+        let partition_key = r
+            .keys
+            .key_for(msg.key(), value, msg.topic(), msg.partition())
+            .map_err(|refused| Refusal {
+                action: refused.action,
+                reason: format!("{} has {}", at(), refused.problem),
+                setting: refused.setting,
+                fix: "Set the policy to hash (the key's MD5 becomes the partition key)",
+            })?;
+        let data = encode(msg, r.format, r.delimiter);
+        let size = data.len() + if r.key_counts { partition_key.len() } else { 0 };
+        if size > r.max_record_bytes {
+            let limit = if r.key_counts {
+                "value + partition key), over the stream's maximum record size"
+            } else {
+                "value), over Firehose's maximum record size"
+            };
+            return Err(Refusal {
+                action: self.on_oversized,
+                reason: format!(
+                    "{} is {size} bytes (route `{}`, {limit} of {} bytes",
+                    at(),
+                    r.name,
+                    r.max_record_bytes
+                ),
+                setting: "dead_letter.on_oversized",
+                fix: "Raise the stream's limit and kinesis.max_record_bytes, or set dead_letter.topic",
+            });
+        }
+        Ok((partition_key, data))
+    }
+
+    /// `records.on_headers` for a raw record (an envelope carries the headers).
+    fn check_headers(
+        &self,
+        msg: &impl Fetched,
+        r: &RouteIntake,
+        at: &impl Fn() -> String,
+    ) -> Result<(), Refusal> {
+        // librdkafka parses (and allocates for) headers on each call. Under `ignore` they only
+        // feed a one-time note, so a sample of records is enough for it.
+        let look = r.on_headers.refusal().is_some()
+            || (msg.offset() % HEADER_SAMPLE == 0
+                && !r.headers_noted.load(AtomicOrdering::Relaxed));
+        if !look || msg.headers().is_empty() {
+            return Ok(());
+        }
+        match r.on_headers.refusal() {
+            Some(action) => Err(Refusal {
+                action,
+                reason: format!("{} has headers, which a raw record cannot carry", at()),
+                setting: "records.on_headers",
+                fix: "Set records.on_headers to ignore to send key and value without them, or \
+                      records.format to envelope to carry them",
+            }),
+            None => {
+                if !r.headers_noted.swap(true, AtomicOrdering::Relaxed) {
+                    info!(
+                        route = %r.name,
+                        "{} has headers: they are not sent, a raw record has none \
+                         (records.on_headers is ignore, records.format raw; said once)",
+                        at()
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Carries out a refusal. False when doka must stop.
+    fn refuse(
+        &mut self,
+        msg: &impl Fetched,
+        refusal: Refusal,
+        progress: Arc<PartitionProgress>,
+    ) -> bool {
+        let Refusal {
+            action,
+            reason,
+            setting,
+            fix,
+        } = refusal;
+        if action == Refuse::Stop {
+            self.halt.halt(format!(
+                "{reason}. {setting} is stop: doka stops rather than drop it and commits nothing \
+                 from this offset on. {fix}"
+            ));
+            return false;
+        }
+        let offset = msg.offset();
+        if !progress.register(offset) {
+            self.metrics.refetched.inc();
+            return true;
+        }
+        self.metrics.consumed(msg.topic()).inc();
+        match (action, &self.dead_letters) {
+            (Refuse::DeadLetter, Some(dead_letters)) => {
+                let value = msg.value().unwrap_or_default().to_vec();
+                let key = msg.key().map(<[u8]>::to_vec);
+                let size = value.len() + key.as_ref().map_or(0, Vec::len);
+                self.budget.take(1, size as u64);
+                let headers = msg
+                    .headers()
+                    .into_iter()
+                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                    .collect();
+                dead_letters.send(
+                    DeadLetterRecord {
+                        topic: msg.topic().to_owned(),
+                        partition: msg.partition(),
+                        offset,
+                        key,
+                        value,
+                        headers,
+                        reason,
+                    },
+                    progress,
+                    size,
+                );
+            }
+            (Refuse::DeadLetter, None) => {
+                // Config validation requires dead_letter.topic for every dead_letter policy.
+                self.halt.halt(format!(
+                    "{reason}. {setting} is dead_letter but no dead-letter topic is set"
+                ));
+                return false;
+            }
+            (Refuse::Stop, _) => unreachable!("a stop returned above"),
+            (Refuse::Skip, _) => {
+                self.metrics.skipped(msg.topic()).inc();
+                info!("{reason}: not sent ({setting} is skip); counted as skipped");
+                progress.ack(offset);
+            }
+        }
+        true
+    }
+
+    /// Registers the held records' offsets (in fetch order) and sends each lane its share.
+    ///
+    /// Handing records over one at a time woke a lane's task per record, and that wake-up (and
+    /// the lock traffic around it) was what held throughput down (docs/PERFORMANCE.md). Offsets
+    /// are registered only here, so a partition revoked meanwhile (its callback runs inside
+    /// `poll`) neither waits for records held here nor commits past them.
+    pub fn hand_over(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let mut per_lane: Vec<Vec<Vec<Record>>> = self
+            .routes
+            .iter()
+            .map(|r| (0..r.lanes.len()).map(|_| Vec::new()).collect())
+            .collect();
+        let mut taken: Vec<(u64, u64)> = vec![(0, 0); self.routes.len()];
+        let mut held = self.held.drain(..).peekable();
+        while let Some(first) = held.next() {
+            // A run of records of one partition: registered under one lock.
+            let progress = first.record.progress.clone();
+            let mut run = vec![first];
+            while let Some(next) = held.next_if(|h| Arc::ptr_eq(&h.record.progress, &progress)) {
+                run.push(next);
+            }
+            if progress.is_revoked() {
+                self.metrics.not_ours.inc_by(run.len() as u64);
+                continue;
+            }
+            let mut new = Vec::with_capacity(run.len());
+            progress.register_all(run.iter().map(|h| h.record.offset), |is_new| {
+                new.push(is_new)
+            });
+            let mut consumed = 0;
+            for (h, is_new) in run.into_iter().zip(new) {
+                if !is_new {
+                    self.metrics.refetched.inc();
+                    continue;
+                }
+                consumed += 1;
+                let t = &mut taken[h.route];
+                t.0 += 1;
+                t.1 += h.record.size() as u64;
+                per_lane[h.route][h.lane].push(h.record);
+            }
+            self.metrics.consumed(&progress.topic).inc_by(consumed);
+        }
+        drop(held);
+        for (route, lanes) in per_lane.into_iter().enumerate() {
+            let r = &self.routes[route];
+            let (records, bytes) = taken[route];
+            r.share.take(records, bytes);
+            for (lane, chunk) in lanes.into_iter().enumerate() {
+                if chunk.is_empty() {
+                    continue;
+                }
+                if let Err(returned) = r.lanes[lane].send(chunk) {
+                    // The lane stopped (halt): the records stay undelivered and uncommitted.
+                    let returned = returned.0;
+                    let bytes = returned.iter().map(|r| r.size() as u64).sum();
+                    r.share.release(returned.len() as u64, bytes);
+                }
+            }
+        }
+    }
+
+    /// Drops the lane senders: each lane ends once its queue is delivered.
+    pub fn close_lanes(&mut self) {
+        for r in &mut self.routes {
+            r.lanes.clear();
+        }
+    }
+}
+
+/// The record's data as the route sends it.
+fn encode(msg: &impl Fetched, format: RecordFormat, delimiter: Delimiter) -> Bytes {
+    let newline = delimiter == Delimiter::Newline;
+    match format {
+        RecordFormat::Raw if !newline => Bytes::copy_from_slice(msg.value().unwrap_or_default()),
+        RecordFormat::Raw => {
+            let value = msg.value().unwrap_or_default();
+            let mut data = Vec::with_capacity(value.len() + 1);
+            data.extend_from_slice(value);
+            data.push(b'\n');
+            data.into()
+        }
+        RecordFormat::Envelope => {
+            let mut data = Vec::with_capacity(
+                192 + msg.value().map_or(0, <[u8]>::len) + msg.key().map_or(0, <[u8]>::len),
+            );
+            envelope::encode(msg, &mut data);
+            if newline {
+                data.push(b'\n');
+            }
+            data.into()
+        }
+    }
+}
+
+/// Which route a topic belongs to: its name in a route's `topics`, or a match of a route's
+/// `topic_pattern`. Two patterns matching one topic cannot be told at load time, so that is
+/// refused here, when the topic is assigned.
+pub struct TopicRoutes {
+    routes: Vec<TopicRoute>,
+}
+
+struct TopicRoute {
+    name: String,
+    topics: Vec<String>,
+    pattern: Option<(String, regex::Regex)>,
+    destination: String,
+}
+
+impl TopicRoutes {
+    pub fn new(routes: &[crate::config::Route]) -> Self {
+        Self {
+            routes: routes
+                .iter()
+                .map(|r| TopicRoute {
+                    name: r.name.clone(),
+                    topics: r.topics.clone(),
+                    pattern: r.topic_pattern.clone().zip(r.topic_regex()),
+                    destination: r.destination_name().to_owned(),
+                })
+                .collect(),
+        }
+    }
+
+    pub fn name(&self, route: usize) -> &str {
+        &self.routes[route].name
+    }
+
+    /// The index of the route that reads `topic`. Err: no route or two of them (a message for
+    /// the halt, naming both).
+    pub fn route_of(&self, topic: &str) -> Result<usize, String> {
+        let matching: Vec<usize> = self
+            .routes
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| {
+                r.topics.iter().any(|t| t == topic)
+                    || r.pattern.as_ref().is_some_and(|(_, re)| re.is_match(topic))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        match matching[..] {
+            [route] => Ok(route),
+            [] => Err(format!(
+                "topic `{topic}` was assigned but no route reads it (librdkafka's regex matched \
+                 it, the route's topic_pattern does not): write the pattern so that both agree"
+            )),
+            [a, b, ..] => Err(format!(
+                "topic `{topic}` matches route `{}` and route `{}`: a topic belongs to one route; \
+                 narrow their topic_pattern",
+                self.routes[a].name, self.routes[b].name
+            )),
+        }
+    }
+
+    /// Says in the log where a topic's records go, the first time it is assigned.
+    pub fn announce(&self, topic: &str, route: usize) {
+        let r = &self.routes[route];
+        match &r.pattern {
+            Some((pattern, _)) if !r.topics.iter().any(|t| t == topic) => info!(
+                route = %r.name,
+                "topic `{topic}` matches topic_pattern `{pattern}`: delivering it to `{}`",
+                r.destination
+            ),
+            _ => info!(route = %r.name, "topic `{topic}`: delivering it to `{}`", r.destination),
+        }
+    }
+}
