@@ -9,7 +9,9 @@ Exits 2 on a usage error or an invalid schema. Needs the `jsonschema` package (t
 venv, ~/.cache/doka-stack/venv, has it).
 
 A line must be exactly one JSON object: blank lines, a missing final newline aside, are errors, as
-are a carriage return or any other text around the object, duplicate keys, and NaN/Infinity.
+are a carriage return or any other text around the object, a field of the envelope (or of a
+header) given twice, and NaN/Infinity. Embedded JSON values keep whatever the Kafka record held,
+duplicate keys included (docs/ENVELOPE.md), so duplicates there are allowed.
 """
 
 import json
@@ -47,10 +49,14 @@ def main():
             return 1
         try:
             envelope = json.loads(
-                text, parse_constant=reject_constant, object_pairs_hook=reject_duplicates
+                text, parse_constant=reject_constant, object_pairs_hook=Fields
             )
         except ValueError as e:
             print(f"line {number}: not one JSON object: {e}")
+            return 1
+        twice = repeated_fields(envelope)
+        if twice:
+            print(f"line {number}: not one JSON object: duplicate key {twice!r}")
             return 1
         if text != text.strip():
             print(f"line {number}: whitespace around the JSON object")
@@ -67,13 +73,29 @@ def reject_constant(name):
     raise ValueError(f"{name} is not JSON")
 
 
-def reject_duplicates(pairs):
-    obj = {}
-    for key, value in pairs:
-        if key in obj:
-            raise ValueError(f"duplicate key {key!r}")
-        obj[key] = value
-    return obj
+class Fields(dict):
+    """A JSON object that remembers a key it was given twice (the last value wins, as in json)."""
+
+    def __init__(self, pairs):
+        super().__init__(pairs)
+        seen = set()
+        self.twice = None
+        for key, _ in pairs:
+            if key in seen and self.twice is None:
+                self.twice = key
+            seen.add(key)
+
+
+def repeated_fields(envelope):
+    """A field of the envelope or of one of its headers given twice; None when there is none."""
+    if not isinstance(envelope, Fields):
+        return None
+    if envelope.twice is not None:
+        return envelope.twice
+    for header in envelope.get("headers") or []:
+        if isinstance(header, Fields) and header.twice is not None:
+            return header.twice
+    return None
 
 
 if __name__ == "__main__":
