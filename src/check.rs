@@ -144,10 +144,12 @@ async fn kafka_chain(walk: &mut Walk<'_>, config: &Config, base: &aws_types::Sdk
     };
     let connection = Connection::new(&kafka.auth, signer, tokio::runtime::Handle::current(), None);
     let kafka_config = kafka.clone();
+    let routes = config.routes.clone();
     // librdkafka's calls block; the IAM token callback needs this runtime, so not on it.
-    let probe = tokio::task::spawn_blocking(move || probe_kafka(&kafka_config, connection))
-        .await
-        .unwrap_or_else(|e| Err(ProbeError::Other(e.to_string())));
+    let probe =
+        tokio::task::spawn_blocking(move || probe_kafka(&kafka_config, &routes, connection))
+            .await
+            .unwrap_or_else(|e| Err(ProbeError::Other(e.to_string())));
     let probe = match probe {
         Ok(probe) => probe,
         Err(ProbeError::Refused(failure)) => {
@@ -250,7 +252,7 @@ async fn kafka_chain(walk: &mut Walk<'_>, config: &Config, base: &aws_types::Sdk
             None => walk.fail(
                 "kafka.topic",
                 format!("topic {topic} does not exist"),
-                "Check kafka.topics (names are case-sensitive) or create the topic",
+                "Check the route's topics (kafka.topics for one route; names are case-sensitive) or create the topic",
             ),
         };
     }
@@ -351,6 +353,7 @@ enum ProbeError {
 
 fn probe_kafka(
     kafka: &crate::config::KafkaConfig,
+    routes: &[Route],
     connection: Connection,
 ) -> Result<Probe, ProbeError> {
     let timeout = Duration::from_millis(kafka.connect_timeout_ms);
@@ -383,9 +386,11 @@ fn probe_kafka(
         .iter()
         .map(|b| format!("{}:{}", b.host(), b.port()))
         .collect();
-    let topics: Vec<(String, Option<usize>)> = kafka
-        .topics
+    // Every route's named topics (missing ones are reported), and the existing topics its
+    // topic_pattern matches.
+    let mut topics: Vec<(String, Option<usize>)> = routes
         .iter()
+        .flat_map(|r| r.topics.iter())
         .map(|name| {
             let found = metadata
                 .topics()
@@ -395,6 +400,15 @@ fn probe_kafka(
             (name.clone(), found)
         })
         .collect();
+    let patterns: Vec<regex::Regex> = routes.iter().filter_map(Route::topic_regex).collect();
+    for t in metadata.topics() {
+        if t.error().is_none()
+            && patterns.iter().any(|p| p.is_match(t.name()))
+            && !topics.iter().any(|(name, _)| name == t.name())
+        {
+            topics.push((t.name().to_owned(), Some(t.partitions().len())));
+        }
+    }
     let mut tpl = TopicPartitionList::new();
     for (topic, partitions) in &topics {
         for p in 0..partitions.unwrap_or(0) {
