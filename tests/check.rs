@@ -4,6 +4,7 @@
 mod support;
 
 use std::process::Output;
+use std::time::Duration;
 
 use serde_json::Value;
 use support::*;
@@ -322,4 +323,72 @@ async fn an_invalid_config_is_the_first_failed_hop() {
     let (hop, detail, _) = checked.failure();
     assert_eq!(hop, "config");
     assert_mentions(&detail, &["missing config key"]);
+}
+
+/// With routes, every route's chain is walked: a Kinesis route and a Firehose route pass (the
+/// write test lands in the delivery stream's bucket), a route whose delivery stream is missing
+/// is the one failed hop, named with its fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_is_checked_kinesis_and_firehose_alike() {
+    let world = World::new(1, 1).await;
+    let (firehose, s3) = support::firehose::account_b_clients(&world.ep).await;
+    let delivery_stream = unique("doka-check-fh");
+    let bucket = unique("doka-check-bucket");
+    support::firehose::create_delivery_stream(&firehose, &s3, &delivery_stream, &bucket, "c/")
+        .await;
+    let audit = unique("audit");
+    world.kafka.create_topic(&audit, 1);
+    let routes = |delivery: &str| {
+        world
+            .yaml(None)
+            .replace(&format!("  topics: [{}]\n", world.topic), "")
+            .replace(&format!("kinesis:\n  stream: {}\n", world.stream), "")
+            + &format!(
+                "routes:\n  - name: orders\n    topics: [{}]\n    kinesis: {{ stream: {} }}\n  \
+                 - name: audit\n    topics: [{audit}]\n    firehose: {{ delivery_stream: {delivery} }}\n    \
+                 aws: {{ firehose_endpoint: {} }}\n",
+                world.topic,
+                world.stream,
+                support::firehose::endpoint(&world.ep),
+            )
+    };
+
+    let checked = check(&routes(&delivery_stream), &["--write-test"], &[]);
+    assert_eq!(checked.code, Some(0), "{}", checked.stdout);
+    assert_eq!(
+        checked.status_of("route"),
+        ["ok", "ok"],
+        "{}",
+        checked.stdout
+    );
+    assert_eq!(checked.status_of("aws.assume_role"), ["ok", "ok"]);
+    assert_eq!(checked.status_of("kinesis.stream"), ["ok"]);
+    assert_eq!(checked.status_of("firehose.delivery_stream"), ["ok"]);
+    assert_eq!(checked.status_of("firehose.write_test"), ["ok"]);
+    let topics: Vec<String> = checked
+        .hops("kafka.topic")
+        .iter()
+        .map(|h| h["detail"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        topics.iter().any(|d| d.contains(&audit))
+            && topics.iter().any(|d| d.contains(&world.topic)),
+        "both routes' topics: {topics:?}"
+    );
+    let lines =
+        support::firehose::wait_for_lines(&s3, &bucket, "c/", 1, Duration::from_secs(30)).await;
+    assert!(
+        String::from_utf8_lossy(&lines[0]).contains("doka check --write-test"),
+        "the test record is in the bucket"
+    );
+
+    let missing = unique("doka-check-missing");
+    let checked = check(&routes(&missing), &[], &[]);
+    assert_eq!(checked.code, Some(1), "{}", checked.stdout);
+    let (hop, detail, fix) = checked.failure();
+    assert_eq!(hop, "firehose.delivery_stream");
+    assert_mentions(&detail, &[&missing]);
+    assert_mentions(&fix, &["firehose.delivery_stream", "aws.role_arn"]);
+    support::firehose::delete_delivery_stream(&firehose, &s3, &delivery_stream, &bucket).await;
+    world.finish().await;
 }
