@@ -21,6 +21,10 @@ pub const MAX_PUT_RECORDS_BYTES: u64 = 10 * 1024 * 1024;
 /// The largest record size a stream can be configured for.
 pub const MAX_STREAM_RECORD_BYTES: u64 = 10 * 1024 * 1024;
 
+// Each destination's settings live next to its sink; the AWS settings they share are here.
+pub use crate::sink::firehose::FirehoseConfig;
+pub use crate::sink::kinesis::{AggregationConfig, KinesisConfig};
+
 const ENV_PREFIX: &str = "DOKA_";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -332,23 +336,6 @@ pub struct AwsConfig {
     pub credential_refresh_margin_secs: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KinesisConfig {
-    /// Stream name, or its ARN (the ARN pins the account and region).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stream: Option<String>,
-    /// The stream's maximum record size (data + partition key); 1 MiB unless raised on the stream.
-    #[serde(default = "defaults::max_record_bytes")]
-    pub max_record_bytes: u64,
-    /// Time limit of one PutRecords call, including connecting.
-    #[serde(default = "defaults::request_timeout_ms")]
-    pub request_timeout_ms: u64,
-    /// KPL aggregation: many records in one Kinesis record (docs/PERFORMANCE.md).
-    #[serde(default)]
-    pub aggregation: AggregationConfig,
-}
-
 impl Default for AwsConfig {
     fn default() -> Self {
         Self {
@@ -365,46 +352,11 @@ impl Default for AwsConfig {
     }
 }
 
-/// An Amazon Data Firehose delivery stream (Direct PUT), e.g. one that writes to S3.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FirehoseConfig {
-    /// Delivery stream name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delivery_stream: Option<String>,
-    /// Time limit of one PutRecordBatch call, including connecting.
-    #[serde(default = "defaults::request_timeout_ms")]
-    pub request_timeout_ms: u64,
-}
-
 /// Firehose's limits, as the sink knows them: records per PutRecordBatch, bytes per request,
 /// bytes per record (data only).
 pub const FIREHOSE_MAX_BATCH_RECORDS: u32 = crate::sink::firehose::MAX_BATCH_RECORDS as u32;
 pub const FIREHOSE_MAX_BATCH_BYTES: u64 = crate::sink::firehose::MAX_BATCH_BYTES as u64;
 pub const FIREHOSE_MAX_RECORD_BYTES: u64 = crate::sink::firehose::MAX_RECORD_BYTES as u64;
-
-/// Packing records into KPL aggregated records, per shard. Off by default: only readers that
-/// de-aggregate (KCL, Firehose with a stream source, Lambda with the aggregation library) see the
-/// records; others see one opaque blob per aggregate.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AggregationConfig {
-    #[serde(default)]
-    pub enabled: bool,
-    /// The largest aggregate (data and partition key, as Kinesis counts it). 51,200 bytes is two
-    /// 25 KB PUT payload units and the KPL's default.
-    #[serde(default = "defaults::aggregate_max_bytes")]
-    pub max_bytes: u64,
-}
-
-impl Default for AggregationConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            max_bytes: defaults::aggregate_max_bytes(),
-        }
-    }
-}
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -714,17 +666,11 @@ mod defaults {
     pub fn credential_refresh_margin_secs() -> u64 {
         300
     }
-    pub fn max_record_bytes() -> u64 {
-        1024 * 1024
-    }
     pub fn request_timeout_ms() -> u64 {
-        30_000
+        crate::sink::DEFAULT_REQUEST_TIMEOUT_MS
     }
     pub fn max_records() -> u32 {
         500
-    }
-    pub fn aggregate_max_bytes() -> u64 {
-        51_200
     }
     pub fn max_bytes() -> u64 {
         5 * 1024 * 1024

@@ -11,6 +11,13 @@ use std::future::Future;
 
 use bytes::Bytes;
 
+/// Time limit of one request, including connecting, unless `request_timeout_ms` says otherwise.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
+
+fn default_request_timeout_ms() -> u64 {
+    DEFAULT_REQUEST_TIMEOUT_MS
+}
+
 /// What a sink is given of a record: only what the destination needs. The pipeline keeps the
 /// rest (offsets, acknowledgement), so sinks know nothing of Kafka.
 #[derive(Debug, Clone, Copy)]
