@@ -501,9 +501,28 @@ fn describe_target(route: &Route, region: &str) -> String {
 /// How often each destination is described while doka runs.
 const STREAM_CHECK_EVERY: Duration = Duration::from_secs(30);
 
-/// DescribeStreamSummary every [`STREAM_CHECK_EVERY`]: the stream's reachability is known before
-/// the first record and while none flow (readiness), and the assumed role is renewed on time
-/// even when the pipeline is idle (the client renews credentials when it is used).
+/// Describes the destination every [`STREAM_CHECK_EVERY`]: its reachability is known before the
+/// first record and while none flow (readiness), and the assumed role is renewed on time even
+/// when the pipeline is idle (a client renews credentials when it is used). `describe` answers
+/// `Err` with the reason when the destination did not answer.
+async fn watch_destination<F, Fut>(health: Arc<Health>, destination: usize, describe: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    loop {
+        match describe().await {
+            Ok(()) => health.stream_answered(destination),
+            Err(reason) => {
+                health.stream_failed(destination);
+                tracing::debug!("{reason}");
+            }
+        }
+        tokio::time::sleep(STREAM_CHECK_EVERY).await;
+    }
+}
+
+/// [`watch_destination`] for a Kinesis stream (DescribeStreamSummary).
 async fn watch_stream(
     client: aws_sdk_kinesis::Client,
     name: Option<String>,
@@ -511,59 +530,53 @@ async fn watch_stream(
     health: Arc<Health>,
     destination: usize,
 ) {
-    loop {
-        let described = client
+    watch_destination(health, destination, || async {
+        match client
             .describe_stream_summary()
             .set_stream_name(name.clone())
             .set_stream_arn(arn.clone())
             .send()
-            .await;
-        match described {
-            Ok(_) => health.stream_answered(destination),
+            .await
+        {
+            Ok(_) => Ok(()),
             // Rate-limited: the stream answered.
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|s| s.is_limit_exceeded_exception()) =>
             {
-                health.stream_answered(destination)
+                Ok(())
             }
-            Err(e) => {
-                health.stream_failed(destination);
-                tracing::debug!(
-                    "DescribeStreamSummary failed: {}",
-                    aws_smithy_types::error::display::DisplayErrorContext(&e)
-                );
-            }
+            Err(e) => Err(format!(
+                "DescribeStreamSummary failed: {}",
+                aws_smithy_types::error::display::DisplayErrorContext(&e)
+            )),
         }
-        tokio::time::sleep(STREAM_CHECK_EVERY).await;
-    }
+    })
+    .await
 }
 
-/// [`watch_stream`] for a Firehose delivery stream (DescribeDeliveryStream).
+/// [`watch_destination`] for a Firehose delivery stream (DescribeDeliveryStream).
 async fn watch_delivery_stream(
     client: aws_sdk_firehose::Client,
     name: String,
     health: Arc<Health>,
     destination: usize,
 ) {
-    loop {
-        let described = client
+    watch_destination(health, destination, || async {
+        client
             .describe_delivery_stream()
             .delivery_stream_name(&name)
             .send()
-            .await;
-        match described {
-            Ok(_) => health.stream_answered(destination),
-            Err(e) => {
-                health.stream_failed(destination);
-                tracing::debug!(
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                format!(
                     "DescribeDeliveryStream failed: {}",
                     aws_smithy_types::error::display::DisplayErrorContext(&e)
-                );
-            }
-        }
-        tokio::time::sleep(STREAM_CHECK_EVERY).await;
-    }
+                )
+            })
+    })
+    .await
 }
 
 /// First SIGTERM/SIGINT: graceful shutdown. Second: exit at once (nothing uncommitted is lost,

@@ -147,12 +147,66 @@ pub fn lane_of(partition_key: &str, lanes: usize) -> usize {
 /// with the condition variable that waiters sleep on.
 #[derive(Debug)]
 pub struct Budget {
-    records: AtomicU64,
-    bytes: AtomicU64,
+    counts: Counts,
     lock: Mutex<()>,
     changed: Condvar,
+}
+
+/// Records and bytes held against two limits: the counting [`Budget`] and [`Share`] have in
+/// common.
+#[derive(Debug)]
+struct Counts {
+    records: AtomicU64,
+    bytes: AtomicU64,
     max_records: u64,
     max_bytes: u64,
+}
+
+impl Counts {
+    fn new(max_records: u64, max_bytes: u64) -> Self {
+        Self {
+            records: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            max_records,
+            max_bytes,
+        }
+    }
+
+    fn take(&self, records: u64, bytes: u64) {
+        self.records.fetch_add(records, Ordering::SeqCst);
+        self.bytes.fetch_add(bytes, Ordering::SeqCst);
+    }
+
+    fn release(&self, records: u64, bytes: u64) {
+        self.records.fetch_sub(records, Ordering::SeqCst);
+        self.bytes.fetch_sub(bytes, Ordering::SeqCst);
+    }
+
+    fn usage(&self) -> Usage {
+        Usage {
+            records: self.records.load(Ordering::SeqCst),
+            bytes: self.bytes.load(Ordering::SeqCst),
+        }
+    }
+
+    fn room(&self) -> Usage {
+        let used = self.usage();
+        Usage {
+            records: self.max_records.saturating_sub(used.records),
+            bytes: self.max_bytes.saturating_sub(used.bytes),
+        }
+    }
+
+    fn full(&self) -> bool {
+        let used = self.usage();
+        used.records >= self.max_records || used.bytes >= self.max_bytes
+    }
+
+    /// Below 3/4 of both limits (the gap avoids pausing and resuming on every record).
+    fn has_room(&self) -> bool {
+        let used = self.usage();
+        used.records * 4 < self.max_records * 3 && used.bytes * 4 < self.max_bytes * 3
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -164,57 +218,43 @@ pub struct Usage {
 impl Budget {
     pub fn new(max_records: u64, max_bytes: u64) -> Self {
         Self {
-            records: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
+            counts: Counts::new(max_records, max_bytes),
             lock: Mutex::new(()),
             changed: Condvar::new(),
-            max_records,
-            max_bytes,
         }
     }
 
     /// Reserves room for records. Never blocks: the caller pauses fetching when [`Self::full`].
     pub fn take(&self, records: u64, bytes: u64) {
-        self.records.fetch_add(records, Ordering::SeqCst);
-        self.bytes.fetch_add(bytes, Ordering::SeqCst);
+        self.counts.take(records, bytes);
     }
 
     pub fn release(&self, records: u64, bytes: u64) {
         if records == 0 && bytes == 0 {
             return;
         }
-        self.records.fetch_sub(records, Ordering::SeqCst);
-        self.bytes.fetch_sub(bytes, Ordering::SeqCst);
+        self.counts.release(records, bytes);
         // Taking the lock orders this release before a waiter's next check: no lost wake-up.
         drop(self.lock.lock().unwrap());
         self.changed.notify_all();
     }
 
     pub fn usage(&self) -> Usage {
-        Usage {
-            records: self.records.load(Ordering::SeqCst),
-            bytes: self.bytes.load(Ordering::SeqCst),
-        }
+        self.counts.usage()
     }
 
     /// What can still be taken before the limits are reached.
     pub fn room(&self) -> Usage {
-        let used = self.usage();
-        Usage {
-            records: self.max_records.saturating_sub(used.records),
-            bytes: self.max_bytes.saturating_sub(used.bytes),
-        }
+        self.counts.room()
     }
 
     pub fn full(&self) -> bool {
-        let used = self.usage();
-        used.records >= self.max_records || used.bytes >= self.max_bytes
+        self.counts.full()
     }
 
-    /// Below 3/4 of both limits: fetching resumes (the gap avoids pausing on every record).
+    /// Below 3/4 of both limits: fetching resumes.
     pub fn has_room(&self) -> bool {
-        let used = self.usage();
-        used.records * 4 < self.max_records * 3 && used.bytes * 4 < self.max_bytes * 3
+        self.counts.has_room()
     }
 
     /// Waits until `done` holds (checked after every release) or `timeout` passes.
@@ -240,57 +280,45 @@ impl Budget {
 /// rebalances wait on.
 #[derive(Debug)]
 pub struct Share {
-    records: AtomicU64,
-    bytes: AtomicU64,
-    max_records: u64,
-    max_bytes: u64,
+    counts: Counts,
     total: Arc<Budget>,
 }
 
 impl Share {
     pub fn new(max_records: u64, max_bytes: u64, total: Arc<Budget>) -> Self {
         Self {
-            records: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            max_records,
-            max_bytes,
+            counts: Counts::new(max_records, max_bytes),
             total,
         }
     }
 
     /// The whole budget as one share (one route, or a test).
     pub fn whole(total: Arc<Budget>) -> Self {
-        Self::new(total.max_records, total.max_bytes, total)
+        let (records, bytes) = (total.counts.max_records, total.counts.max_bytes);
+        Self::new(records, bytes, total)
     }
 
     pub fn take(&self, records: u64, bytes: u64) {
-        self.records.fetch_add(records, Ordering::SeqCst);
-        self.bytes.fetch_add(bytes, Ordering::SeqCst);
+        self.counts.take(records, bytes);
         self.total.take(records, bytes);
     }
 
     pub fn release(&self, records: u64, bytes: u64) {
-        self.records.fetch_sub(records, Ordering::SeqCst);
-        self.bytes.fetch_sub(bytes, Ordering::SeqCst);
+        self.counts.release(records, bytes);
         self.total.release(records, bytes);
     }
 
     pub fn usage(&self) -> Usage {
-        Usage {
-            records: self.records.load(Ordering::SeqCst),
-            bytes: self.bytes.load(Ordering::SeqCst),
-        }
+        self.counts.usage()
     }
 
     pub fn full(&self) -> bool {
-        let used = self.usage();
-        used.records >= self.max_records || used.bytes >= self.max_bytes
+        self.counts.full()
     }
 
     /// Below 3/4 of both limits: the route's partitions resume.
     pub fn has_room(&self) -> bool {
-        let used = self.usage();
-        used.records * 4 < self.max_records * 3 && used.bytes * 4 < self.max_bytes * 3
+        self.counts.has_room()
     }
 }
 

@@ -120,12 +120,7 @@ impl KinesisSink {
         match &err {
             SdkError::ServiceError(ctx) => {
                 let status = ctx.raw().status().as_u16();
-                // Code, message and status say it all; the full error repeats the raw response.
-                let detail = format!(
-                    "{}: {} (HTTP {status})",
-                    ctx.err().meta().code().unwrap_or("unknown error"),
-                    ctx.err().meta().message().unwrap_or("no message")
-                );
+                let detail = super::error_detail(ctx.err().meta(), status);
                 match ctx.err() {
                     PutRecordsError::ProvisionedThroughputExceededException(_)
                     | PutRecordsError::KmsThrottlingException(_) => RequestError::Throttled(detail),

@@ -18,6 +18,16 @@ fn default_request_timeout_ms() -> u64 {
     DEFAULT_REQUEST_TIMEOUT_MS
 }
 
+/// A service error as a log line: code, message and status say it all (the full error repeats
+/// the raw response).
+fn error_detail(meta: &aws_smithy_types::error::ErrorMetadata, status: u16) -> String {
+    format!(
+        "{}: {} (HTTP {status})",
+        meta.code().unwrap_or("unknown error"),
+        meta.message().unwrap_or("no message")
+    )
+}
+
 /// What a sink is given of a record: only what the destination needs. The pipeline keeps the
 /// rest (offsets, acknowledgement), so sinks know nothing of Kafka.
 #[derive(Debug, Clone, Copy)]
