@@ -1693,7 +1693,7 @@ impl Route {
                 );
             }
             (KeyRule::JsonField, Some(field)) => {
-                if let Err(problem) = crate::pipeline::json_field::parse_path(field) {
+                if let Err(problem) = field_path(field) {
                     return bad(&key("partition_key.field"), problem);
                 }
             }
@@ -1823,6 +1823,30 @@ impl Route {
         }
         Ok(())
     }
+}
+
+/// Splits a dotted path (`customer.id`) into its steps. Keys containing a dot cannot be named.
+pub fn field_path(path: &str) -> Result<Vec<String>, String> {
+    if path.is_empty() {
+        return Err("the JSON field path is empty; name a field, e.g. `customer.id`".to_string());
+    }
+    let steps: Vec<String> = path.split('.').map(str::to_string).collect();
+    if let Some(i) = steps.iter().position(String::is_empty) {
+        let problem = if path.starts_with('.') {
+            "starts with a dot".to_string()
+        } else if path.ends_with('.') {
+            "ends with a dot".to_string()
+        } else {
+            format!(
+                "has an empty segment (two dots in a row) after `{}`",
+                steps[..i].join(".")
+            )
+        };
+        return Err(format!(
+            "the JSON field path `{path}` {problem}; write the field names separated by single dots, e.g. `customer.id`"
+        ));
+    }
+    Ok(steps)
 }
 
 /// A partition key template: text with `{topic}`, `{partition}` and `{key}`.

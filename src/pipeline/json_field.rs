@@ -28,30 +28,6 @@ pub fn field_text(value: &[u8], path: &[String]) -> Option<String> {
     }
 }
 
-/// Splits a dotted path (`customer.id`) into its steps. Keys containing a dot cannot be named.
-pub fn parse_path(path: &str) -> Result<Vec<String>, String> {
-    if path.is_empty() {
-        return Err("the JSON field path is empty; name a field, e.g. `customer.id`".to_string());
-    }
-    let steps: Vec<String> = path.split('.').map(str::to_string).collect();
-    if let Some(i) = steps.iter().position(String::is_empty) {
-        let problem = if path.starts_with('.') {
-            "starts with a dot".to_string()
-        } else if path.ends_with('.') {
-            "ends with a dot".to_string()
-        } else {
-            format!(
-                "has an empty segment (two dots in a row) after `{}`",
-                steps[..i].join(".")
-            )
-        };
-        return Err(format!(
-            "the JSON field path `{path}` {problem}; write the field names separated by single dots, e.g. `customer.id`"
-        ));
-    }
-    Ok(steps)
-}
-
 fn is_index(step: &str) -> bool {
     !step.is_empty() && step.bytes().all(|b| b.is_ascii_digit())
 }
@@ -59,6 +35,7 @@ fn is_index(step: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::field_path as parse_path;
 
     fn text(value: &str, path: &str) -> Option<String> {
         field_text(value.as_bytes(), &parse_path(path).unwrap())

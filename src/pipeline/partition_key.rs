@@ -60,7 +60,7 @@ impl PartitionKeys {
             config.on_binary_key,
         );
         if let Some(field) = &config.field {
-            keys.path = json_field::parse_path(field).unwrap_or_default();
+            keys.path = crate::config::field_path(field).unwrap_or_default();
         }
         keys.template = config.template.clone().unwrap_or_default();
         keys
