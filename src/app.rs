@@ -251,7 +251,10 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
                 );
                 wiring.spawn(Arc::new(sink), &mut lanes)
             }
-            _ => {
+            (DestinationKind::Firehose, None) => {
+                unreachable!("aws::kinesis_access builds a Firehose client for a Firehose route")
+            }
+            (DestinationKind::Kinesis, _) => {
                 let (stream_name, stream_arn) = route.stream_target();
                 tokio::spawn(watch_stream(
                     access.client.clone(),
@@ -347,6 +350,7 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
         SourceExit::Clean => exit::CLEAN,
         SourceExit::BrokersUnreachable => exit::KAFKA_UNREACHABLE,
         SourceExit::AuthFailed => exit::KAFKA_REFUSED,
+        SourceExit::RoutesOverlap => exit::CONFIG,
         SourceExit::Undelivered(_) => exit::UNDELIVERED,
         SourceExit::Halted => {
             error!(

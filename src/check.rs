@@ -803,7 +803,7 @@ async fn delivery_stream(
     let record = aws_sdk_firehose::types::Record::builder()
         .data(aws_smithy_types::Blob::new(
             format!(
-                "doka check --write-test: a test record, not Kafka data ({})\n",
+                "{{\"doka_check\":\"--write-test: a test record, not Kafka data\",\"at\":\"{}\"}}\n",
                 chrono_like_now()
             )
             .into_bytes(),

@@ -1252,7 +1252,24 @@ impl Config {
                     .filter(|d| own.contains_key(*d)),
             );
             for section in sections {
-                if let Ok(shared) = figment.find_value(section) {
+                if let Ok(mut shared) = figment.find_value(section) {
+                    // Settings that belong to a value the route replaces are not inherited: an
+                    // external id goes with its role, a field or template with its rule.
+                    let replaced: &[&str] = match section {
+                        "aws" => &["external_id", "session_name"],
+                        "partition_key" => &["field", "template", "prefix"],
+                        _ => &[],
+                    };
+                    let owner = if section == "aws" { "role_arn" } else { "rule" };
+                    let route_sets_owner = own
+                        .get(section)
+                        .and_then(|v| v.as_dict())
+                        .is_some_and(|d| d.contains_key(owner));
+                    if route_sets_owner && let figment::value::Value::Dict(_, dict) = &mut shared {
+                        for key in replaced {
+                            dict.remove(*key);
+                        }
+                    }
                     merged = merged.merge(figment::providers::Serialized::default(section, shared));
                 }
             }
@@ -1304,6 +1321,9 @@ impl Config {
         check_route_overlaps(&routes, self.dead_letter.topic.as_deref())
             .map_err(|(key, problem)| invalid(&key, &problem))?;
         self.routes = routes;
+        // The raw entries may hold secrets in clear (an external id): only the resolved routes,
+        // whose secrets print redacted, are kept.
+        self.route_specs.clear();
         Ok(())
     }
 
@@ -1746,7 +1766,7 @@ impl Route {
             return bad(
                 &key("batch.max_bytes"),
                 format!(
-                    "{} is smaller than the largest record ({}, kinesis.max_record_bytes): a \
+                    "{} is smaller than the largest record the destination takes ({}): a \
                      maximum-size record could never be sent",
                     self.batch.max_bytes,
                     self.max_record_bytes()
@@ -1854,6 +1874,9 @@ pub fn check_key_template(template: &str) -> Result<(), String> {
     let mut rest = template;
     let mut placeholders = 0;
     while let Some(open) = rest.find('{') {
+        if rest[..open].contains('}') {
+            return Err(format!("`{template}` has a `}}` without its `{{`"));
+        }
         let Some(close) = rest[open..].find('}') else {
             return Err(format!("`{template}` has a `{{` without its `}}`"));
         };

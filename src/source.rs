@@ -14,7 +14,7 @@ use rdkafka::client::{ClientContext, OAuthToken};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
 
@@ -39,6 +39,9 @@ pub struct SourceContext {
     paused: Vec<AtomicBool>,
     /// Set once the consumer is closing: every partition is paused.
     all_paused: AtomicBool,
+    /// The whole in-flight bound is reached (dead letters count there, and shares may add up to
+    /// a little more than it): every partition is paused.
+    budget_paused: AtomicBool,
     halt: Arc<Halt>,
     /// Set during shutdown, when in-flight records were already waited for.
     closing: AtomicBool,
@@ -219,6 +222,7 @@ impl ConsumerContext for SourceContext {
                         self.routing.announce(e.topic(), route);
                     }
                     if self.all_paused.load(AtomicOrdering::SeqCst)
+                        || self.budget_paused.load(AtomicOrdering::SeqCst)
                         || self.paused[route].load(AtomicOrdering::SeqCst)
                     {
                         to_pause.add_partition(e.topic(), e.partition());
@@ -309,6 +313,8 @@ pub enum SourceExit {
     BrokersUnreachable,
     /// At start-up, the brokers answered but refused the TLS handshake or the authentication.
     AuthFailed,
+    /// At start-up, an existing topic matches the topic patterns of two routes.
+    RoutesOverlap,
 }
 
 /// How long a poll waits for the first record of a round.
@@ -342,19 +348,34 @@ impl Fetched for Fetch<'_, '_> {
             rdkafka::Timestamp::LogAppendTime(t) => Timestamp::LogAppendTime(t),
         }
     }
+    /// Read through librdkafka directly: rdkafka's header accessors panic on a key that is not
+    /// UTF-8, and one such record must not stop doka.
     fn headers(&self) -> Vec<Header<'_>> {
-        self.0
-            .headers()
-            .map(|headers| {
-                headers
-                    .iter()
-                    .map(|h| Header {
-                        key: h.key,
-                        value: h.value,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        use rdkafka::bindings as rd;
+        let mut headers = std::ptr::null_mut();
+        // SAFETY: the message outlives `self` and librdkafka owns the headers it hands out; the
+        // returned slices borrow from the message, as the lifetimes say.
+        unsafe {
+            let err = rd::rd_kafka_message_headers(self.0.ptr(), &mut headers);
+            if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || headers.is_null() {
+                return Vec::new();
+            }
+            let mut out = Vec::new();
+            for index in 0.. {
+                let (mut name, mut value, mut size) = (std::ptr::null(), std::ptr::null(), 0usize);
+                let err =
+                    rd::rd_kafka_header_get_all(headers, index, &mut name, &mut value, &mut size);
+                if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
+                    break;
+                }
+                out.push(Header {
+                    key: String::from_utf8_lossy(std::ffi::CStr::from_ptr(name).to_bytes()),
+                    value: (!value.is_null())
+                        .then(|| std::slice::from_raw_parts(value.cast::<u8>(), size)),
+                });
+            }
+            out
+        }
     }
 }
 
@@ -408,6 +429,7 @@ pub fn run(
             .map(|_| AtomicBool::new(false))
             .collect(),
         all_paused: AtomicBool::new(false),
+        budget_paused: AtomicBool::new(false),
         routing: parts.routing,
         halt: parts.halt.clone(),
         closing: AtomicBool::new(false),
@@ -444,6 +466,17 @@ pub fn run(
                     );
                 }
             }
+            // Two topic patterns matching one existing topic: a config problem, told now rather
+            // than when the topic is assigned.
+            let routing = &consumer.context().routing;
+            if let Some(problem) = metadata
+                .topics()
+                .iter()
+                .find_map(|t| routing.overlap(t.name()))
+            {
+                error!("invalid config: {problem}");
+                return Ok(SourceExit::RoutesOverlap);
+            }
         }
         Err(e) => {
             let explained = consumer.context().connection.explain_failure(|timeout| {
@@ -476,7 +509,7 @@ pub fn run(
     let mut intake = parts.intake;
     'rounds: while !parts.shutdown.load(AtomicOrdering::SeqCst) && !parts.halt.is_halted() {
         parts.health.consumer_turned();
-        manage_pause(&consumer, &parts.shares);
+        manage_pause(&consumer, &parts.budget, &parts.shares);
         // One round: what librdkafka has ready, waiting only for the first record, up to ROUND
         // records and never past the in-flight bound (one record at least: a poll must run).
         let room = parts.budget.room();
@@ -486,7 +519,9 @@ pub fn run(
         for _ in 0..round {
             // Checked once something was taken: the first poll always runs (it also serves
             // rebalances and token refreshes while fetching is paused).
-            if intake.round_bytes() > 0 && intake.round_bytes() >= room.bytes {
+            if intake.round_bytes() > 0
+                && (intake.round_bytes() >= room.bytes || intake.share_reached())
+            {
                 break;
             }
             let Some(polled) = consumer.poll(wait) else {
@@ -660,9 +695,59 @@ fn close(consumer: BaseConsumer<SourceContext>) {
 }
 
 /// Pauses the partitions of each route whose share of the in-flight bound is full, and resumes
-/// them below 3/4 of it. Other routes keep fetching.
-fn manage_pause(consumer: &BaseConsumer<SourceContext>, shares: &[Arc<Share>]) {
+/// them below 3/4 of it; other routes keep fetching. Above all, the whole bound: when it is full
+/// every partition pauses, and below 3/4 of it the partitions of routes with room resume.
+fn manage_pause(consumer: &BaseConsumer<SourceContext>, budget: &Budget, shares: &[Arc<Share>]) {
     let context = consumer.context();
+    let whole = context.budget_paused.load(AtomicOrdering::SeqCst);
+    let whole_change = if !whole && budget.full() {
+        Some(true)
+    } else if whole && budget.has_room() {
+        Some(false)
+    } else {
+        None
+    };
+    if let Some(pause) = whole_change {
+        let usage = budget.usage();
+        let result = if pause {
+            consumer.assignment().and_then(|all| consumer.pause(&all))
+        } else {
+            // Routes still at their share stay paused.
+            let mut open = TopicPartitionList::new();
+            for (route, paused) in context.paused.iter().enumerate() {
+                if !paused.load(AtomicOrdering::SeqCst) {
+                    for e in context.of_route(route).elements() {
+                        open.add_partition(e.topic(), e.partition());
+                    }
+                }
+            }
+            if open.count() == 0 {
+                Ok(())
+            } else {
+                consumer.resume(&open)
+            }
+        };
+        match result {
+            Ok(()) => {
+                context.budget_paused.store(pause, AtomicOrdering::SeqCst);
+                info!(
+                    records = usage.records,
+                    bytes = usage.bytes,
+                    "{}",
+                    if pause {
+                        "in-flight bound reached (all routes): fetching paused"
+                    } else {
+                        "in-flight bound (all routes) has room: fetching resumed"
+                    }
+                );
+            }
+            Err(e) => warn!(
+                "could not {} partitions: {e}",
+                if pause { "pause" } else { "resume" }
+            ),
+        }
+    }
+    let whole = context.budget_paused.load(AtomicOrdering::SeqCst);
     for (route, share) in shares.iter().enumerate() {
         let paused = context.paused[route].load(AtomicOrdering::SeqCst);
         let pause = if !paused && share.full() {
@@ -673,7 +758,8 @@ fn manage_pause(consumer: &BaseConsumer<SourceContext>, shares: &[Arc<Share>]) {
             continue;
         };
         let partitions = context.of_route(route);
-        let result = if partitions.count() == 0 {
+        // While the whole bound holds every partition, a route with room again only notes it.
+        let result = if partitions.count() == 0 || (whole && !pause) {
             Ok(())
         } else if pause {
             consumer.pause(&partitions)
@@ -684,11 +770,6 @@ fn manage_pause(consumer: &BaseConsumer<SourceContext>, shares: &[Arc<Share>]) {
         match result {
             Ok(()) => {
                 context.paused[route].store(pause, AtomicOrdering::SeqCst);
-                let any = context
-                    .paused
-                    .iter()
-                    .any(|p| p.load(AtomicOrdering::SeqCst));
-                context.metrics.fetch_paused.set(i64::from(any));
                 let usage = share.usage();
                 if pause {
                     info!(
@@ -713,4 +794,10 @@ fn manage_pause(consumer: &BaseConsumer<SourceContext>, shares: &[Arc<Share>]) {
             ),
         }
     }
+    let any = whole
+        || context
+            .paused
+            .iter()
+            .any(|p| p.load(AtomicOrdering::SeqCst));
+    context.metrics.fetch_paused.set(i64::from(any));
 }

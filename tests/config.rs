@@ -570,3 +570,118 @@ fn a_secret_that_reads_as_a_number_is_refused_without_showing_it() {
         run.stderr
     );
 }
+
+/// Routes: the shared sections are merged key by key into each route, an external id or a
+/// rule's settings do not travel to a route that replaces the role or the rule, and the routes
+/// are printed resolved.
+const ROUTES: &str = r#"
+kafka:
+  brokers: "b-1.msk.example:9092"
+  group_id: doka
+aws:
+  region: eu-west-1
+  role_arn: arn:aws:iam::222222222222:role/doka-writer
+  external_id: very-secret-external-id
+partition_key:
+  rule: json_field
+  field: customer.id
+batch:
+  linger_ms: 7
+routes:
+  - name: orders
+    topics: [orders]
+    kinesis: { stream: orders }
+  - topic_pattern: "audit-.*"
+    firehose: { delivery_stream: audit-to-s3 }
+    aws: { role_arn: "arn:aws:iam::333333333333:role/doka-audit" }
+    partition_key: { rule: template, template: "{topic}-{partition}" }
+    records: { format: envelope }
+    lanes: 2
+"#;
+
+#[test]
+fn routes_inherit_key_by_key_and_print_resolved() {
+    let run = run_with(ROUTES, &[], &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let shown: serde_yaml::Value = serde_yaml::from_str(&run.stdout).unwrap();
+    let routes = shown["routes"].as_sequence().expect("routes printed");
+    assert_eq!(routes.len(), 2);
+    let (orders, audit) = (&routes[0], &routes[1]);
+    assert_eq!(orders["name"], "orders");
+    assert_eq!(orders["aws"]["region"], "eu-west-1");
+    assert_eq!(orders["aws"]["external_id"], "<redacted>");
+    assert_eq!(orders["partition_key"]["field"], "customer.id");
+    assert_eq!(orders["batch"]["linger_ms"], 7);
+    assert_eq!(orders["records"]["format"], "raw");
+    // The unnamed route is named after its destination; it keeps the shared region and linger
+    // but not the external id of another account's role, nor the json_field rule's field.
+    assert_eq!(audit["name"], "audit-to-s3");
+    assert_eq!(audit["topic_pattern"], "audit-.*");
+    assert_eq!(
+        audit["aws"]["role_arn"],
+        "arn:aws:iam::333333333333:role/doka-audit"
+    );
+    assert_eq!(audit["aws"]["region"], "eu-west-1");
+    assert!(audit["aws"]["external_id"].is_null(), "{}", run.stdout);
+    assert_eq!(audit["partition_key"]["rule"], "template");
+    assert!(
+        audit["partition_key"].get("field").is_none(),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(audit["batch"]["linger_ms"], 7);
+    assert_eq!(audit["lanes"], 2);
+    assert!(
+        !run.stdout.contains("very-secret-external-id"),
+        "a secret leaked"
+    );
+}
+
+#[test]
+fn route_mistakes_name_the_route_key() {
+    let run = broken(
+        &ROUTES.replace("topic_pattern: \"audit-.*\"", "topic_pattern: \"ord.*\""),
+        &[],
+    );
+    assert_mentions(
+        &run,
+        &[
+            "routes[0].topics",
+            "`orders`",
+            "route `orders`",
+            "route `audit-to-s3`",
+            "topic_pattern",
+        ],
+    );
+    let run = broken(
+        &ROUTES.replace(
+            "kinesis: { stream: orders }",
+            "kinesis: { stream: orders, bogus: 1 }",
+        ),
+        &[],
+    );
+    assert_mentions(&run, &["unknown config key `routes[0].kinesis.bogus`"]);
+    let run = broken(
+        &ROUTES.replace("{topic}-{partition}", "{topic}}-{partition}"),
+        &[],
+    );
+    assert_mentions(&run, &["routes[1].partition_key.template", "without its"]);
+    let run = broken(
+        &ROUTES.replace(
+            "  - name: orders\n",
+            "  - name: orders\n    firehose: { delivery_stream: x }\n",
+        ),
+        &[],
+    );
+    assert_mentions(&run, &["routes[0].firehose", "one destination"]);
+    let run = broken(&format!("{ROUTES}  - topics: [more]\n"), &[]);
+    assert_mentions(&run, &["routes[2].kinesis.stream", "destination"]);
+    let run = broken(
+        &ROUTES.replace(
+            "  group_id: doka\n",
+            "  group_id: doka\n  topics: [orders]\n",
+        ),
+        &[],
+    );
+    assert_mentions(&run, &["kafka.topics", "with `routes`"]);
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use doka::sink::firehose::{FirehoseSink, MAX_BATCH_BYTES, MAX_BATCH_RECORDS};
-use doka::sink::{Entry, RequestError, Sink};
+use doka::sink::{Entry, EntryFailure, RequestError, Sink};
 
 use support::firehose::*;
 use support::*;
@@ -29,19 +29,19 @@ fn records(n: usize) -> Vec<Bytes> {
         .collect()
 }
 
-fn entries<'a>(keys: &'a [String], data: &'a [Bytes]) -> Vec<Entry<'a>> {
-    keys.iter()
+/// Sends `data` through `sink` in one call, each record with a key of 17.
+async fn put(sink: &FirehoseSink, data: &[Bytes]) -> Result<Vec<EntryFailure>, RequestError> {
+    let keys: Vec<String> = (0..data.len()).map(|i| format!("key-{}", i % 17)).collect();
+    let entries: Vec<Entry<'_>> = keys
+        .iter()
         .zip(data)
         .map(|(key, data)| Entry {
             partition_key: key,
             explicit_hash_key: None,
             data,
         })
-        .collect()
-}
-
-fn keys(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("key-{}", i % 17)).collect()
+        .collect();
+    sink.put(&entries).await
 }
 
 /// Every record is among the lines exactly once, with its exact bytes, and nothing else is.
@@ -85,59 +85,85 @@ fn sink(
     )
 }
 
+/// A delivery stream in account B and the bucket it writes into under [`PREFIX`].
+struct Delivery {
+    firehose: aws_sdk_firehose::Client,
+    s3: aws_sdk_s3::Client,
+    name: String,
+    bucket: String,
+}
+
+impl Delivery {
+    async fn create(ep: &Endpoints) -> Self {
+        let (firehose, s3) = account_b_clients(ep).await;
+        let name = unique("doka-fh");
+        let bucket = unique("doka-fh-bucket");
+        create_delivery_stream(&firehose, &s3, &name, &bucket, PREFIX).await;
+        Self {
+            firehose,
+            s3,
+            name,
+            bucket,
+        }
+    }
+
+    /// A sink into this delivery stream, as account B.
+    fn sink(&self, max_entries: usize, max_bytes: usize) -> FirehoseSink {
+        sink(self.firehose.clone(), &self.name, max_entries, max_bytes)
+    }
+
+    /// Sends `data` through `sink` in one call: no entry may fail, and every record must reach
+    /// the bucket exactly once.
+    async fn put_exactly_once(&self, sink: &FirehoseSink, data: &[Bytes]) {
+        let failures = put(sink, data).await.expect("PutRecordBatch");
+        assert!(failures.is_empty(), "failed entries: {failures:?}");
+        let lines = wait_for_lines(
+            &self.s3,
+            &self.bucket,
+            PREFIX,
+            data.len(),
+            Duration::from_secs(30),
+        )
+        .await;
+        assert_exactly_once(&lines, data);
+    }
+
+    async fn objects(&self) -> Vec<Vec<u8>> {
+        read_objects(&self.s3, &self.bucket, PREFIX).await
+    }
+
+    async fn delete(self) {
+        delete_delivery_stream(&self.firehose, &self.s3, &self.name, &self.bucket).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_record_reaches_the_bucket_exactly_once_across_requests() {
     const N: usize = 1200;
-    let ep = endpoints();
-    let (firehose, s3) = account_b_clients(&ep).await;
-    let name = unique("doka-fh");
-    let bucket = unique("doka-fh-bucket");
-    create_delivery_stream(&firehose, &s3, &name, &bucket, PREFIX).await;
-
+    let delivery = Delivery::create(&endpoints()).await;
     let data = records(N);
-    let keys = keys(N);
-    let sink = sink(firehose.clone(), &name, MAX_BATCH_RECORDS, MAX_BATCH_BYTES);
-    let failures = sink
-        .put(&entries(&keys, &data))
-        .await
-        .expect("PutRecordBatch");
-    assert!(failures.is_empty(), "failed entries: {failures:?}");
-
-    let lines = wait_for_lines(&s3, &bucket, PREFIX, N, Duration::from_secs(30)).await;
-    assert_exactly_once(&lines, &data);
+    let sink = delivery.sink(MAX_BATCH_RECORDS, MAX_BATCH_BYTES);
+    delivery.put_exactly_once(&sink, &data).await;
     // moto writes one object per request: 1,200 records at 500 per request make three.
-    let objects = read_objects(&s3, &bucket, PREFIX).await;
+    let objects = delivery.objects().await;
     assert_eq!(objects.len(), 3, "one object per PutRecordBatch request");
     let mut per_object: Vec<usize> = objects.iter().map(|o| lines_in(o)).collect();
     per_object.sort_unstable();
     assert_eq!(per_object, vec![200, 500, 500]);
 
-    delete_delivery_stream(&firehose, &s3, &name, &bucket).await;
+    delivery.delete().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_stay_within_the_byte_bound() {
     const N: usize = 300;
     const MAX_BYTES: usize = 8_000;
-    let ep = endpoints();
-    let (firehose, s3) = account_b_clients(&ep).await;
-    let name = unique("doka-fh");
-    let bucket = unique("doka-fh-bucket");
-    create_delivery_stream(&firehose, &s3, &name, &bucket, PREFIX).await;
-
+    let delivery = Delivery::create(&endpoints()).await;
     let data = records(N);
-    let keys = keys(N);
     let total: usize = data.iter().map(Bytes::len).sum();
-    let sink = sink(firehose.clone(), &name, MAX_BATCH_RECORDS, MAX_BYTES);
-    let failures = sink
-        .put(&entries(&keys, &data))
-        .await
-        .expect("PutRecordBatch");
-    assert!(failures.is_empty(), "failed entries: {failures:?}");
-
-    let lines = wait_for_lines(&s3, &bucket, PREFIX, N, Duration::from_secs(30)).await;
-    assert_exactly_once(&lines, &data);
-    let objects = read_objects(&s3, &bucket, PREFIX).await;
+    let sink = delivery.sink(MAX_BATCH_RECORDS, MAX_BYTES);
+    delivery.put_exactly_once(&sink, &data).await;
+    let objects = delivery.objects().await;
     assert!(
         objects.len() >= total.div_ceil(MAX_BYTES),
         "{} objects for {total} bytes at {MAX_BYTES} per request",
@@ -151,7 +177,7 @@ async fn requests_stay_within_the_byte_bound() {
         );
     }
 
-    delete_delivery_stream(&firehose, &s3, &name, &bucket).await;
+    delivery.delete().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,11 +185,9 @@ async fn a_missing_delivery_stream_is_a_configuration_error_naming_it() {
     let ep = endpoints();
     let (firehose, _s3) = account_b_clients(&ep).await;
     let name = unique("doka-fh-missing");
-    let data = records(700);
-    let keys = keys(700);
     let sink = sink(firehose, &name, MAX_BATCH_RECORDS, MAX_BATCH_BYTES);
     // Two requests, both failing as a whole: the batch fails as a whole.
-    match sink.put(&entries(&keys, &data)).await {
+    match put(&sink, &records(700)).await {
         Err(RequestError::Configuration(msg)) => {
             assert!(
                 msg.contains(&name),
@@ -185,72 +209,37 @@ async fn a_missing_delivery_stream_is_a_configuration_error_naming_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn account_a_does_not_see_account_bs_delivery_stream_or_bucket() {
     let ep = endpoints();
-    let (firehose_b, s3_b) = account_b_clients(&ep).await;
+    let delivery = Delivery::create(&ep).await;
     let (firehose_a, s3_a) = account_a_clients(&ep);
-    let name = unique("doka-fh");
-    let bucket = unique("doka-fh-bucket");
-    create_delivery_stream(&firehose_b, &s3_b, &name, &bucket, PREFIX).await;
+    let name = &delivery.name;
 
-    let listed_b = firehose_b
+    let listed_b = delivery
+        .firehose
         .list_delivery_streams()
         .limit(10_000)
         .send()
         .await
         .expect("ListDeliveryStreams as B");
-    assert!(listed_b.delivery_stream_names().contains(&name));
-    let listed_a = firehose_a
-        .list_delivery_streams()
-        .limit(10_000)
-        .send()
-        .await
-        .expect("ListDeliveryStreams as A");
-    assert!(
-        !listed_a.delivery_stream_names().contains(&name),
-        "account A lists account B's delivery stream"
-    );
-    let described = firehose_a
-        .describe_delivery_stream()
-        .delivery_stream_name(&name)
-        .send()
-        .await;
-    assert!(
-        described.is_err(),
-        "account A can describe account B's delivery stream"
-    );
-    let buckets_a = s3_a.list_buckets().send().await.expect("ListBuckets as A");
-    assert!(
-        !buckets_a
-            .buckets()
-            .iter()
-            .any(|b| b.name() == Some(bucket.as_str())),
-        "account A lists account B's bucket"
-    );
+    assert!(listed_b.delivery_stream_names().contains(name));
+    assert_hidden_from_a(&firehose_a, &s3_a, name, &delivery.bucket).await;
 
     // Writing as A fails as a missing delivery stream, and nothing reaches B's bucket.
     let data = records(10);
-    let keys = keys(10);
-    let sink_a = sink(firehose_a, &name, MAX_BATCH_RECORDS, MAX_BATCH_BYTES);
-    match sink_a.put(&entries(&keys, &data)).await {
-        Err(RequestError::Configuration(msg)) => assert!(msg.contains(&name), "{msg}"),
+    let sink_a = sink(firehose_a, name, MAX_BATCH_RECORDS, MAX_BATCH_BYTES);
+    match put(&sink_a, &data).await {
+        Err(RequestError::Configuration(msg)) => assert!(msg.contains(name), "{msg}"),
         other => panic!("account A wrote to account B's delivery stream: {other:?}"),
     }
-    assert!(read_objects(&s3_b, &bucket, "").await.is_empty());
-    // As B, the same records arrive.
-    let sink_b = sink(
-        firehose_b.clone(),
-        &name,
-        MAX_BATCH_RECORDS,
-        MAX_BATCH_BYTES,
+    assert!(
+        read_objects(&delivery.s3, &delivery.bucket, "")
+            .await
+            .is_empty()
     );
-    let failures = sink_b
-        .put(&entries(&keys, &data))
-        .await
-        .expect("PutRecordBatch as B");
-    assert!(failures.is_empty(), "failed entries: {failures:?}");
-    let lines = wait_for_lines(&s3_b, &bucket, PREFIX, 10, Duration::from_secs(30)).await;
-    assert_exactly_once(&lines, &data);
+    // As B, the same records arrive.
+    let sink_b = delivery.sink(MAX_BATCH_RECORDS, MAX_BATCH_BYTES);
+    delivery.put_exactly_once(&sink_b, &data).await;
 
-    delete_delivery_stream(&firehose_b, &s3_b, &name, &bucket).await;
+    delivery.delete().await;
 }
 
 fn lines_in(object: &[u8]) -> usize {

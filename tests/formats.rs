@@ -15,14 +15,10 @@ use std::collections::{HashMap, HashSet};
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::{ClientConfig, ClientContext, Message};
 use serde_json::Value;
 
 use support::*;
@@ -134,36 +130,12 @@ fn mixed_records(n: usize, partitions: i32) -> Vec<Rec> {
         .collect()
 }
 
-/// A delivery report: the record's index, and (partition, offset) or the error.
-type Report = (usize, Result<(i32, i64), String>);
-
-struct Reports(Mutex<Vec<Report>>);
-impl ClientContext for Reports {}
-impl ProducerContext for Reports {
-    type DeliveryOpaque = Box<usize>;
-    fn delivery(&self, result: &DeliveryResult<'_>, index: Self::DeliveryOpaque) {
-        let report = match result {
-            Ok(m) => Ok((m.partition(), m.offset())),
-            Err((e, _)) => Err(e.to_string()),
-        };
-        self.0.lock().unwrap().push((*index, report));
-    }
-}
-
 /// Produces `records` in order to their partitions; returns where each landed, from the delivery
 /// reports.
 fn produce_recs(bootstrap: &str, topic: &str, records: &[Rec]) -> Vec<Placement> {
-    let producer: BaseProducer<Reports> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "5")
-        .set("enable.idempotence", "true")
-        .create_with_context(Reports(Mutex::new(Vec::new())))
-        .expect("producer");
-    for (i, r) in records.iter().enumerate() {
-        let mut record: BaseRecord<'_, [u8], [u8], Box<usize>> =
-            BaseRecord::with_opaque_to(topic, Box::new(i))
-                .partition(r.partition)
-                .timestamp(r.timestamp);
+    let placements = produce_built(bootstrap, &[], topic, records.len(), |i, record| {
+        let r = &records[i];
+        let mut record = record.partition(r.partition).timestamp(r.timestamp);
         if let Some(key) = &r.key {
             record = record.key(key.as_slice());
         }
@@ -171,70 +143,16 @@ fn produce_recs(bootstrap: &str, topic: &str, records: &[Rec]) -> Vec<Placement>
             record = record.payload(value.as_slice());
         }
         if !r.headers.is_empty() {
-            let mut headers = OwnedHeaders::new();
-            for (key, value) in &r.headers {
-                headers = headers.insert(Header {
-                    key,
-                    value: value.as_deref(),
-                });
-            }
-            record = record.headers(headers);
+            record = record.headers(owned_headers(
+                r.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())),
+            ));
         }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((e, back)) => {
-                    assert!(
-                        matches!(
-                            e,
-                            rdkafka::error::KafkaError::MessageProduction(
-                                rdkafka::types::RDKafkaErrorCode::QueueFull
-                            )
-                        ),
-                        "produce: {e}"
-                    );
-                    record = back;
-                    producer.poll(Duration::from_millis(10));
-                }
-            }
-        }
-        producer.poll(Duration::ZERO);
-    }
-    producer.flush(Duration::from_secs(60)).expect("flush");
-    let mut placements = vec![None; records.len()];
-    for (i, report) in producer.context().0.lock().unwrap().drain(..) {
-        let (partition, offset) = report.unwrap_or_else(|e| panic!("record {i}: {e}"));
-        assert_eq!(partition, records[i].partition, "record {i}'s partition");
-        placements[i] = Some(Placement { partition, offset });
+        record
+    });
+    for (i, (p, r)) in placements.iter().zip(records).enumerate() {
+        assert_eq!(p.partition, r.partition, "record {i}'s partition");
     }
     placements
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| p.unwrap_or_else(|| panic!("no delivery report for record {i}")))
-        .collect()
-}
-
-/// Waits until `group`'s committed offsets on `topic` are `ends`.
-async fn wait_for_committed(
-    bootstrap: &str,
-    group: &str,
-    topic: &str,
-    ends: &HashMap<i32, i64>,
-    timeout: Duration,
-) {
-    let partitions = ends.keys().max().map_or(0, |p| p + 1);
-    let deadline = Instant::now() + timeout;
-    loop {
-        let now = committed(bootstrap, group, topic, partitions);
-        if now == *ends {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{topic}: committed {now:?} after {timeout:?}, expected {ends:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -637,33 +555,7 @@ async fn firehose_to_s3_holds_every_record_as_json_lines() {
     support::firehose::create_delivery_stream(&firehose_b, &s3_b, &name, &bucket, PREFIX).await;
 
     // Account A sees neither B's delivery stream nor its bucket.
-    let listed_a = firehose_a
-        .list_delivery_streams()
-        .limit(10_000)
-        .send()
-        .await
-        .expect("ListDeliveryStreams as A");
-    assert!(
-        !listed_a.delivery_stream_names().contains(&name),
-        "account A lists account B's delivery stream"
-    );
-    assert!(
-        firehose_a
-            .describe_delivery_stream()
-            .delivery_stream_name(&name)
-            .send()
-            .await
-            .is_err(),
-        "account A can describe account B's delivery stream"
-    );
-    let buckets_a = s3_a.list_buckets().send().await.expect("ListBuckets as A");
-    assert!(
-        !buckets_a
-            .buckets()
-            .iter()
-            .any(|b| b.name() == Some(bucket.as_str())),
-        "account A lists account B's bucket"
-    );
+    support::firehose::assert_hidden_from_a(&firehose_a, &s3_a, &name, &bucket).await;
     // A same-named delivery stream in A must stay empty: only the assumed role may write.
     let bucket_a = unique("doka-fh-env-a");
     support::firehose::create_delivery_stream(&firehose_a, &s3_a, &name, &bucket_a, PREFIX).await;
@@ -695,7 +587,7 @@ async fn firehose_to_s3_holds_every_record_as_json_lines() {
     let doka = Doka::start(&yaml, &[]);
     // doka commits only what Firehose accepted, and moto writes each request into the bucket
     // before answering: once the offsets reach the ends, every record is in S3.
-    wait_for_committed(
+    wait_for_topic_committed(
         &bootstrap,
         &group,
         &topic,
@@ -752,8 +644,7 @@ async fn envelopes_on_kinesis_round_trip() {
     let bare = (unique("env-bare"), unique("doka-env-bare"));
     let lines = (unique("env-lines"), unique("doka-env-lines"));
     let group = unique("doka-group");
-    let kafka = Kafka::new(&bare.0, PARTITIONS);
-    kafka.create_topic(&lines.0, PARTITIONS);
+    let kafka = Kafka::with_topics(&[(&bare.0, PARTITIONS), (&lines.0, PARTITIONS)]);
     let bootstrap = kafka.bootstrap();
     futures::join!(
         create_stream(&b, &bare.1, 2),
@@ -784,7 +675,7 @@ async fn envelopes_on_kinesis_round_trip() {
     wait_for_records(&b, &bare.1, N, Duration::from_secs(120)).await;
     wait_for_records(&b, &lines.1, N, Duration::from_secs(120)).await;
     for (topic, placements) in [(&bare.0, &bare_placements), (&lines.0, &lines_placements)] {
-        wait_for_committed(
+        wait_for_topic_committed(
             &bootstrap,
             &group,
             topic,
@@ -846,7 +737,7 @@ async fn envelopes_on_kinesis_round_trip() {
         started.elapsed()
     );
     for stream in [&bare.1, &lines.1] {
-        let _ = b.delete_stream().stream_name(stream).send().await;
+        delete_stream(&b, stream).await;
     }
 }
 
@@ -916,7 +807,7 @@ async fn partition_key_rules_pick_the_documented_keys() {
             value: value.as_bytes().to_vec(),
             expected,
         };
-    let cases = vec![
+    let mut cases = vec![
         // json_field, on_long_key: hash
         case(
             0,
@@ -960,64 +851,31 @@ async fn partition_key_rules_pick_the_documented_keys() {
             r#"{"rid":"jf-6","customer":{"id":"kunde-ø ✓"}}"#,
             "kunde-ø ✓".into(),
         ),
-        // Missing field, null, object, array, empty: the Kafka key.
-        case(
+    ];
+    // Missing field, null, object, array, empty, not an object, not JSON: the Kafka key. Odd
+    // numbers go to partition 0, even ones to 1.
+    let key_fallbacks = [
+        r#"{"customer":{"name":"no id"},"rid":"jf-7"}"#,
+        r#"{"customer":{"id":null},"rid":"jf-8"}"#,
+        r#"{"customer":{"id":{"x":1}},"rid":"jf-9"}"#,
+        r#"{"customer":{"id":[1,2]},"rid":"jf-10"}"#,
+        r#"{"customer":{"id":""},"rid":"jf-11"}"#,
+        r#"{"customer":"flat","rid":"jf-12"}"#,
+        r#"[{"customer":{"id":"x"}},"jf-13"]"#,
+        "rid=jf-14; not json {",
+    ];
+    for (n, value) in (7..).zip(key_fallbacks) {
+        let key = format!("fallback-{n}");
+        cases.push(case(
             0,
-            0,
-            Some(b"fallback-7"),
-            r#"{"customer":{"name":"no id"},"rid":"jf-7"}"#,
-            "fallback-7".into(),
-        ),
-        case(
-            0,
-            1,
-            Some(b"fallback-8"),
-            r#"{"customer":{"id":null},"rid":"jf-8"}"#,
-            "fallback-8".into(),
-        ),
-        case(
-            0,
-            0,
-            Some(b"fallback-9"),
-            r#"{"customer":{"id":{"x":1}},"rid":"jf-9"}"#,
-            "fallback-9".into(),
-        ),
-        case(
-            0,
-            1,
-            Some(b"fallback-10"),
-            r#"{"customer":{"id":[1,2]},"rid":"jf-10"}"#,
-            "fallback-10".into(),
-        ),
-        case(
-            0,
-            0,
-            Some(b"fallback-11"),
-            r#"{"customer":{"id":""},"rid":"jf-11"}"#,
-            "fallback-11".into(),
-        ),
-        case(
-            0,
-            1,
-            Some(b"fallback-12"),
-            r#"{"customer":"flat","rid":"jf-12"}"#,
-            "fallback-12".into(),
-        ),
-        case(
-            0,
-            0,
-            Some(b"fallback-13"),
-            r#"[{"customer":{"id":"x"}},"jf-13"]"#,
-            "fallback-13".into(),
-        ),
-        // Not JSON: the Kafka key; no key either: <topic>-<partition>.
-        case(
-            0,
-            1,
-            Some(b"fallback-14"),
-            "rid=jf-14; not json {",
-            "fallback-14".into(),
-        ),
+            (n + 1) % 2,
+            Some(key.as_bytes()),
+            value,
+            key.clone(),
+        ));
+    }
+    cases.extend([
+        // No field and no key either: <topic>-<partition>.
         case(
             0,
             0,
@@ -1127,15 +985,13 @@ async fn partition_key_rules_pick_the_documented_keys() {
         case(4, 0, Some(b""), "rid=tb-2", format!("{}-0", topic(4))),
         case(4, 0, Some(b"abc"), "rid=tb-3", "abc".into()),
         case(4, 0, Some(&binary_key), "rid=tb-4", md5_hex(&binary_key)),
-    ];
+    ]);
     let values: HashSet<&[u8]> = cases.iter().map(|c| c.value.as_slice()).collect();
     assert_eq!(values.len(), cases.len(), "values identify the records");
 
     let group = unique("doka-group");
-    let kafka = Kafka::new(&routes[0].1, routes[0].3);
-    for (_, topic, _, partitions, _) in &routes[1..] {
-        kafka.create_topic(topic, *partitions);
-    }
+    let topics: Vec<(&str, i32)> = routes.iter().map(|r| (r.1.as_str(), r.3)).collect();
+    let kafka = Kafka::with_topics(&topics);
     let bootstrap = kafka.bootstrap();
     futures::future::join_all(routes.iter().map(|r| create_stream(&b, &r.2, 1))).await;
 
@@ -1166,7 +1022,8 @@ async fn partition_key_rules_pick_the_documented_keys() {
     for (r, (_, topic, stream, _, _)) in routes.iter().enumerate() {
         let n = cases.iter().filter(|c| c.route == r).count();
         wait_for_records(&b, stream, n, Duration::from_secs(120)).await;
-        wait_for_committed(&bootstrap, &group, topic, &ends[r], Duration::from_secs(60)).await;
+        wait_for_topic_committed(&bootstrap, &group, topic, &ends[r], Duration::from_secs(60))
+            .await;
     }
     doka.stop();
 
@@ -1223,7 +1080,7 @@ async fn partition_key_rules_pick_the_documented_keys() {
         started.elapsed()
     );
     for (_, _, stream, _, _) in &routes {
-        let _ = b.delete_stream().stream_name(stream).send().await;
+        delete_stream(&b, stream).await;
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -118,6 +119,81 @@ async fn assert_absent(client: &aws_sdk_kinesis::Client, stream: &str, whose: &s
     );
 }
 
+/// A mock cluster with a new topic of two partitions for each name: (cluster, bootstrap servers,
+/// topics).
+fn two_topics(names: [&str; 2]) -> (Kafka, String, [String; 2]) {
+    let topics = names.map(unique);
+    let kafka = Kafka::with_topics(&[(&topics[0], 2), (&topics[1], 2)]);
+    let bootstrap = kafka.bootstrap();
+    (kafka, bootstrap, topics)
+}
+
+/// One route's records: ids `ids` (over `keys` keys) produced to `topic`, bound for `stream`,
+/// which `client` reads.
+struct Sent {
+    topic: String,
+    stream: String,
+    client: aws_sdk_kinesis::Client,
+    ids: Range<usize>,
+    messages: Vec<(Vec<u8>, Vec<u8>)>,
+    ends: HashMap<i32, i64>,
+}
+
+impl Sent {
+    fn produce(
+        bootstrap: &str,
+        topic: &str,
+        client: &aws_sdk_kinesis::Client,
+        stream: &str,
+        ids: Range<usize>,
+        keys: usize,
+    ) -> Self {
+        let messages = keyed_messages(ids.clone(), keys);
+        let ends = end_offsets(&produce(bootstrap, topic, &messages));
+        Self {
+            topic: topic.to_owned(),
+            stream: stream.to_owned(),
+            client: client.clone(),
+            ids,
+            messages,
+            ends,
+        }
+    }
+
+    /// Waits until every record is in the stream (or panics after `timeout`), then until the
+    /// group's offsets of the topic are committed to their ends (or panics after 30 s).
+    async fn wait_delivered(&self, bootstrap: &str, group: &str, timeout: Duration) {
+        wait_for_ids(&self.client, &self.stream, self.ids.clone(), timeout).await;
+        wait_for_topic_committed(
+            bootstrap,
+            group,
+            &self.topic,
+            &self.ends,
+            Duration::from_secs(30),
+        )
+        .await;
+    }
+
+    /// Reads the stream back: it holds exactly these records ([`assert_holds_exactly`]), and the
+    /// group's offsets of the topic are committed to their ends. Returns (records read, copies).
+    async fn assert_delivered(&self, bootstrap: &str, group: &str) -> (usize, usize) {
+        let records = read_stream(&self.client, &self.stream).await;
+        let copies = assert_holds_exactly(&self.stream, &records, self.ids.clone(), &self.messages);
+        let partitions = self.ends.keys().max().map_or(0, |p| p + 1);
+        assert_eq!(
+            committed(bootstrap, group, &self.topic, partitions),
+            self.ends,
+            "committed offsets of {} are its ends",
+            self.topic
+        );
+        (records.len(), copies)
+    }
+
+    async fn delete_stream(&self) {
+        delete_stream(&self.client, &self.stream).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_routes_reach_two_accounts_through_two_roles() {
     const N1: usize = 300;
@@ -125,11 +201,7 @@ async fn two_routes_reach_two_accounts_through_two_roles() {
     let ep = endpoints();
     // moto serves STS and Kinesis on one endpoint.
     let moto = ep.sts.clone();
-    let t1 = unique("orders");
-    let t2 = unique("invoices");
-    let kafka = Kafka::new(&t1, 2);
-    kafka.create_topic(&t2, 2);
-    let bootstrap = kafka.bootstrap();
+    let (_kafka, bootstrap, [t1, t2]) = two_topics(["orders", "invoices"]);
 
     // S1 in account B at kinesis-mock; S2 in account C at moto, one shard (moto's Kinesis only
     // stays correct with one request at a time to a shard: the route has one lane).
@@ -140,13 +212,10 @@ async fn two_routes_reach_two_accounts_through_two_roles() {
     create_stream(&b, &s1, 2).await;
     create_stream(&c, &s2, 1).await;
 
-    let m1 = keyed_messages(0..N1, 20);
-    let m2 = keyed_messages(N1..N1 + N2, 20);
-    let p1 = produce(&bootstrap, &t1, &m1);
-    let p2 = produce(&bootstrap, &t2, &m2);
-    let (e1, e2) = (end_offsets(&p1), end_offsets(&p2));
+    let r1 = Sent::produce(&bootstrap, &t1, &b, &s1, 0..N1, 20);
+    let r2 = Sent::produce(&bootstrap, &t2, &c, &s2, N1..N1 + N2, 20);
     assert!(
-        e1.len() == 2 && e2.len() == 2,
+        r1.ends.len() == 2 && r2.ends.len() == 2,
         "both partitions of each topic hold records"
     );
 
@@ -166,17 +235,15 @@ async fn two_routes_reach_two_accounts_through_two_roles() {
         ],
     );
     let doka = Doka::start(&yaml, &[]);
-    wait_for_ids(&b, &s1, 0..N1, Duration::from_secs(60)).await;
-    wait_for_ids(&c, &s2, N1..N1 + N2, Duration::from_secs(60)).await;
-    wait_for_topic_committed(&bootstrap, &group, &t1, &e1, Duration::from_secs(30)).await;
-    wait_for_topic_committed(&bootstrap, &group, &t2, &e2, Duration::from_secs(30)).await;
+    r1.wait_delivered(&bootstrap, &group, Duration::from_secs(60))
+        .await;
+    r2.wait_delivered(&bootstrap, &group, Duration::from_secs(60))
+        .await;
     let log = doka.stop();
 
     // Read back after the stop: whatever doka sent is in by now.
-    let r1 = read_stream(&b, &s1).await;
-    let r2 = read_stream(&c, &s2).await;
-    let d1 = assert_holds_exactly(&s1, &r1, 0..N1, &m1);
-    let d2 = assert_holds_exactly(&s2, &r2, N1..N1 + N2, &m2);
+    let (n1, d1) = r1.assert_delivered(&bootstrap, &group).await;
+    let (n2, d2) = r2.assert_delivered(&bootstrap, &group).await;
 
     // Nothing went to account A under the same names, at either endpoint.
     assert_absent(&account_a_kinesis(&ep), &s1, "account A at kinesis-mock").await;
@@ -207,24 +274,12 @@ async fn two_routes_reach_two_accounts_through_two_roles() {
             "arn:aws:sts::{ACCOUNT_C}:assumed-role/doka-writer-c/"
         )],
     );
-    assert_eq!(
-        committed(&bootstrap, &group, &t1, 2),
-        e1,
-        "committed offsets of {t1} are its ends"
-    );
-    assert_eq!(
-        committed(&bootstrap, &group, &t2, 2),
-        e2,
-        "committed offsets of {t2} are its ends"
-    );
     println!(
-        "route to-b: sent {N1} received {} duplicated {d1} lost 0 (account {ACCOUNT_B}); \
-         route {s2}: sent {N2} received {} duplicated {d2} lost 0 (account {ACCOUNT_C})",
-        r1.len(),
-        r2.len()
+        "route to-b: sent {N1} received {n1} duplicated {d1} lost 0 (account {ACCOUNT_B}); \
+         route {s2}: sent {N2} received {n2} duplicated {d2} lost 0 (account {ACCOUNT_C})"
     );
-    let _ = b.delete_stream().stream_name(&s1).send().await;
-    let _ = c.delete_stream().stream_name(&s2).send().await;
+    r1.delete_stream().await;
+    r2.delete_stream().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,11 +290,7 @@ async fn a_route_in_an_outage_does_not_stop_another() {
     const BOUND: u64 = 200;
     const OUTAGE: Duration = Duration::from_secs(30);
     let ep = endpoints();
-    let ta = unique("orders");
-    let tb = unique("payments");
-    let kafka = Kafka::new(&ta, 2);
-    kafka.create_topic(&tb, 2);
-    let bootstrap = kafka.bootstrap();
+    let (_kafka, bootstrap, [ta, tb]) = two_topics(["orders", "payments"]);
     let sa = unique("doka-refused");
     let sb = unique("doka-open");
     let b = account_b_kinesis(&ep).await;
@@ -268,20 +319,21 @@ async fn a_route_in_an_outage_does_not_stop_another() {
 
     proxy.refuse_connections();
     let refused = Instant::now();
-    let ma = keyed_messages(0..NA, 40);
-    let mb = keyed_messages(NA..NA + NB, 40);
-    let pa = produce(&bootstrap, &ta, &ma);
+    let stuck = Sent::produce(&bootstrap, &ta, &b, &sa, 0..NA, 40);
     let paused = doka.wait_for_line(&["fetching paused", "stuck"], Duration::from_secs(20));
     assert!(
         !paused.contains("flowing"),
         "the pause is route stuck's: {paused}"
     );
-    let pb = produce(&bootstrap, &tb, &mb);
-    let (ea, eb) = (end_offsets(&pa), end_offsets(&pb));
+    let flowing = Sent::produce(&bootstrap, &tb, &b, &sb, NA..NA + NB, 40);
+    assert!(
+        stuck.ends.len() == 2 && flowing.ends.len() == 2,
+        "both partitions of each topic hold records"
+    );
 
-    // All of route flowing's records arrive and are committed while route stuck is refused.
-    wait_for_ids(&b, &sb, NA..NA + NB, OUTAGE).await;
-    wait_for_topic_committed(&bootstrap, &group, &tb, &eb, OUTAGE).await;
+    // All of route flowing's records arrive and are committed while route stuck is refused
+    // (within OUTAGE, 30 s, each).
+    flowing.wait_delivered(&bootstrap, &group, OUTAGE).await;
     let flowing_done = refused.elapsed();
     assert!(
         flowing_done < OUTAGE,
@@ -312,8 +364,9 @@ async fn a_route_in_an_outage_does_not_stop_another() {
     proxy.accept_connections();
 
     let resumed = Instant::now();
-    wait_for_ids(&b, &sa, 0..NA, Duration::from_secs(60)).await;
-    wait_for_topic_committed(&bootstrap, &group, &ta, &ea, Duration::from_secs(30)).await;
+    stuck
+        .wait_delivered(&bootstrap, &group, Duration::from_secs(60))
+        .await;
     let caught_up = resumed.elapsed();
     doka.wait_for_line(&["fetching resumed", "stuck"], Duration::from_secs(10));
     let log = doka.stop();
@@ -322,21 +375,15 @@ async fn a_route_in_an_outage_does_not_stop_another() {
         "the log says what went wrong:\n{log}"
     );
 
-    let ra = read_stream(&b, &sa).await;
-    let rb = read_stream(&b, &sb).await;
-    let da = assert_holds_exactly(&sa, &ra, 0..NA, &ma);
-    let db = assert_holds_exactly(&sb, &rb, NA..NA + NB, &mb);
-    assert_eq!(committed(&bootstrap, &group, &ta, 2), ea);
-    assert_eq!(committed(&bootstrap, &group, &tb, 2), eb);
+    let (na, da) = stuck.assert_delivered(&bootstrap, &group).await;
+    let (nb, db) = flowing.assert_delivered(&bootstrap, &group).await;
     println!(
         "stuck refused {OUTAGE:?} ({checks} checks), caught up {caught_up:?} after: sent {NA} \
-         received {} duplicated {da} lost 0; flowing done {flowing_done:?} into the outage: sent \
-         {NB} received {} duplicated {db} lost 0",
-        ra.len(),
-        rb.len()
+         received {na} duplicated {da} lost 0; flowing done {flowing_done:?} into the outage: \
+         sent {NB} received {nb} duplicated {db} lost 0"
     );
-    let _ = b.delete_stream().stream_name(&sa).send().await;
-    let _ = b.delete_stream().stream_name(&sb).send().await;
+    stuck.delete_stream().await;
+    flowing.delete_stream().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -389,22 +436,10 @@ async fn a_new_topic_matching_a_pattern_is_delivered() {
         Duration::from_secs(10),
     );
     assert_mentions(&line, &["by-pattern", &stream]);
-    wait_for_topic_committed(
-        &bootstrap,
-        &group,
-        &first,
-        &end_offsets(&p1),
-        Duration::from_secs(30),
-    )
-    .await;
-    wait_for_topic_committed(
-        &bootstrap,
-        &group,
-        &second,
-        &end_offsets(&p2),
-        Duration::from_secs(30),
-    )
-    .await;
+    for (topic, placements) in [(&first, &p1), (&second, &p2)] {
+        let ends = end_offsets(placements);
+        wait_for_topic_committed(&bootstrap, &group, topic, &ends, Duration::from_secs(30)).await;
+    }
     let log = doka.stop();
 
     let mut messages = m1.clone();
@@ -428,5 +463,42 @@ async fn a_new_topic_matching_a_pattern_is_delivered() {
         N1 + N2,
         records.len()
     );
-    let _ = b.delete_stream().stream_name(&stream).send().await;
+    delete_stream(&b, &stream).await;
+}
+
+/// Two topic patterns that both match an existing topic cannot be told apart at load time; doka
+/// says so at start-up, naming both routes, with the config exit code, and delivers nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_patterns_matching_one_topic_stop_start_up() {
+    let ep = endpoints();
+    let prefix = unique("ovl");
+    let topic = format!("{prefix}-x");
+    let kafka = Kafka::new(&topic, 1);
+    produce(&kafka.bootstrap(), &topic, &keyed_messages(0..5, 2));
+    let yaml = routes_yaml(
+        &kafka.bootstrap(),
+        &unique("doka-group"),
+        &ep,
+        200,
+        &[
+            format!(
+                "{{ name: first, topic_pattern: \"{prefix}-.*\", kinesis: {{ stream: {} }} }}",
+                unique("s1")
+            ),
+            format!(
+                "{{ name: second, topic_pattern: \".*-x\", kinesis: {{ stream: {} }} }}",
+                unique("s2")
+            ),
+        ],
+    );
+    let doka = Doka::start(&yaml, &[]);
+    let (status, log) = doka.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(
+        log.contains(&format!(
+            "topic `{topic}` matches route `first` and route `second`"
+        )),
+        "{log}"
+    );
+    assert_eq!(summary_count(&log, "delivered"), 0, "{log}");
 }

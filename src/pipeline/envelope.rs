@@ -64,7 +64,7 @@ pub fn encode(record: &impl Fetched, out: &mut Vec<u8>) {
             out.push(b',');
         }
         out.extend_from_slice(b"{\"key\":");
-        push_json_str(out, header.key);
+        push_json_str(out, &header.key);
         out.extend_from_slice(b",\"value\":");
         push_bytes(out, header.value, b",\"value_encoding\":");
         out.push(b'}');
@@ -261,7 +261,7 @@ mod tests {
             self.headers
                 .iter()
                 .map(|(key, value)| Header {
-                    key,
+                    key: (*key).into(),
                     value: value.as_deref(),
                 })
                 .collect()

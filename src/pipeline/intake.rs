@@ -80,8 +80,13 @@ pub struct Intake {
     pub dead_letters: Option<Box<dyn DeadLetters>>,
     pub on_oversized: Refuse,
     held: Vec<Held>,
+    /// Per route: records and bytes held, not yet handed over (not yet in its share).
+    held_counts: Vec<(u64, u64)>,
     /// What the records taken this round weigh against the budget (handed over or not).
     round_bytes: u64,
+    /// A route's share is full with what it holds: the round ends, so a route whose destination
+    /// is stuck cannot take more than its share in one round.
+    share_reached: bool,
 }
 
 struct Held {
@@ -100,6 +105,7 @@ impl Intake {
         on_oversized: Refuse,
     ) -> Self {
         Self {
+            held_counts: vec![(0, 0); routes.len()],
             routes,
             budget,
             halt,
@@ -108,16 +114,23 @@ impl Intake {
             on_oversized,
             held: Vec::new(),
             round_bytes: 0,
+            share_reached: false,
         }
     }
 
     /// Starts a poll round: [`Self::round_bytes`] counts from zero.
     pub fn start_round(&mut self) {
         self.round_bytes = 0;
+        self.share_reached = false;
     }
 
     pub fn round_bytes(&self) -> u64 {
         self.round_bytes
+    }
+
+    /// A route's share filled up during this round: end it (the route pauses next round).
+    pub fn share_reached(&self) -> bool {
+        self.share_reached
     }
 
     /// Takes one fetched record of `route` (its partition's `progress`). False when doka must
@@ -139,7 +152,14 @@ impl Intake {
                     progress,
                     offset: msg.offset(),
                 };
-                self.round_bytes += record.size() as u64;
+                let size = record.size() as u64;
+                self.round_bytes += size;
+                let held = &mut self.held_counts[route];
+                held.0 += 1;
+                held.1 += size;
+                if r.share.would_fill(held.0, held.1) {
+                    self.share_reached = true;
+                }
                 self.held.push(Held {
                     route,
                     lane,
@@ -192,10 +212,16 @@ impl Intake {
         let data = encode(msg, r.format, r.delimiter);
         let size = data.len() + if r.key_counts { partition_key.len() } else { 0 };
         if size > r.max_record_bytes {
-            let limit = if r.key_counts {
-                "value + partition key), over the stream's maximum record size"
+            let (limit, fix) = if r.key_counts {
+                (
+                    "value + partition key), over the stream's maximum record size",
+                    "Raise the stream's limit and kinesis.max_record_bytes, or set dead_letter.topic",
+                )
             } else {
-                "value), over Firehose's maximum record size"
+                (
+                    "value), over Firehose's maximum record size",
+                    "Set dead_letter.topic to keep such records (Firehose's limit is fixed)",
+                )
             };
             return Err(Refusal {
                 action: self.on_oversized,
@@ -206,7 +232,7 @@ impl Intake {
                     r.max_record_bytes
                 ),
                 setting: "dead_letter.on_oversized",
-                fix: "Raise the stream's limit and kinesis.max_record_bytes, or set dead_letter.topic",
+                fix,
             });
         }
         Ok((partition_key, data))
@@ -284,7 +310,7 @@ impl Intake {
                 let headers = msg
                     .headers()
                     .into_iter()
-                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                    .map(|h| (h.key.into_owned(), h.value.map(<[u8]>::to_vec)))
                     .collect();
                 dead_letters.send(
                     DeadLetterRecord {
@@ -327,6 +353,7 @@ impl Intake {
         if self.held.is_empty() {
             return;
         }
+        self.held_counts.fill((0, 0));
         let mut per_lane: Vec<Vec<Vec<Record>>> = self
             .routes
             .iter()
@@ -446,6 +473,14 @@ impl TopicRoutes {
 
     pub fn name(&self, route: usize) -> &str {
         &self.routes[route].name
+    }
+
+    /// Why `topic` cannot be delivered: two routes read it. `None` for one route or none.
+    pub fn overlap(&self, topic: &str) -> Option<String> {
+        self.route_of(topic)
+            .err()
+            .filter(|_| self.routes.iter().any(|r| r.pattern.is_some()))
+            .filter(|problem| problem.contains(" and route "))
     }
 
     /// The index of the route that reads `topic`. Err: no route or two of them (a message for

@@ -51,9 +51,11 @@ pub enum Timestamp {
 }
 
 /// One Kafka header, in the record's order (keys may repeat).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header<'a> {
-    pub key: &'a str,
+    /// Kafka header keys are text; a key that is not UTF-8 is read with U+FFFD in place of its
+    /// invalid bytes rather than refused.
+    pub key: std::borrow::Cow<'a, str>,
     /// `None`: a null header value.
     pub value: Option<&'a [u8]>,
 }
@@ -319,6 +321,13 @@ impl Share {
     /// Below 3/4 of both limits: the route's partitions resume.
     pub fn has_room(&self) -> bool {
         self.counts.has_room()
+    }
+
+    /// Whether taking `records` and `bytes` more would reach a limit.
+    pub fn would_fill(&self, records: u64, bytes: u64) -> bool {
+        let used = self.usage();
+        used.records + records >= self.counts.max_records
+            || used.bytes + bytes >= self.counts.max_bytes
     }
 }
 

@@ -16,7 +16,7 @@ use aws_sdk_firehose::types::{
     ExtendedS3DestinationConfiguration,
 };
 
-use super::{ACCOUNT_A_KEY, ACCOUNT_B, Endpoints, REGION, ROLE_B};
+use super::{ACCOUNT_B, Endpoints, REGION, ROLE_B, assume_role_credentials, source_credentials};
 
 /// Where moto serves Firehose and S3: the STS endpoint, unless `DOKA_TEST_FIREHOSE_ENDPOINT` says
 /// otherwise.
@@ -48,50 +48,46 @@ fn clients(ep: &Endpoints, creds: Credentials) -> (aws_sdk_firehose::Client, aws
 
 /// Firehose and S3 clients acting as account A (the source account, where doka must *not* write).
 pub fn account_a_clients(ep: &Endpoints) -> (aws_sdk_firehose::Client, aws_sdk_s3::Client) {
-    clients(
-        ep,
-        Credentials::new(ACCOUNT_A_KEY, "source-secret", None, None, "test"),
-    )
+    clients(ep, source_credentials())
 }
 
 /// Firehose and S3 clients acting as account B, with credentials from AssumeRole at moto.
 pub async fn account_b_clients(ep: &Endpoints) -> (aws_sdk_firehose::Client, aws_sdk_s3::Client) {
-    clients(ep, account_b_credentials(ep).await)
+    clients(ep, assume_role_credentials(&ep.sts, ROLE_B).await)
 }
 
-/// AssumeRole into [`ROLE_B`] with account A's long-term keys.
-pub async fn account_b_credentials(ep: &Endpoints) -> Credentials {
-    let sts_conf = aws_sdk_sts::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new(REGION))
-        .endpoint_url(&ep.sts)
-        .credentials_provider(Credentials::new(
-            ACCOUNT_A_KEY,
-            "source-secret",
-            None,
-            None,
-            "test",
-        ))
-        .build();
-    let out = aws_sdk_sts::Client::from_conf(sts_conf)
-        .assume_role()
-        .role_arn(ROLE_B)
-        .role_session_name("doka-test-firehose")
+/// Account A's clients see neither account B's delivery stream `name` nor its `bucket`: they do
+/// not list them, and describing the delivery stream fails.
+pub async fn assert_hidden_from_a(
+    firehose_a: &aws_sdk_firehose::Client,
+    s3_a: &aws_sdk_s3::Client,
+    name: &str,
+    bucket: &str,
+) {
+    let listed_a = firehose_a
+        .list_delivery_streams()
+        .limit(10_000)
         .send()
         .await
-        .expect("AssumeRole at the STS emulator");
-    let c = out.credentials.expect("credentials");
+        .expect("ListDeliveryStreams as A");
     assert!(
-        out.assumed_role_user.unwrap().arn.contains(ACCOUNT_B),
-        "the STS emulator must keep accounts apart"
+        !listed_a.delivery_stream_names().iter().any(|n| n == name),
+        "account A lists account B's delivery stream"
     );
-    Credentials::new(
-        c.access_key_id,
-        c.secret_access_key,
-        Some(c.session_token),
-        None,
-        "test",
-    )
+    assert!(
+        firehose_a
+            .describe_delivery_stream()
+            .delivery_stream_name(name)
+            .send()
+            .await
+            .is_err(),
+        "account A can describe account B's delivery stream"
+    );
+    let buckets_a = s3_a.list_buckets().send().await.expect("ListBuckets as A");
+    assert!(
+        !buckets_a.buckets().iter().any(|b| b.name() == Some(bucket)),
+        "account A lists account B's bucket"
+    );
 }
 
 /// Creates `bucket` and a DirectPut delivery stream `name` that writes into it under `prefix`,

@@ -19,6 +19,7 @@ use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_kinesis::types::{ShardIteratorType, StreamStatus};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -58,7 +59,45 @@ pub fn unique(prefix: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // AWS side
 
-fn kinesis_client(endpoint: &str, creds: Credentials) -> aws_sdk_kinesis::Client {
+/// The source identity: account A's long-term keys, as doka gets them from its environment.
+pub fn source_credentials() -> Credentials {
+    Credentials::new(ACCOUNT_A_KEY, "source-secret", None, None, "test")
+}
+
+/// Credentials from AssumeRole into `role` at the STS emulator `sts`, asked for with the source
+/// identity (account A's long-term keys). The assumed identity must be in the role's account.
+pub async fn assume_role_credentials(sts: &str, role: &str) -> Credentials {
+    let sts_conf = aws_sdk_sts::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .endpoint_url(sts)
+        .credentials_provider(source_credentials())
+        .build();
+    let out = aws_sdk_sts::Client::from_conf(sts_conf)
+        .assume_role()
+        .role_arn(role)
+        .role_session_name("doka-test-reader")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("AssumeRole into {role} at {sts}: {e:?}"));
+    let account = role.split(':').nth(4).expect("a role ARN");
+    let assumed = out.assumed_role_user.expect("assumed role user").arn;
+    assert!(
+        assumed.contains(&format!("::{account}:")),
+        "the STS emulator must keep accounts apart: assumed {assumed} for {role}"
+    );
+    let c = out.credentials.expect("credentials");
+    Credentials::new(
+        c.access_key_id,
+        c.secret_access_key,
+        Some(c.session_token),
+        None,
+        "test",
+    )
+}
+
+/// A Kinesis client for any endpoint (kinesis-mock, moto) with these credentials.
+pub fn kinesis_client_at(endpoint: &str, creds: Credentials) -> aws_sdk_kinesis::Client {
     let conf = aws_sdk_kinesis::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(REGION))
@@ -70,48 +109,17 @@ fn kinesis_client(endpoint: &str, creds: Credentials) -> aws_sdk_kinesis::Client
 
 /// A Kinesis client acting as account A (the source account, where doka must *not* write).
 pub fn account_a_kinesis(ep: &Endpoints) -> aws_sdk_kinesis::Client {
-    kinesis_client(
-        &ep.kinesis,
-        Credentials::new(ACCOUNT_A_KEY, "source-secret", None, None, "test"),
-    )
+    account_a_kinesis_at(&ep.kinesis)
+}
+
+/// A Kinesis client acting as account A (the source identity) at any endpoint.
+pub fn account_a_kinesis_at(endpoint: &str) -> aws_sdk_kinesis::Client {
+    kinesis_client_at(endpoint, source_credentials())
 }
 
 /// A Kinesis client acting as account B, with credentials from AssumeRole at the STS emulator.
 pub async fn account_b_kinesis(ep: &Endpoints) -> aws_sdk_kinesis::Client {
-    let sts_conf = aws_sdk_sts::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new(REGION))
-        .endpoint_url(&ep.sts)
-        .credentials_provider(Credentials::new(
-            ACCOUNT_A_KEY,
-            "source-secret",
-            None,
-            None,
-            "test",
-        ))
-        .build();
-    let out = aws_sdk_sts::Client::from_conf(sts_conf)
-        .assume_role()
-        .role_arn(ROLE_B)
-        .role_session_name("doka-test-reader")
-        .send()
-        .await
-        .expect("AssumeRole at the STS emulator");
-    let c = out.credentials.expect("credentials");
-    assert!(
-        out.assumed_role_user.unwrap().arn.contains(ACCOUNT_B),
-        "the STS emulator must keep accounts apart"
-    );
-    kinesis_client(
-        &ep.kinesis,
-        Credentials::new(
-            c.access_key_id,
-            c.secret_access_key,
-            Some(c.session_token),
-            None,
-            "test",
-        ),
-    )
+    kinesis_client_at(&ep.kinesis, assume_role_credentials(&ep.sts, ROLE_B).await)
 }
 
 pub async fn create_stream(client: &aws_sdk_kinesis::Client, name: &str, shards: i32) {
@@ -139,6 +147,11 @@ pub async fn create_stream(client: &aws_sdk_kinesis::Client, name: &str, shards:
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Deletes a stream, whatever the answer: kinesis-mock spends CPU on every stream it keeps.
+pub async fn delete_stream(client: &aws_sdk_kinesis::Client, name: &str) {
+    let _ = client.delete_stream().stream_name(name).send().await;
 }
 
 #[derive(Debug, Clone)]
@@ -251,33 +264,14 @@ pub async fn wait_for_records(
 }
 
 /// Reads `stream` until every id below `n` is in it (copies allowed), or panics after `timeout`.
+/// Polls every 500 ms: the long runs that wait here keep kinesis-mock busy enough.
 pub async fn wait_for_all(
     client: &aws_sdk_kinesis::Client,
     stream: &str,
     n: usize,
     timeout: Duration,
 ) -> Vec<StreamRecord> {
-    let deadline = Instant::now() + timeout;
-    let mut tail = StreamTail::new(client, stream).await;
-    let mut present = vec![false; n];
-    let mut missing = n;
-    loop {
-        let seen = tail.records.len();
-        for r in &tail.poll().await[seen..] {
-            if let Some(p) = present.get_mut(message_id(&r.data)) {
-                missing -= usize::from(!*p);
-                *p = true;
-            }
-        }
-        if missing == 0 {
-            return tail.records;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{missing} of {n} records still missing after {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_for_id_range(client, stream, 0..n, timeout, Duration::from_millis(500)).await
 }
 
 /// Orders sequence numbers (decimal strings of up to 128 bits).
@@ -295,11 +289,18 @@ pub struct Kafka {
 
 impl Kafka {
     pub fn new(topic: &str, partitions: i32) -> Self {
-        let cluster = MockCluster::new(1).expect("mock cluster");
-        cluster
-            .create_topic(topic, partitions, 1)
-            .expect("create topic");
-        Self { cluster }
+        Self::with_topics(&[(topic, partitions)])
+    }
+
+    /// A cluster holding these (topic, partitions).
+    pub fn with_topics(topics: &[(&str, i32)]) -> Self {
+        let kafka = Self {
+            cluster: MockCluster::new(1).expect("mock cluster"),
+        };
+        for &(topic, partitions) in topics {
+            kafka.create_topic(topic, partitions);
+        }
+        kafka
     }
 
     pub fn bootstrap(&self) -> String {
@@ -421,6 +422,29 @@ fn produce_records(
     topic: &str,
     messages: &[(Option<&[u8]>, &[u8])],
 ) -> Vec<Placement> {
+    produce_built(bootstrap, properties, topic, messages.len(), |i, record| {
+        let (key, value) = messages[i];
+        let record = record.payload(value);
+        match key {
+            Some(key) => record.key(key),
+            None => record,
+        }
+    })
+}
+
+/// A record to produce with [`produce_built`]: its index in the batch is its delivery opaque.
+pub type Outgoing<'a> = BaseRecord<'a, [u8], [u8], Box<usize>>;
+
+/// Produces `count` records to `topic` in order, record `i` made by `build(i, bare record)` (which
+/// adds the key, payload, partition, timestamp, headers, …); returns where each landed, from the
+/// delivery reports. A failed delivery panics.
+pub fn produce_built<'a>(
+    bootstrap: &str,
+    properties: &[(&str, String)],
+    topic: &'a str,
+    count: usize,
+    build: impl Fn(usize, Outgoing<'a>) -> Outgoing<'a>,
+) -> Vec<Placement> {
     let mut config = ClientConfig::new();
     for (k, v) in properties {
         config.set(*k, v);
@@ -432,11 +456,8 @@ fn produce_records(
         .create_with_context(Deliveries)
         .expect("producer");
     DELIVERED.with(|d| d.borrow_mut().clear());
-    for (i, (key, value)) in messages.iter().enumerate() {
-        let mut record = BaseRecord::with_opaque_to(topic, Box::new(i)).payload(*value);
-        if let Some(key) = key {
-            record = record.key(*key);
-        }
+    for i in 0..count {
+        let mut record = build(i, BaseRecord::with_opaque_to(topic, Box::new(i)));
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -458,7 +479,7 @@ fn produce_records(
         producer.poll(Duration::ZERO);
     }
     producer.flush(Duration::from_secs(60)).expect("flush");
-    let mut placements = vec![None; messages.len()];
+    let mut placements = vec![None; count];
     DELIVERED.with(|d| {
         for &(i, partition, offset) in d.borrow().iter() {
             placements[i] = Some(Placement { partition, offset });
@@ -466,11 +487,22 @@ fn produce_records(
     });
     placements
         .into_iter()
-        .map(|p| p.expect("every message has a delivery report"))
+        .enumerate()
+        .map(|(i, p)| p.unwrap_or_else(|| panic!("no delivery report for record {i}")))
         .collect()
 }
 
-/// One past the last produced offset of each partition.
+/// Kafka headers in this order; a `None` value is a null header value.
+pub fn owned_headers<'h>(
+    headers: impl IntoIterator<Item = (&'h str, Option<&'h [u8]>)>,
+) -> OwnedHeaders {
+    headers
+        .into_iter()
+        .fold(OwnedHeaders::new(), |owned, (key, value)| {
+            owned.insert(Header { key, value })
+        })
+}
+
 /// Produces one message with headers; returns where it landed.
 pub async fn produce_with_headers(
     bootstrap: &str,
@@ -479,32 +511,15 @@ pub async fn produce_with_headers(
     value: &[u8],
     headers: &[(&str, &[u8])],
 ) -> Placement {
-    let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("producer");
-    let mut owned = rdkafka::message::OwnedHeaders::new();
-    for (name, value) in headers {
-        owned = owned.insert(rdkafka::message::Header {
-            key: name,
-            value: Some(*value),
-        });
-    }
-    let record = rdkafka::producer::FutureRecord::to(topic)
-        .key(key)
-        .payload(value)
-        .headers(owned);
-    let delivery = producer
-        .send(record, Duration::from_secs(30))
-        .await
-        .map_err(|(e, _)| e)
-        .expect("produce with headers");
-    Placement {
-        partition: delivery.partition,
-        offset: delivery.offset,
-    }
+    produce_built(bootstrap, &[], topic, 1, |_, record| {
+        record
+            .key(key)
+            .payload(value)
+            .headers(owned_headers(headers.iter().map(|&(k, v)| (k, Some(v)))))
+    })[0]
 }
 
+/// One past the last produced offset of each partition.
 pub fn end_offsets(placements: &[Placement]) -> HashMap<i32, i64> {
     let mut ends = HashMap::new();
     for p in placements {
@@ -682,20 +697,42 @@ impl Doka {
 
     /// Waits until the log contains `needle` `times` times (e.g. "partitions assigned").
     pub fn wait_for_log(&mut self, needle: &str, times: usize, timeout: Duration) {
+        self.wait_for(&format!("{needle:?}"), timeout, |log| {
+            (log.matches(needle).count() >= times).then_some(())
+        });
+    }
+
+    /// Waits until one log line contains every one of `parts`; returns that line.
+    pub fn wait_for_line(&mut self, parts: &[&str], timeout: Duration) -> String {
+        self.wait_for(&format!("a line with {parts:?}"), timeout, |log| {
+            log.lines()
+                .find(|l| parts.iter().all(|p| l.contains(p)))
+                .map(str::to_owned)
+        })
+    }
+
+    /// Reads the log until `found` finds something in it (`what`, for the failure), or panics
+    /// when doka exits first or after `timeout`.
+    fn wait_for<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        found: impl Fn(&str) -> Option<T>,
+    ) -> T {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.log_text().matches(needle).count() >= times {
-                return;
+            if let Some(t) = found(&self.log_text()) {
+                return t;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(
-                    "doka exited ({status}) before logging {needle:?}:\n{}",
+                    "doka exited ({status}) before logging {what}:\n{}",
                     self.log_text()
                 );
             }
             assert!(
                 Instant::now() < deadline,
-                "doka did not log {needle:?} within {timeout:?}:\n{}",
+                "doka did not log {what} within {timeout:?}:\n{}",
                 self.log_text()
             );
             std::thread::sleep(Duration::from_millis(50));
@@ -841,12 +878,7 @@ impl World {
 
     /// Deletes the stream: kinesis-mock spends CPU on every stream it keeps.
     pub async fn finish(self) {
-        let _ = self
-            .b
-            .delete_stream()
-            .stream_name(&self.stream)
-            .send()
-            .await;
+        delete_stream(&self.b, &self.stream).await;
     }
 
     pub fn yaml(&self, kinesis_endpoint: Option<&str>) -> String {
@@ -869,19 +901,14 @@ impl World {
     /// Waits until the group's committed offsets are `ends` (doka commits only what Kinesis
     /// acknowledged, so then everything below them is in the stream), or panics after `timeout`.
     pub async fn wait_for_committed(&self, ends: &HashMap<i32, i64>, timeout: Duration) {
-        let partitions = ends.keys().max().map_or(0, |p| p + 1);
-        let deadline = Instant::now() + timeout;
-        loop {
-            let committed = self.committed(partitions);
-            if committed == *ends {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "committed {committed:?} after {timeout:?}, expected {ends:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_for_topic_committed(
+            &self.kafka.bootstrap(),
+            &self.group,
+            &self.topic,
+            ends,
+            timeout,
+        )
+        .await;
     }
 
     pub fn committed(&self, partitions: i32) -> HashMap<i32, i64> {
@@ -1019,57 +1046,6 @@ pub fn summary_count(log: &str, field: &str) -> u64 {
 // ---------------------------------------------------------------------------------------------
 // Routes: several destinations, accounts and endpoints in one run
 
-/// Credentials from AssumeRole into `role` at the STS emulator `sts`, asked for with the source
-/// identity (account A's long-term keys). The assumed identity must be in the role's account.
-pub async fn assume_role_credentials(sts: &str, role: &str) -> Credentials {
-    let sts_conf = aws_sdk_sts::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new(REGION))
-        .endpoint_url(sts)
-        .credentials_provider(Credentials::new(
-            ACCOUNT_A_KEY,
-            "source-secret",
-            None,
-            None,
-            "test",
-        ))
-        .build();
-    let out = aws_sdk_sts::Client::from_conf(sts_conf)
-        .assume_role()
-        .role_arn(role)
-        .role_session_name("doka-test-reader")
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("AssumeRole into {role} at {sts}: {e:?}"));
-    let account = role.split(':').nth(4).expect("a role ARN");
-    let assumed = out.assumed_role_user.expect("assumed role user").arn;
-    assert!(
-        assumed.contains(&format!("::{account}:")),
-        "the STS emulator must keep accounts apart: assumed {assumed} for {role}"
-    );
-    let c = out.credentials.expect("credentials");
-    Credentials::new(
-        c.access_key_id,
-        c.secret_access_key,
-        Some(c.session_token),
-        None,
-        "test",
-    )
-}
-
-/// A Kinesis client for any endpoint (kinesis-mock, moto) with these credentials.
-pub fn kinesis_client_at(endpoint: &str, creds: Credentials) -> aws_sdk_kinesis::Client {
-    kinesis_client(endpoint, creds)
-}
-
-/// A Kinesis client acting as account A (the source identity) at any endpoint.
-pub fn account_a_kinesis_at(endpoint: &str) -> aws_sdk_kinesis::Client {
-    kinesis_client(
-        endpoint,
-        Credentials::new(ACCOUNT_A_KEY, "source-secret", None, None, "test"),
-    )
-}
-
 /// Every stream name the client's account lists (all pages).
 pub async fn stream_names(client: &aws_sdk_kinesis::Client) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
@@ -1097,6 +1073,17 @@ pub async fn wait_for_ids(
     ids: std::ops::Range<usize>,
     timeout: Duration,
 ) -> Vec<StreamRecord> {
+    wait_for_id_range(client, stream, ids, timeout, Duration::from_millis(200)).await
+}
+
+/// [`wait_for_ids`], reading what arrived every `every`.
+async fn wait_for_id_range(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    ids: std::ops::Range<usize>,
+    timeout: Duration,
+    every: Duration,
+) -> Vec<StreamRecord> {
     let deadline = Instant::now() + timeout;
     let mut tail = StreamTail::new(client, stream).await;
     let mut present = vec![false; ids.len()];
@@ -1118,7 +1105,7 @@ pub async fn wait_for_ids(
             "stream {stream}: {missing} of the {} records with ids {ids:?} still missing after {timeout:?}",
             ids.len()
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -1142,33 +1129,5 @@ pub async fn wait_for_topic_committed(
             "topic {topic}: committed {now:?} after {timeout:?}, expected {ends:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-impl Doka {
-    /// Waits until one log line contains every one of `parts`; returns that line.
-    pub fn wait_for_line(&mut self, parts: &[&str], timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(line) = self
-                .log_text()
-                .lines()
-                .find(|l| parts.iter().all(|p| l.contains(p)))
-            {
-                return line.to_owned();
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "doka exited ({status}) before logging a line with {parts:?}:\n{}",
-                    self.log_text()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "doka logged no line with {parts:?} within {timeout:?}:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 }
