@@ -14,7 +14,7 @@ use tracing::info;
 
 use super::offsets::PartitionProgress;
 use super::partition_key::{PartitionKeys, Spread};
-use super::{Budget, Fetched, Halt, Record, Refuse, Share, envelope, lane_of};
+use super::{Budget, Fetched, Halt, Record, Refuse, Share, Usage, envelope, lane_of};
 use crate::config::{Delimiter, HeadersPolicy, RecordFormat, TombstonePolicy};
 use crate::telemetry::metrics::Metrics;
 
@@ -82,6 +82,9 @@ pub struct Intake {
     held: Vec<Held>,
     /// Per route: records and bytes held, not yet handed over (not yet in its share).
     held_counts: Vec<(u64, u64)>,
+    /// Per route: its share's room when the round started (read once: the lanes update the
+    /// share's counters all the time, and reading them per record costs).
+    rooms: Vec<Usage>,
     /// What the records taken this round weigh against the budget (handed over or not).
     round_bytes: u64,
     /// A route's share is full with what it holds: the round ends, so a route whose destination
@@ -106,6 +109,7 @@ impl Intake {
     ) -> Self {
         Self {
             held_counts: vec![(0, 0); routes.len()],
+            rooms: vec![Usage::default(); routes.len()],
             routes,
             budget,
             halt,
@@ -122,6 +126,9 @@ impl Intake {
     pub fn start_round(&mut self) {
         self.round_bytes = 0;
         self.share_reached = false;
+        for (room, r) in self.rooms.iter_mut().zip(&self.routes) {
+            *room = r.share.room();
+        }
     }
 
     pub fn round_bytes(&self) -> u64 {
@@ -157,7 +164,8 @@ impl Intake {
                 let held = &mut self.held_counts[route];
                 held.0 += 1;
                 held.1 += size;
-                if r.share.would_fill(held.0, held.1) {
+                let room = self.rooms[route];
+                if held.0 >= room.records || held.1 >= room.bytes {
                     self.share_reached = true;
                 }
                 self.held.push(Held {

@@ -323,11 +323,9 @@ impl Share {
         self.counts.has_room()
     }
 
-    /// Whether taking `records` and `bytes` more would reach a limit.
-    pub fn would_fill(&self, records: u64, bytes: u64) -> bool {
-        let used = self.usage();
-        used.records + records >= self.counts.max_records
-            || used.bytes + bytes >= self.counts.max_bytes
+    /// What can still be taken before the share's limits are reached.
+    pub fn room(&self) -> Usage {
+        self.counts.room()
     }
 }
 
