@@ -121,20 +121,7 @@ impl FirehoseSink {
                                 self.target
                             ))
                         }
-                        Some(
-                            "ExpiredTokenException"
-                            | "ExpiredToken"
-                            | "UnrecognizedClientException"
-                            | "InvalidClientTokenId"
-                            | "InvalidSignatureException"
-                            | "IncompleteSignature"
-                            | "MissingAuthenticationToken",
-                        ) => RequestError::Credentials(detail),
-                        Some("ThrottlingException" | "LimitExceededException") => {
-                            RequestError::Throttled(detail)
-                        }
-                        _ if status == 429 => RequestError::Throttled(detail),
-                        _ => RequestError::Transient(detail),
+                        code => super::by_code(code, status, detail),
                     },
                 }
             }

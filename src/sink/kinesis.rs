@@ -152,20 +152,7 @@ impl KinesisSink {
                             self.target
                         ))
                     }
-                    other => match other.meta().code() {
-                        Some(
-                            "ExpiredTokenException"
-                            | "UnrecognizedClientException"
-                            | "InvalidSignatureException"
-                            | "IncompleteSignature"
-                            | "MissingAuthenticationToken",
-                        ) => RequestError::Credentials(detail),
-                        Some("ThrottlingException" | "LimitExceededException") => {
-                            RequestError::Throttled(detail)
-                        }
-                        _ if status == 429 => RequestError::Throttled(detail),
-                        _ => RequestError::Transient(detail),
-                    },
+                    other => super::by_code(other.meta().code(), status, detail),
                 }
             }
             SdkError::TimeoutError(_) => {

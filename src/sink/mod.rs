@@ -18,6 +18,25 @@ fn default_request_timeout_ms() -> u64 {
     DEFAULT_REQUEST_TIMEOUT_MS
 }
 
+/// How a service error that has no variant of its own is classified, by its code and status:
+/// expired or refused credentials, throttling, or something worth retrying.
+fn by_code(code: Option<&str>, status: u16, detail: String) -> RequestError {
+    match code {
+        Some(
+            "ExpiredTokenException"
+            | "ExpiredToken"
+            | "UnrecognizedClientException"
+            | "InvalidClientTokenId"
+            | "InvalidSignatureException"
+            | "IncompleteSignature"
+            | "MissingAuthenticationToken",
+        ) => RequestError::Credentials(detail),
+        Some("ThrottlingException" | "LimitExceededException") => RequestError::Throttled(detail),
+        _ if status == 429 => RequestError::Throttled(detail),
+        _ => RequestError::Transient(detail),
+    }
+}
+
 /// A service error as a log line: code, message and status say it all (the full error repeats
 /// the raw response).
 fn error_detail(meta: &aws_smithy_types::error::ErrorMetadata, status: u16) -> String {
