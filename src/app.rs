@@ -165,6 +165,7 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
             metrics: metrics.clone(),
             health: health.clone(),
             destination: index,
+            route: route.name.clone(),
         };
         let access = aws::kinesis_access(&base, route, session_name, Some(observer)).await?;
         let target = describe_target(route, &access.region);

@@ -206,8 +206,11 @@ impl Connection {
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
         if let Some(metrics) = &self.metrics {
-            metrics
-                .credentials_renewed(CredentialKind::MskIamToken, Some(expires_at.as_secs_f64()));
+            metrics.credentials_renewed(
+                CredentialKind::MskIamToken,
+                "",
+                Some(expires_at.as_secs_f64()),
+            );
         }
         info!(
             region = iam.signer.region(),

@@ -971,7 +971,7 @@ fn known_metrics() -> BTreeSet<String> {
     metrics.dead_lettered("t");
     metrics.skipped("t");
     metrics.partition("t", 0, Some(1), Some(1), Some(0));
-    metrics.credentials_renewed(CredentialKind::AssumedRole, Some(1.0));
+    metrics.credentials_renewed(CredentialKind::AssumedRole, "default", Some(1.0));
     metrics.rebalance("assigned");
     let known: BTreeSet<String> = metrics
         .encode()

@@ -27,6 +27,8 @@ pub struct CredentialObserver {
     pub health: Arc<Health>,
     /// The route whose destination the credentials are for (its index in `Config::routes`).
     pub destination: usize,
+    /// Its name, for the metrics.
+    pub route: String,
 }
 
 impl std::fmt::Debug for CredentialObserver {
@@ -281,6 +283,7 @@ impl<P: ProvideCredentials> ProvideCredentials for Renewed<P> {
                 let expiry = assumed.expiry();
                 observer.metrics.credentials_renewed(
                     CredentialKind::AssumedRole,
+                    &observer.route,
                     expiry.and_then(|e| {
                         e.duration_since(std::time::UNIX_EPOCH)
                             .ok()

@@ -296,13 +296,13 @@ impl Metrics {
                 &r,
                 "doka_credentials_expiry_timestamp_seconds",
                 "When the current credentials expire (Unix time).",
-                &["kind"],
+                &["kind", "route"],
             ),
             credential_renewals: counter(
                 &r,
                 "doka_credential_renewals_total",
                 "Credentials obtained: the assumed role, MSK IAM tokens.",
-                &["kind"],
+                &["kind", "route"],
             ),
             rebalances: counter(
                 &r,
@@ -396,13 +396,15 @@ impl Metrics {
     }
 
     /// New credentials of `kind`, valid until `expiry` (Unix seconds), when they expire.
-    pub fn credentials_renewed(&self, kind: CredentialKind, expiry: Option<f64>) {
+    /// `route`: whose assumed role it is; empty for the MSK IAM token (the source identity's,
+    /// shared by every route).
+    pub fn credentials_renewed(&self, kind: CredentialKind, route: &str, expiry: Option<f64>) {
         self.credential_renewals
-            .with_label_values(&[kind.label()])
+            .with_label_values(&[kind.label(), route])
             .inc();
         if let Some(expiry) = expiry {
             self.credential_expiry
-                .with_label_values(&[kind.label()])
+                .with_label_values(&[kind.label(), route])
                 .set(expiry);
         }
     }
