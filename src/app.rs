@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 use tracing::{error, info, warn};
 
-use crate::aws::{self, msk_iam::MskTokenSigner};
+use crate::aws::{self, DestinationClient, msk_iam::MskTokenSigner};
 use crate::config::{
     AuthMode, Config, DestinationKind, ExplicitHashKey, KafkaConfig, Ordering, Route,
     default_session_name,
@@ -167,7 +167,7 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
             destination: index,
             route: route.name.clone(),
         };
-        let access = aws::kinesis_access(&base, route, session_name, Some(observer)).await?;
+        let access = aws::destination_access(&base, route, session_name, Some(observer)).await?;
         let target = describe_target(route, &access.region);
         match aws::resolve(&access.credentials).await {
             Ok(credentials) => {
@@ -234,8 +234,8 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
             health: health.clone(),
         };
         first_lane += route.lanes as usize;
-        let senders = match (route.kind(), access.firehose) {
-            (DestinationKind::Firehose, Some(client)) => {
+        let senders = match access.client {
+            DestinationClient::Firehose(client) => {
                 let name = route.destination_name().to_owned();
                 tokio::spawn(watch_delivery_stream(
                     client.clone(),
@@ -252,20 +252,17 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
                 );
                 wiring.spawn(Arc::new(sink), &mut lanes)
             }
-            (DestinationKind::Firehose, None) => {
-                unreachable!("aws::kinesis_access builds a Firehose client for a Firehose route")
-            }
-            (DestinationKind::Kinesis, _) => {
+            DestinationClient::Kinesis(client) => {
                 let (stream_name, stream_arn) = route.stream_target();
                 tokio::spawn(watch_stream(
-                    access.client.clone(),
+                    client.clone(),
                     stream_name.map(str::to_owned),
                     stream_arn.map(str::to_owned),
                     health.clone(),
                     index,
                 ));
                 let sink = KinesisSink::new(
-                    access.client,
+                    client,
                     stream_name.map(str::to_owned),
                     stream_arn.map(str::to_owned),
                     target.clone(),

@@ -520,20 +520,22 @@ async fn aws_chain(walk: &mut Walk<'_>, route: &Route, base: &aws_types::SdkConf
         return;
     }
 
-    let access = match aws::kinesis_access(base, route, session_name.clone(), None).await {
+    let access = match aws::destination_access(base, route, session_name.clone(), None).await {
         Ok(access) => access,
         Err(e) => {
             walk.fail("kinesis.stream", format!("{e:#}"), "Set aws.region");
             return;
         }
     };
-    if let Some(client) = &access.firehose {
-        delivery_stream(walk, route, client, &access.region).await;
-        return;
-    }
+    let client = match &access.client {
+        aws::DestinationClient::Kinesis(client) => client,
+        aws::DestinationClient::Firehose(client) => {
+            delivery_stream(walk, route, client, &access.region).await;
+            return;
+        }
+    };
     let (name, arn) = route.stream_target();
-    let described = access
-        .client
+    let described = client
         .describe_stream_summary()
         .set_stream_name(name.map(str::to_owned))
         .set_stream_arn(arn.map(str::to_owned))
@@ -606,8 +608,7 @@ async fn aws_chain(walk: &mut Walk<'_>, route: &Route, base: &aws_types::SdkConf
     if !ok || !walk.options.write_test {
         return;
     }
-    let written = access
-        .client
+    let written = client
         .put_record()
         .set_stream_name(name.map(str::to_owned))
         .set_stream_arn(arn.map(str::to_owned))

@@ -16,7 +16,7 @@ use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvid
 use aws_types::SdkConfig;
 use aws_types::region::Region;
 
-use crate::config::{AwsConfig, Route};
+use crate::config::{AwsConfig, DestinationKind, Route};
 use crate::telemetry::health::Health;
 use crate::telemetry::metrics::{CredentialKind, Metrics};
 
@@ -38,13 +38,17 @@ impl std::fmt::Debug for CredentialObserver {
 }
 
 /// Everything needed to talk to a route's destination.
-pub struct KinesisAccess {
-    pub client: aws_sdk_kinesis::Client,
-    /// Set for a Firehose route (the Kinesis client is then unused).
-    pub firehose: Option<aws_sdk_firehose::Client>,
+pub struct DestinationAccess {
+    pub client: DestinationClient,
     pub credentials: SharedCredentialsProvider,
     pub region: String,
     pub session_name: Option<String>,
+}
+
+/// The client of a route's destination, with the route's credentials, endpoint and timeouts.
+pub enum DestinationClient {
+    Kinesis(aws_sdk_kinesis::Client),
+    Firehose(aws_sdk_firehose::Client),
 }
 
 /// Makes `aws.sts_endpoint` the endpoint of every STS call. The SDK's web identity (IRSA)
@@ -116,12 +120,12 @@ pub async fn caller_identity(
 }
 
 /// Builds the Kinesis client whose credentials come from AssumeRole (when `aws.role_arn` is set).
-pub async fn kinesis_access(
+pub async fn destination_access(
     base: &SdkConfig,
     route: &Route,
     session_name: String,
     observer: Option<CredentialObserver>,
-) -> anyhow::Result<KinesisAccess> {
+) -> anyhow::Result<DestinationAccess> {
     let aws = &route.aws;
     // A route in another region than the shared one keeps the shared credential chain.
     let routed;
@@ -181,29 +185,33 @@ pub async fn kinesis_access(
         .operation_timeout(request_timeout)
         .connect_timeout(request_timeout.min(Duration::from_secs(10)))
         .build();
-    let mut builder = aws_sdk_kinesis::config::Builder::from(base)
-        .credentials_provider(credentials.clone())
-        .identity_cache(identity_cache.clone())
-        // doka retries itself, entry by entry, with its own backoff and accounting.
-        .retry_config(RetryConfig::disabled())
-        .timeout_config(timeouts.clone());
-    if let Some(endpoint) = &aws.kinesis_endpoint {
-        builder = builder.endpoint_url(endpoint);
-    }
-    let firehose = route.firehose.as_ref().map(|_| {
-        let mut builder = aws_sdk_firehose::config::Builder::from(base)
-            .credentials_provider(credentials.clone())
-            .identity_cache(identity_cache)
-            .retry_config(RetryConfig::disabled())
-            .timeout_config(timeouts);
-        if let Some(endpoint) = &aws.firehose_endpoint {
-            builder = builder.endpoint_url(endpoint);
+    // doka retries itself, entry by entry, with its own backoff and accounting: no SDK retries.
+    let client = match route.kind() {
+        DestinationKind::Kinesis => {
+            let mut builder = aws_sdk_kinesis::config::Builder::from(base)
+                .credentials_provider(credentials.clone())
+                .identity_cache(identity_cache)
+                .retry_config(RetryConfig::disabled())
+                .timeout_config(timeouts);
+            if let Some(endpoint) = &aws.kinesis_endpoint {
+                builder = builder.endpoint_url(endpoint);
+            }
+            DestinationClient::Kinesis(aws_sdk_kinesis::Client::from_conf(builder.build()))
         }
-        aws_sdk_firehose::Client::from_conf(builder.build())
-    });
-    Ok(KinesisAccess {
-        client: aws_sdk_kinesis::Client::from_conf(builder.build()),
-        firehose,
+        DestinationKind::Firehose => {
+            let mut builder = aws_sdk_firehose::config::Builder::from(base)
+                .credentials_provider(credentials.clone())
+                .identity_cache(identity_cache)
+                .retry_config(RetryConfig::disabled())
+                .timeout_config(timeouts);
+            if let Some(endpoint) = &aws.firehose_endpoint {
+                builder = builder.endpoint_url(endpoint);
+            }
+            DestinationClient::Firehose(aws_sdk_firehose::Client::from_conf(builder.build()))
+        }
+    };
+    Ok(DestinationAccess {
+        client,
         credentials,
         region,
         session_name,
