@@ -183,6 +183,9 @@ def doka_config(path, brokers, topic, group, endpoint, metrics_port, extra):
         key, value = item.split("=", 1)
         node = settings
         *parents, leaf = key.split(".")
+        if "properties" in parents:  # librdkafka property names contain dots
+            i = parents.index("properties") + 1
+            parents, leaf = parents[:i], ".".join(parents[i:] + [leaf])
         for p in parents:
             node = node.setdefault(p, {})
         try:

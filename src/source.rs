@@ -321,6 +321,13 @@ pub enum SourceExit {
 const POLL_WAIT: Duration = Duration::from_millis(100);
 /// Records taken in one round before they are handed to the lanes.
 const ROUND: usize = 2048;
+/// How long a full in-flight bound is waited out before fetching is paused. librdkafka's pause
+/// drops every record it prefetched for the partition, and after the resume its broker thread
+/// fetches again only at its next wake-up, up to a second later: pausing whenever the lanes are
+/// a moment behind cost more than half the throughput. While the consumer waits here, librdkafka
+/// keeps prefetching up to `queued.max.messages.kbytes`; a bound still full after this wait (an
+/// outage, a throttled stream) pauses as before, so rebalances wait at most this long.
+const HOLD_BEFORE_PAUSE: Duration = Duration::from_millis(500);
 
 /// A fetched message as the pipeline sees it.
 struct Fetch<'a, 'm>(&'a BorrowedMessage<'m>);
@@ -405,6 +412,9 @@ pub fn consumer_config(kafka: &KafkaConfig) -> anyhow::Result<ClientConfig> {
         .set("partition.assignment.strategy", "cooperative-sticky")
         // Bound librdkafka's own prefetch buffer; doka's budget bounds the rest.
         .set("queued.max.messages.kbytes", "16384")
+        // With the prefetch buffer full, librdkafka looks again after this long (default 1 s:
+        // a second without records each time doka drained the buffer faster than it refilled).
+        .set("fetch.queue.backoff.ms", "10")
         .set("client.id", "doka");
     for (k, v) in &kafka.properties {
         cc.set(k, v);
@@ -509,6 +519,12 @@ pub fn run(
     let mut intake = parts.intake;
     'rounds: while !parts.shutdown.load(AtomicOrdering::SeqCst) && !parts.halt.is_halted() {
         parts.health.consumer_turned();
+        if would_pause(consumer.context(), &parts.budget, &parts.shares) {
+            parts.budget.wait_until(HOLD_BEFORE_PAUSE, |_| {
+                has_room_again(consumer.context(), &parts.budget, &parts.shares)
+                    || parts.shutdown.load(AtomicOrdering::SeqCst)
+            });
+        }
         manage_pause(&consumer, &parts.budget, &parts.shares);
         // One round: what librdkafka has ready, waiting only for the first record, up to ROUND
         // records and never past the in-flight bound (one record at least: a poll must run).
@@ -697,6 +713,26 @@ fn close(consumer: BaseConsumer<SourceContext>) {
 /// Pauses the partitions of each route whose share of the in-flight bound is full, and resumes
 /// them below 3/4 of it; other routes keep fetching. Above all, the whole bound: when it is full
 /// every partition pauses, and below 3/4 of it the partitions of routes with room resume.
+/// True when [`manage_pause`] would pause something now: the whole bound or a route's share is
+/// full and not paused yet.
+fn would_pause(context: &SourceContext, budget: &Budget, shares: &[Arc<Share>]) -> bool {
+    (!context.budget_paused.load(AtomicOrdering::SeqCst) && budget.full())
+        || shares
+            .iter()
+            .zip(&context.paused)
+            .any(|(share, paused)| !paused.load(AtomicOrdering::SeqCst) && share.full())
+}
+
+/// The end of a hold: the bound and every route's share not paused are below the level at which
+/// fetching would resume (3/4).
+fn has_room_again(context: &SourceContext, budget: &Budget, shares: &[Arc<Share>]) -> bool {
+    (context.budget_paused.load(AtomicOrdering::SeqCst) || budget.has_room())
+        && shares
+            .iter()
+            .zip(&context.paused)
+            .all(|(share, paused)| paused.load(AtomicOrdering::SeqCst) || share.has_room())
+}
+
 fn manage_pause(consumer: &BaseConsumer<SourceContext>, budget: &Budget, shares: &[Arc<Share>]) {
     let context = consumer.context();
     let whole = context.budget_paused.load(AtomicOrdering::SeqCst);
