@@ -119,7 +119,8 @@ class Processes:
 
 
 def proc_usage(pid):
-    """(CPU seconds, peak RSS in bytes) of a live process, from the kernel's accounting."""
+    """(CPU seconds, peak RSS in bytes, minor page faults) of a live process, from the kernel's
+    accounting. Page faults show memory handed back to the OS and taken again."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
@@ -128,7 +129,7 @@ def proc_usage(pid):
         for line in f:
             if line.startswith("VmHWM:"):
                 peak = int(line.split()[1]) * 1024
-    return cpu, peak
+    return cpu, peak, int(fields[7])
 
 
 def thread_cpu(pid):
@@ -259,7 +260,7 @@ def run_doka(args, procs, work, brokers, topic, ends, endpoint, stats_url):
     code = doka.wait(60)
     log_file.close()
     stats = json.loads(http(stats_url))
-    cpu, peak = usage
+    cpu, peak, faults = usage
     first, last = stats["first_accept_us"], stats["last_accept_us"]
     steady = max((last - first) / 1e6, 1e-9)
     result = {
@@ -277,6 +278,7 @@ def run_doka(args, procs, work, brokers, topic, ends, endpoint, stats_url):
         "cpu_seconds": cpu,
         "cpu_s_per_million": cpu / total * 1e6,
         "peak_rss_mib": peak / 2**20,
+        "page_faults_per_record": faults / total,
         "requests": stats["requests"],
         "kinesis_records": stats["entries_accepted"],
         "entries_throttled": stats["entries_throttled"],

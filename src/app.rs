@@ -252,7 +252,7 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
                 );
                 wiring.spawn(Arc::new(sink), &mut lanes)
             }
-            DestinationClient::Kinesis(client) => {
+            DestinationClient::Kinesis(client, writer) => {
                 let (stream_name, stream_arn) = route.stream_target();
                 tokio::spawn(watch_stream(
                     client.clone(),
@@ -263,6 +263,7 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
                 ));
                 let sink = KinesisSink::new(
                     client,
+                    *writer,
                     stream_name.map(str::to_owned),
                     stream_arn.map(str::to_owned),
                     target.clone(),

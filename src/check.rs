@@ -528,7 +528,7 @@ async fn aws_chain(walk: &mut Walk<'_>, route: &Route, base: &aws_types::SdkConf
         }
     };
     let client = match &access.client {
-        aws::DestinationClient::Kinesis(client) => client,
+        aws::DestinationClient::Kinesis(client, _) => client,
         aws::DestinationClient::Firehose(client) => {
             delivery_stream(walk, route, client, &access.region).await;
             return;

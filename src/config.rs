@@ -682,7 +682,7 @@ mod defaults {
         8
     }
     pub fn max_in_flight_records() -> u64 {
-        50_000
+        10_000
     }
     pub fn max_in_flight_bytes() -> u64 {
         32 * 1024 * 1024

@@ -411,7 +411,7 @@ pub fn consumer_config(kafka: &KafkaConfig) -> anyhow::Result<ClientConfig> {
         )
         .set("partition.assignment.strategy", "cooperative-sticky")
         // Bound librdkafka's own prefetch buffer; doka's budget bounds the rest.
-        .set("queued.max.messages.kbytes", "16384")
+        .set("queued.max.messages.kbytes", "2048")
         // With the prefetch buffer full, librdkafka looks again after this long (default 1 s:
         // a second without records each time doka drained the buffer faster than it refilled).
         .set("fetch.queue.backoff.ms", "10")

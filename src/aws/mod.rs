@@ -2,6 +2,7 @@
 //! account, refreshed by the SDK before expiry while records keep flowing.
 
 pub mod msk_iam;
+pub mod put_records;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,7 +48,8 @@ pub struct DestinationAccess {
 
 /// The client of a route's destination, with the route's credentials, endpoint and timeouts.
 pub enum DestinationClient {
-    Kinesis(aws_sdk_kinesis::Client),
+    /// The SDK client for every call but PutRecords, and PutRecords' own lean client.
+    Kinesis(aws_sdk_kinesis::Client, Box<put_records::PutRecordsClient>),
     Firehose(aws_sdk_firehose::Client),
 }
 
@@ -196,7 +198,27 @@ pub async fn destination_access(
             if let Some(endpoint) = &aws.kinesis_endpoint {
                 builder = builder.endpoint_url(endpoint);
             }
-            DestinationClient::Kinesis(aws_sdk_kinesis::Client::from_conf(builder.build()))
+            let (stream_name, stream_arn) = route.stream_target();
+            let url =
+                kinesis_url(base, &region, aws.kinesis_endpoint.as_deref(), stream_arn).await?;
+            let writer = put_records::PutRecordsClient::new(
+                credentials.clone(),
+                // `Renewed` already moved the expiry `credential_refresh_margin_secs` early.
+                if aws.role_arn.is_some() {
+                    Duration::ZERO
+                } else {
+                    SOURCE_CREDENTIALS_RENEWED_EARLY
+                },
+                region.clone(),
+                url,
+                stream_name,
+                stream_arn,
+                request_timeout,
+            );
+            DestinationClient::Kinesis(
+                aws_sdk_kinesis::Client::from_conf(builder.build()),
+                Box::new(writer),
+            )
         }
         DestinationKind::Firehose => {
             let mut builder = aws_sdk_firehose::config::Builder::from(base)
@@ -216,6 +238,45 @@ pub async fn destination_access(
         region,
         session_name,
     })
+}
+
+/// Credentials from the source chain (no role to assume) are renewed this long before they
+/// expire, as the SDK's identity cache does.
+const SOURCE_CREDENTIALS_RENEWED_EARLY: Duration = Duration::from_secs(10);
+
+/// The data-plane endpoint of a stream, by the SDK's own endpoint rules (FIPS, dual stack, an
+/// ARN's account-specific host, or `aws.kinesis_endpoint`).
+async fn kinesis_url(
+    base: &SdkConfig,
+    region: &str,
+    endpoint: Option<&str>,
+    stream_arn: Option<&str>,
+) -> anyhow::Result<String> {
+    use aws_sdk_kinesis::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
+    let mut params = Params::builder()
+        .region(region)
+        .use_fips(base.use_fips().unwrap_or(false))
+        .use_dual_stack(base.use_dual_stack().unwrap_or(false))
+        .operation_type("data");
+    if let Some(endpoint) = endpoint.or(base.endpoint_url()) {
+        params = params.endpoint(endpoint);
+    }
+    if let Some(arn) = stream_arn {
+        params = params.stream_arn(arn);
+    }
+    let params = params
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot resolve the Kinesis endpoint: {e}"))?;
+    let endpoint = DefaultResolver::new()
+        .resolve_endpoint(&params)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot resolve the Kinesis endpoint (check aws.region, aws.kinesis_endpoint and kinesis.stream): {}",
+                aws_smithy_types::error::display::DisplayErrorContext(&*e)
+            )
+        })?;
+    Ok(endpoint.url().to_owned())
 }
 
 /// After a failed renewal, how soon it is tried again (while the old credentials last).

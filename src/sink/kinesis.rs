@@ -1,10 +1,8 @@
 //! Kinesis Data Streams through PutRecords.
 
 use aws_sdk_kinesis::Client;
-use aws_sdk_kinesis::error::{DisplayErrorContext, SdkError};
-use aws_sdk_kinesis::operation::put_records::PutRecordsError;
-use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use aws_sdk_kinesis::error::DisplayErrorContext;
+use bytes::Bytes;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
@@ -18,6 +16,7 @@ use tracing::{info, warn};
 use super::aggregate;
 use super::shards::{self, Shard, ShardMap};
 use super::{Entry, EntryFailure, RequestError, Sink};
+use crate::aws::put_records::{EntryResult, PutError, PutRecordsClient, WireEntry};
 
 /// A Kinesis route's destination (`kinesis:`): the shorthand's or a route's stream, with the
 /// defaults every Kinesis route inherits from the top level.
@@ -72,7 +71,10 @@ fn default_aggregate_max_bytes() -> u64 {
 /// Writes to one stream, addressed by name or by ARN.
 #[derive(Debug)]
 pub struct KinesisSink {
+    /// For ListShards.
     client: Client,
+    /// For PutRecords.
+    writer: PutRecordsClient,
     stream_name: Option<String>,
     stream_arn: Option<String>,
     /// "stream `x` (region r, via role y)": told in every configuration error.
@@ -93,8 +95,10 @@ pub struct KinesisSink {
 }
 
 impl KinesisSink {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: Client,
+        writer: PutRecordsClient,
         stream_name: Option<String>,
         stream_arn: Option<String>,
         target: String,
@@ -104,6 +108,7 @@ impl KinesisSink {
     ) -> Self {
         Self {
             client,
+            writer,
             stream_name,
             stream_arn,
             target,
@@ -116,53 +121,57 @@ impl KinesisSink {
         }
     }
 
-    fn classify(&self, err: SdkError<PutRecordsError>) -> RequestError {
-        match &err {
-            SdkError::ServiceError(ctx) => {
-                let status = ctx.raw().status().as_u16();
-                let detail = super::error_detail(ctx.err().meta(), status);
-                match ctx.err() {
-                    PutRecordsError::ProvisionedThroughputExceededException(_)
-                    | PutRecordsError::KmsThrottlingException(_) => RequestError::Throttled(detail),
-                    PutRecordsError::ResourceNotFoundException(_) => {
-                        RequestError::Configuration(format!(
-                            "{} does not exist (ResourceNotFoundException). Check kinesis.stream, aws.region \
+    /// What a failed PutRecords call means for doka, with the fix where a human must act.
+    fn classify(&self, err: PutError) -> RequestError {
+        match err {
+            PutError::Service {
+                status,
+                code,
+                message,
+            } => {
+                let detail = format!(
+                    "{}: {} (HTTP {status})",
+                    code.as_deref().unwrap_or("unknown error"),
+                    message.as_deref().unwrap_or("no message")
+                );
+                match code.as_deref() {
+                    Some("ProvisionedThroughputExceededException" | "KMSThrottlingException") => {
+                        RequestError::Throttled(detail)
+                    }
+                    Some("ResourceNotFoundException") => RequestError::Configuration(format!(
+                        "{} does not exist (ResourceNotFoundException). Check kinesis.stream, aws.region \
                          and that aws.role_arn belongs to the account that owns the stream; retrying until it appears",
-                            self.target
-                        ))
-                    }
-                    PutRecordsError::AccessDeniedException(_) => {
-                        RequestError::Configuration(format!(
-                            "access to {} was denied ({detail}). The assumed role needs \
+                        self.target
+                    )),
+                    Some("AccessDeniedException") => RequestError::Configuration(format!(
+                        "access to {} was denied ({detail}). The assumed role needs \
                          kinesis:PutRecords on the stream (and kms:GenerateDataKey for a customer-managed key); retrying",
-                            self.target
-                        ))
-                    }
-                    PutRecordsError::KmsAccessDeniedException(_)
-                    | PutRecordsError::KmsDisabledException(_)
-                    | PutRecordsError::KmsInvalidStateException(_)
-                    | PutRecordsError::KmsNotFoundException(_)
-                    | PutRecordsError::KmsOptInRequired(_) => RequestError::Configuration(format!(
+                        self.target
+                    )),
+                    Some(
+                        "KMSAccessDeniedException"
+                        | "KMSDisabledException"
+                        | "KMSInvalidStateException"
+                        | "KMSNotFoundException"
+                        | "KMSOptInRequired",
+                    ) => RequestError::Configuration(format!(
                         "the KMS key of {} cannot be used: {detail}; retrying",
                         self.target
                     )),
-                    PutRecordsError::InvalidArgumentException(_) => {
-                        RequestError::Configuration(format!(
-                            "{} rejected the request as invalid: {detail}; retrying",
-                            self.target
-                        ))
-                    }
-                    other => super::by_code(other.meta().code(), status, detail),
+                    Some("InvalidArgumentException") => RequestError::Configuration(format!(
+                        "{} rejected the request as invalid: {detail}; retrying",
+                        self.target
+                    )),
+                    other => super::by_code(other, status, detail),
                 }
             }
-            SdkError::TimeoutError(_) => {
+            PutError::Timeout => {
                 RequestError::Overloaded("request timed out (kinesis.request_timeout_ms)".into())
             }
-            SdkError::DispatchFailure(f) if f.is_user() || f.is_other() => {
-                // Identity resolution failures land here: the credential chain or AssumeRole failed.
-                RequestError::Credentials(DisplayErrorContext(&err).to_string())
+            PutError::Credentials(detail) => RequestError::Credentials(detail),
+            PutError::Transport(detail) | PutError::Malformed(detail) => {
+                RequestError::Transient(detail)
             }
-            _ => RequestError::Transient(DisplayErrorContext(&err).to_string()),
         }
     }
 }
@@ -182,8 +191,11 @@ impl Sink for KinesisSink {
 }
 
 /// One PutRecords entry and the records it carries.
-struct Outgoing {
-    entry: PutRecordsRequestEntry,
+struct Outgoing<'a> {
+    /// A record's bytes (shared, not copied) or an aggregate's.
+    data: Bytes,
+    partition_key: &'a str,
+    explicit_hash_key: Option<u128>,
     /// Indexes of the records in it (one unless aggregated).
     members: Vec<usize>,
     /// For an aggregate: the shard it must land on, as the shard map says, and its sub-records'
@@ -192,14 +204,12 @@ struct Outgoing {
     hash_keys: Vec<u128>,
 }
 
-impl Outgoing {
-    fn plain(record: &Entry<'_>, index: usize) -> Self {
+impl<'a> Outgoing<'a> {
+    fn plain(record: &Entry<'a>, index: usize) -> Self {
         Self {
-            entry: request_entry(
-                record.data.to_vec(),
-                record.partition_key,
-                record.explicit_hash_key,
-            ),
+            data: record.data.clone(),
+            partition_key: record.partition_key,
+            explicit_hash_key: record.explicit_hash_key,
             members: vec![index],
             shard: None,
             hash_keys: Vec::new(),
@@ -207,20 +217,7 @@ impl Outgoing {
     }
 }
 
-fn request_entry(
-    data: Vec<u8>,
-    partition_key: &str,
-    explicit_hash_key: Option<u128>,
-) -> PutRecordsRequestEntry {
-    PutRecordsRequestEntry::builder()
-        .data(Blob::new(data))
-        .partition_key(partition_key)
-        .set_explicit_hash_key(explicit_hash_key.map(|h| h.to_string()))
-        .build()
-        .expect("data and partition key are set")
-}
-
-/// What an entry carries, kept while the SDK owns the entry.
+/// What an entry carries, kept beside the request.
 struct Carried {
     members: Vec<usize>,
     shard: Option<String>,
@@ -242,11 +239,11 @@ const MIN_SHARD_REFRESH: Duration = Duration::from_secs(1);
 
 impl KinesisSink {
     /// Packs records into aggregates per shard ([`aggregate::pack`]).
-    async fn aggregated_entries(
+    async fn aggregated_entries<'a>(
         &self,
-        records: &[Entry<'_>],
+        records: &[Entry<'a>],
         max_bytes: usize,
-    ) -> Result<Vec<Outgoing>, RequestError> {
+    ) -> Result<Vec<Outgoing<'a>>, RequestError> {
         let map = self.shard_map().await?;
         // Records per shard, in order.
         let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
@@ -277,7 +274,9 @@ impl KinesisSink {
                 let first = &records[members[packed[0]]];
                 let blob = aggregate::encode(&packed.iter().map(|&j| items[j]).collect::<Vec<_>>());
                 entries.push(Outgoing {
-                    entry: request_entry(blob, first.partition_key, first.explicit_hash_key),
+                    data: Bytes::from(blob),
+                    partition_key: first.partition_key,
+                    explicit_hash_key: first.explicit_hash_key,
                     members: packed.iter().map(|&j| members[j]).collect(),
                     shard: Some(map.shards()[shard].id.clone()),
                     hash_keys: packed.iter().map(|&j| hashes[members[j]]).collect(),
@@ -289,35 +288,38 @@ impl KinesisSink {
 
     /// Sends entries in requests of at most `max_entries` and `max_request_bytes`, one after
     /// another, and says which records failed. `Err` only when every request failed as a whole.
-    async fn send(&self, entries: Vec<Outgoing>) -> Result<Vec<EntryFailure>, RequestError> {
-        // Each request: the SDK entries (moved into the call, not copied) and what they carry.
-        let mut requests: Vec<(Vec<PutRecordsRequestEntry>, Vec<Carried>)> = Vec::new();
+    async fn send(&self, entries: Vec<Outgoing<'_>>) -> Result<Vec<EntryFailure>, RequestError> {
+        // Each request: the entries on the wire (borrowing the data) and what they carry.
+        let mut requests: Vec<(Vec<WireEntry<'_>>, Vec<Carried>)> = Vec::new();
         let mut bytes = 0;
-        for entry in entries {
+        for entry in &entries {
             // Kinesis counts data and partition keys against the request limit.
-            let size =
-                entry.entry.data().as_ref().len() + entry.entry.partition_key().map_or(0, str::len);
-            let room = requests.last().is_some_and(|(sdk, _)| {
-                sdk.len() < self.max_entries && bytes + size <= self.max_request_bytes
+            let size = entry.data.len() + entry.partition_key.len();
+            let room = requests.last().is_some_and(|(wire, _)| {
+                wire.len() < self.max_entries && bytes + size <= self.max_request_bytes
             });
             if !room {
                 requests.push((Vec::new(), Vec::new()));
                 bytes = 0;
             }
             bytes += size;
-            let (sdk, carried) = requests.last_mut().expect("pushed above");
-            sdk.push(entry.entry);
+            let (wire, carried) = requests.last_mut().expect("pushed above");
+            wire.push(WireEntry {
+                data: &entry.data,
+                partition_key: entry.partition_key,
+                explicit_hash_key: entry.explicit_hash_key,
+            });
             carried.push(Carried {
-                members: entry.members,
-                shard: entry.shard,
-                hash_keys: entry.hash_keys,
+                members: entry.members.clone(),
+                shard: entry.shard.clone(),
+                hash_keys: entry.hash_keys.clone(),
             });
         }
-        let (sdk_requests, requests): (Vec<_>, Vec<_>) = requests.into_iter().unzip();
+        let (wire_requests, requests): (Vec<_>, Vec<_>) = requests.into_iter().unzip();
         // One after another: two requests in flight at once could write a key's later aggregate
         // before its earlier one, without any failure to repair it.
-        let mut outcomes = Vec::with_capacity(sdk_requests.len());
-        for request in sdk_requests {
+        let mut outcomes = Vec::with_capacity(wire_requests.len());
+        for request in &wire_requests {
             outcomes.push(self.put_records(request).await);
         }
         if outcomes.iter().all(Result::is_err) {
@@ -392,48 +394,24 @@ impl KinesisSink {
     /// One PutRecords call: the outcome of each entry, in request order.
     async fn put_records(
         &self,
-        entries: Vec<PutRecordsRequestEntry>,
+        entries: &[WireEntry<'_>],
     ) -> Result<Vec<EntryOutcome>, RequestError> {
-        let count = entries.len();
-        let output = self
-            .client
-            .put_records()
-            .set_stream_name(self.stream_name.clone())
-            .set_stream_arn(self.stream_arn.clone())
-            .set_records(Some(entries))
-            .send()
+        let results = self
+            .writer
+            .put(entries)
             .await
             .map_err(|e| self.classify(e))?;
-        if output.records().len() != count {
-            // A response that does not line up with the request proves nothing: resend it all.
-            return Err(RequestError::Transient(format!(
-                "PutRecords answered {} results for {count} entries",
-                output.records().len(),
-            )));
-        }
-        let outcomes: Vec<EntryOutcome> = output
-            .records()
-            .iter()
-            .map(|result| match result.error_code() {
-                Some(code) => EntryOutcome::Failed {
-                    code: code.to_owned(),
+        Ok(results
+            .into_iter()
+            .map(|result| match result {
+                EntryResult::Failed { code } => EntryOutcome::Failed {
                     throttled: code == "ProvisionedThroughputExceededException"
                         || code == "KMSThrottlingException",
+                    code,
                 },
-                None => EntryOutcome::Written(result.shard_id().map(str::to_owned)),
+                EntryResult::Written(shard) => EntryOutcome::Written(shard),
             })
-            .collect();
-        let failed = outcomes
-            .iter()
-            .filter(|o| matches!(o, EntryOutcome::Failed { .. }))
-            .count();
-        if failed as i64 != i64::from(output.failed_record_count().unwrap_or(0)) {
-            return Err(RequestError::Transient(format!(
-                "PutRecords reported {} failed entries but marked {failed}",
-                output.failed_record_count().unwrap_or(0),
-            )));
-        }
-        Ok(outcomes)
+            .collect())
     }
 
     /// The stream's open shards, read again when a write showed they changed.
