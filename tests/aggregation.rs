@@ -401,6 +401,8 @@ async fn aggregated_requests_stay_within_the_putrecords_limit() {
         &[
             ("DOKA_KINESIS__AGGREGATION__ENABLED", "true"),
             ("DOKA_PIPELINE__LANES", "1"),
+            // The default bound (10,000 records) would end each batch at 1.5 MB.
+            ("DOKA_PIPELINE__MAX_IN_FLIGHT_RECORDS", "100000"),
         ],
     );
     world

@@ -98,7 +98,16 @@ async fn a_member_stopping_while_partitions_are_assigned_to_it_exits_cleanly() {
     let world = World::new(PARTITIONS, 2).await;
     let messages = keyed_messages(0..N, 500);
     let placements = world.produce(&messages);
-    let proxy = proxy::FaultProxy::start(&world.ep.kinesis, proxy::Faults::default()).await;
+    // The stream takes 300 records/s until the end: no member can deliver all of its records
+    // before every request fails (a fast member would otherwise have nothing left in flight).
+    let proxy = proxy::FaultProxy::start(
+        &world.ep.kinesis,
+        proxy::Faults {
+            capacity_per_sec: Some(300.0),
+            ..proxy::Faults::default()
+        },
+    )
+    .await;
     let yaml = world.yaml(Some(&proxy.url));
     let slow = [
         ("DOKA_BATCH__MAX_RECORDS", "20"),
@@ -117,7 +126,8 @@ async fn a_member_stopping_while_partitions_are_assigned_to_it_exits_cleanly() {
     // Every request fails: the stopping member waits for its records in flight, not polling
     // Kafka, while the group reassigns the dead member's partitions after the session timeout.
     proxy.faults.lock().unwrap().error_every = Some(1);
-    stopping.wait_for_log("request failed, retrying", 1, Duration::from_secs(30));
+    // "request failed, retrying" or, after throttled attempts, "request failed again".
+    stopping.wait_for_log("request failed", 1, Duration::from_secs(30));
     stopping.signal_stop();
     stopping.wait_for_log(
         "stopping: waiting for records in flight",
@@ -126,7 +136,11 @@ async fn a_member_stopping_while_partitions_are_assigned_to_it_exits_cleanly() {
     );
     let _ = dying.kill();
     staying.wait_for_log("partitions assigned", 2, Duration::from_secs(60));
-    proxy.faults.lock().unwrap().error_every = None;
+    {
+        let mut faults = proxy.faults.lock().unwrap();
+        faults.error_every = None;
+        faults.capacity_per_sec = None;
+    }
 
     let (status, log) = stopping.wait_exit(Duration::from_secs(60));
     assert_eq!(status.code(), Some(0), "{log}");
