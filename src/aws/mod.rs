@@ -258,7 +258,23 @@ async fn kinesis_url(
         .use_fips(base.use_fips().unwrap_or(false))
         .use_dual_stack(base.use_dual_stack().unwrap_or(false))
         .operation_type("data");
-    if let Some(endpoint) = endpoint.or(base.endpoint_url()) {
+    // As the SDK's Kinesis client picks it: the route's setting, then `AWS_ENDPOINT_URL_KINESIS`
+    // (or the profile's `kinesis` section), then `AWS_ENDPOINT_URL`.
+    let service_endpoint = base.service_config().and_then(|config| {
+        config.load_config(
+            aws_types::service_config::ServiceConfigKey::builder()
+                .service_id("Kinesis")
+                .env("AWS_ENDPOINT_URL")
+                .profile("endpoint_url")
+                .build()
+                .expect("every field set"),
+        )
+    });
+    let endpoint = endpoint
+        .map(str::to_owned)
+        .or(service_endpoint)
+        .or(base.endpoint_url().map(str::to_owned));
+    if let Some(endpoint) = endpoint {
         params = params.endpoint(endpoint);
     }
     if let Some(arn) = stream_arn {
