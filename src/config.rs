@@ -679,7 +679,7 @@ mod defaults {
         20
     }
     pub fn lanes() -> u32 {
-        8
+        12
     }
     pub fn max_in_flight_records() -> u64 {
         10_000

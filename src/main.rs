@@ -13,21 +13,6 @@ use doka::config;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc's `mi_option_purge_delay` (its position in `mi_option_e`, mimalloc v3's
-/// `include/mimalloc.h`; the Rust bindings name no constant for it).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Memory freed by the lanes goes back to the OS at once instead of after mimalloc's default 10 ms
-/// delay: at full speed the delay kept ~20–30 MiB more resident for no measurable speed
-/// (docs/PERFORMANCE.md). `MIMALLOC_PURGE_DELAY` in the environment still wins.
-fn purge_freed_memory_at_once() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets a process-wide allocator option; called first thing in main, before any
-        // other thread exists.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
-    }
-}
-
 /// Kafka → Amazon Kinesis, across AWS accounts, without losing a record.
 #[derive(Parser)]
 #[command(name = "doka", version)]
@@ -76,7 +61,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    purge_freed_memory_at_once();
     let cli = Cli::parse();
     let args = match &cli.command {
         Command::Run(args) | Command::Config(args) => args,
