@@ -70,6 +70,13 @@ impl SourceContext {
     }
 
     /// The assigned partitions of `route`.
+    fn has_no_partitions(&self, route: usize) -> bool {
+        let map = self.partitions.lock().unwrap();
+        !map.values()
+            .flat_map(|p| p.values())
+            .any(|(_, r)| *r == route)
+    }
+
     fn of_route(&self, route: usize) -> TopicPartitionList {
         let map = self.partitions.lock().unwrap();
         let mut tpl = TopicPartitionList::new();
@@ -519,7 +526,7 @@ pub fn run(
     let mut intake = parts.intake;
     'rounds: while !parts.shutdown.load(AtomicOrdering::SeqCst) && !parts.halt.is_halted() {
         parts.health.consumer_turned();
-        if would_pause(consumer.context(), &parts.budget, &parts.shares) {
+        if should_hold(consumer.context(), &parts.budget, &parts.shares) {
             parts.budget.wait_until(HOLD_BEFORE_PAUSE, |_| {
                 has_room_again(consumer.context(), &parts.budget, &parts.shares)
                     || parts.shutdown.load(AtomicOrdering::SeqCst)
@@ -713,14 +720,18 @@ fn close(consumer: BaseConsumer<SourceContext>) {
 /// Pauses the partitions of each route whose share of the in-flight bound is full, and resumes
 /// them below 3/4 of it; other routes keep fetching. Above all, the whole bound: when it is full
 /// every partition pauses, and below 3/4 of it the partitions of routes with room resume.
-/// True when [`manage_pause`] would pause something now: the whole bound or a route's share is
-/// full and not paused yet.
-fn would_pause(context: &SourceContext, budget: &Budget, shares: &[Arc<Share>]) -> bool {
-    (!context.budget_paused.load(AtomicOrdering::SeqCst) && budget.full())
-        || shares
-            .iter()
-            .zip(&context.paused)
-            .any(|(share, paused)| !paused.load(AtomicOrdering::SeqCst) && share.full())
+/// True when the consumer should wait for room before [`manage_pause`] pauses anything: the
+/// whole bound is full, or a route's share is full and no other route with partitions could
+/// take records meanwhile (waiting stops polling for every route; a route alone at its share is
+/// paused at once and the others go on).
+fn should_hold(context: &SourceContext, budget: &Budget, shares: &[Arc<Share>]) -> bool {
+    if !context.budget_paused.load(AtomicOrdering::SeqCst) && budget.full() {
+        return true;
+    }
+    let paused = |route: usize| context.paused[route].load(AtomicOrdering::SeqCst);
+    let full: Vec<bool> = shares.iter().map(|share| share.full()).collect();
+    (0..shares.len()).any(|r| !paused(r) && full[r])
+        && (0..shares.len()).all(|r| paused(r) || full[r] || context.has_no_partitions(r))
 }
 
 /// The end of a hold: the bound and every route's share not paused are below the level at which
