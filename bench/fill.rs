@@ -37,6 +37,10 @@ struct Args {
     /// Distinct keys.
     #[arg(long, default_value_t = 1000)]
     keys: u64,
+    /// Records per second (0: as fast as the broker takes them). With a rate, the benchmark runs
+    /// doka while the topic fills: a soak.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
 }
 
 /// Highest delivered offset per partition, and delivery errors.
@@ -81,6 +85,9 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
+    // The benchmark starts doka on this line when soaking (the topic exists now).
+    eprintln!("created {}", args.topic);
+
     let producer: ThreadedProducer<Delivered> = ClientConfig::new()
         .set("bootstrap.servers", &args.brokers)
         .set("linger.ms", "20")
@@ -94,7 +101,13 @@ fn main() -> anyhow::Result<()> {
     let mut sequences = vec![0u64; args.keys as usize];
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut value = Vec::with_capacity(args.size);
-    for _ in 0..args.records {
+    for n in 0..args.records {
+        if args.rate > 0.0 && n % 1000 == 0 {
+            let due = started + Duration::from_secs_f64(n as f64 / args.rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
         // xorshift64: fixed data, no RNG crate API to keep up with.
         rng ^= rng << 13;
         rng ^= rng >> 7;

@@ -132,6 +132,14 @@ def proc_usage(pid):
     return cpu, peak, int(fields[7])
 
 
+def current_rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def thread_cpu(pid):
     """CPU seconds per thread name (threads of one name summed): where the time goes."""
     out = {}
@@ -197,6 +205,16 @@ def doka_config(path, brokers, topic, group, endpoint, metrics_port, extra):
         json.dump(settings, f)  # JSON is YAML
 
 
+def soak_summary(samples):
+    """doka's RSS during a soak: the peak of each minute (flat = no leak) and every sample."""
+    if not samples:
+        return {}
+    minutes = {}
+    for t, rss in samples:
+        minutes[int(t // 60)] = max(minutes.get(int(t // 60), 0), rss)
+    return {"soak_rss_peak_by_minute_mib": [round(minutes[m], 1) for m in sorted(minutes)]}
+
+
 def aws_env(endpoint):
     env = dict(os.environ)
     env.update({
@@ -215,7 +233,9 @@ def others_cpu(procs):
     return {name: proc_usage(p.pid)[0] for name, p in procs.procs if name != "doka" and p.poll() is None}
 
 
-def run_doka(args, procs, work, brokers, topic, ends, endpoint, stats_url):
+def run_doka(args, procs, work, brokers, topic, ends, endpoint, stats_url, filling=None):
+    """Runs doka until the group's lag is zero. `filling`: a bench_fill still producing (a soak);
+    the partition ends are known when it is done, and doka's RSS is sampled meanwhile."""
     metrics_port = free_port()
     config = os.path.join(work, "doka.yaml")
     group = f"bench-{topic}"
@@ -230,9 +250,20 @@ def run_doka(args, procs, work, brokers, topic, ends, endpoint, stats_url):
                        env=aws_env(endpoint), stdout=log_file, stderr=subprocess.STDOUT)
     wait_port(metrics_port)
     metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-    total = sum(ends.values())
+    total = sum(ends.values()) if ends else 0
     usage = None
+    rss_samples = []  # (seconds since start, MiB), while a soak fills the topic
     while True:
+        if filling is not None:
+            rss_samples.append((time.time() - started, current_rss_mib(doka.pid)))
+            if filling.poll() is not None:
+                out, err = filling.communicate()
+                if filling.returncode != 0:
+                    raise SystemExit(f"filling failed: {err}")
+                ends = json.loads(out.strip().splitlines()[-1])["ends"]
+                total = sum(ends.values())
+                log(f"soak: {total} records produced; waiting for the lag to reach zero")
+                filling = None
         if args.kill_after:
             stats = json.loads(http(stats_url))
             first = stats["first_accept_us"]
@@ -247,12 +278,12 @@ def run_doka(args, procs, work, brokers, topic, ends, endpoint, stats_url):
                 f"delivered={metric_sum(text, 'doka_records_delivered_total'):.0f} "
                 f"in_flight={metric_sum(text, 'doka_in_flight_records'):.0f} "
                 f"paused={metric_sum(text, 'doka_fetch_paused'):.0f}")
-        if all(committed.get(p, -1) >= end for p, end in ends.items()):
+        if filling is None and all(committed.get(p, -1) >= end for p, end in ends.items()):
             usage = proc_usage(doka.pid)
             threads = thread_cpu(doka.pid)
             others = {k: v - others_before.get(k, 0) for k, v in others_cpu(procs).items()}
             break
-        if time.time() - started > args.timeout:
+        if time.time() - started > args.timeout + args.soak_seconds:
             raise SystemExit(f"lag not zero after {args.timeout} s: committed {committed}, ends {ends}")
         time.sleep(0.25)
     final_metrics = http(metrics_url)
@@ -278,6 +309,7 @@ def run_doka(args, procs, work, brokers, topic, ends, endpoint, stats_url):
         "cpu_seconds": cpu,
         "cpu_s_per_million": cpu / total * 1e6,
         "peak_rss_mib": peak / 2**20,
+        **soak_summary(rss_samples),
         "page_faults_per_record": faults / total,
         "requests": stats["requests"],
         "kinesis_records": stats["entries_accepted"],
@@ -363,6 +395,8 @@ def main():
                         "restart would send again (delivered above the committed offsets)")
     p.add_argument("--commit-interval-s", type=float, default=1.0,
                    help="doka's pipeline.commit_interval_ms in seconds (for the kill report)")
+    p.add_argument("--soak-seconds", type=int, default=0,
+                   help="soak: fill the topic at --records / this rate while doka runs, sampling its RSS")
     p.add_argument("--no-build", action="store_true")
     p.add_argument("--json", help="also write the result to this file")
     args = p.parse_args()
@@ -389,15 +423,24 @@ def main():
         topic = f"bench-{int(time.time())}"
         log(f"filling {topic}: {args.records} records of {args.size} bytes, {args.keys} keys, "
             f"{args.partitions} partitions")
-        fill = subprocess.run(
-            [os.path.join(RELEASE, "examples", "bench_fill"), "--brokers", brokers, "--topic", topic,
-             "--partitions", str(args.partitions), "--records", str(args.records),
-             "--size", str(args.size), "--keys", str(args.keys)],
-            capture_output=True, text=True, check=True,
-        )
-        filled = json.loads(fill.stdout.strip().splitlines()[-1])
-        log(f"filled in {filled['seconds']:.1f} s; running doka")
-        result = run_doka(args, procs, work, brokers, topic, filled["ends"], endpoint, stats_url)
+        fill_args = [os.path.join(RELEASE, "examples", "bench_fill"), "--brokers", brokers,
+                     "--topic", topic, "--partitions", str(args.partitions),
+                     "--records", str(args.records), "--size", str(args.size),
+                     "--keys", str(args.keys)]
+        if args.soak_seconds:
+            # A soak: doka runs while the topic fills at a steady rate.
+            rate = args.records / args.soak_seconds
+            filling = subprocess.Popen(fill_args + ["--rate", str(rate)], stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True)
+            if not filling.stderr.readline().startswith("created"):
+                raise SystemExit(f"filling failed: {filling.communicate()[1]}")
+            log(f"soak: producing {rate:.0f} records/s for {args.soak_seconds} s while doka runs")
+            result = run_doka(args, procs, work, brokers, topic, None, endpoint, stats_url, filling)
+        else:
+            fill = subprocess.run(fill_args, capture_output=True, text=True, check=True)
+            filled = json.loads(fill.stdout.strip().splitlines()[-1])
+            log(f"filled in {filled['seconds']:.1f} s; running doka")
+            result = run_doka(args, procs, work, brokers, topic, filled["ends"], endpoint, stats_url)
         result["config"] = {k: v for k, v in vars(args).items() if k not in ("json", "no_build")}
         if args.baseline_seconds:
             http(endpoint + "/reset", data=b"")

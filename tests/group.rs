@@ -15,7 +15,17 @@ async fn three_members_a_fourth_joining_and_one_killed_lose_nothing() {
     let world = World::new(PARTITIONS, 2).await;
     let messages = keyed_messages(0..N, 500);
     let placements = world.produce(&messages);
-    let yaml = world.yaml(None);
+    // The stream takes 200 records/s: the run lasts ~40 s on any machine, so the fourth member
+    // joins and the victim dies mid-run.
+    let proxy = proxy::FaultProxy::start(
+        &world.ep.kinesis,
+        proxy::Faults {
+            capacity_per_sec: Some(200.0),
+            ..proxy::Faults::default()
+        },
+    )
+    .await;
+    let yaml = world.yaml(Some(&proxy.url));
     let bound = BOUND.to_string();
     // Small batches, one lane and a small bound: the run lasts long enough for the group to
     // change under it, and a killed member has at most BOUND records in flight.
@@ -64,6 +74,11 @@ async fn three_members_a_fourth_joining_and_one_killed_lose_nothing() {
     members.push(fourth);
 
     let records = world.wait_for_all(N, Duration::from_secs(300)).await;
+    // Running members commit what they delivered (stopping them one by one starts rebalances,
+    // which refuse the leavers' last commits).
+    world
+        .wait_for_committed(&end_offsets(&placements), Duration::from_secs(60))
+        .await;
     for member in members {
         member.stop();
     }
