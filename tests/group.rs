@@ -17,14 +17,7 @@ async fn three_members_a_fourth_joining_and_one_killed_lose_nothing() {
     let placements = world.produce(&messages);
     // The stream takes 200 records/s: the run lasts ~40 s on any machine, so the fourth member
     // joins and the victim dies mid-run.
-    let proxy = proxy::FaultProxy::start(
-        &world.ep.kinesis,
-        proxy::Faults {
-            capacity_per_sec: Some(200.0),
-            ..proxy::Faults::default()
-        },
-    )
-    .await;
+    let proxy = proxy::FaultProxy::slowed(&world.ep.kinesis, 200.0).await;
     let yaml = world.yaml(Some(&proxy.url));
     let bound = BOUND.to_string();
     // Small batches, one lane and a small bound: the run lasts long enough for the group to
@@ -115,14 +108,7 @@ async fn a_member_stopping_while_partitions_are_assigned_to_it_exits_cleanly() {
     let placements = world.produce(&messages);
     // The stream takes 300 records/s until the end: no member can deliver all of its records
     // before every request fails (a fast member would otherwise have nothing left in flight).
-    let proxy = proxy::FaultProxy::start(
-        &world.ep.kinesis,
-        proxy::Faults {
-            capacity_per_sec: Some(300.0),
-            ..proxy::Faults::default()
-        },
-    )
-    .await;
+    let proxy = proxy::FaultProxy::slowed(&world.ep.kinesis, 300.0).await;
     let yaml = world.yaml(Some(&proxy.url));
     let slow = [
         ("DOKA_BATCH__MAX_RECORDS", "20"),

@@ -350,14 +350,7 @@ async fn a_kafka_outage_mid_run_loses_nothing() {
     // A small prefetch: otherwise librdkafka holds the whole topic before the outage begins and
     // doka keeps delivering from it, never reading from Kafka mid-outage.
     // And a stream that takes 300 records/s: the run lasts about 10 s whatever the machine.
-    let proxy = proxy::FaultProxy::start(
-        &world.ep.kinesis,
-        proxy::Faults {
-            capacity_per_sec: Some(300.0),
-            ..proxy::Faults::default()
-        },
-    )
-    .await;
+    let proxy = proxy::FaultProxy::slowed(&world.ep.kinesis, 300.0).await;
     let yaml = world.yaml(Some(&proxy.url)).replace(
         "    heartbeat.interval.ms: 500\n",
         "    heartbeat.interval.ms: 500\n    queued.min.messages: 20\n    max.partition.fetch.bytes: 1000\n",

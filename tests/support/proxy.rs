@@ -77,6 +77,19 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     /// Starts the proxy on a free loopback port, forwarding to `upstream` (http://host:port).
+    /// A proxy whose "stream" takes `records_per_sec` entries per second and throttles the rest:
+    /// a run that lasts long enough on any machine for something to happen mid-run.
+    pub async fn slowed(upstream: &str, records_per_sec: f64) -> Self {
+        Self::start(
+            upstream,
+            Faults {
+                capacity_per_sec: Some(records_per_sec),
+                ..Faults::default()
+            },
+        )
+        .await
+    }
+
     pub async fn start(upstream: &str, faults: Faults) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
