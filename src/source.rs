@@ -725,13 +725,19 @@ fn close(consumer: BaseConsumer<SourceContext>) {
 /// take records meanwhile (waiting stops polling for every route; a route alone at its share is
 /// paused at once and the others go on).
 fn should_hold(context: &SourceContext, budget: &Budget, shares: &[Arc<Share>]) -> bool {
-    if !context.budget_paused.load(AtomicOrdering::SeqCst) && budget.full() {
+    if context.budget_paused.load(AtomicOrdering::SeqCst) {
+        // Everything is paused already: resuming (or pausing a route) must not wait.
+        return false;
+    }
+    if budget.full() {
         return true;
     }
     let paused = |route: usize| context.paused[route].load(AtomicOrdering::SeqCst);
     let full: Vec<bool> = shares.iter().map(|share| share.full()).collect();
-    (0..shares.len()).any(|r| !paused(r) && full[r])
-        && (0..shares.len()).all(|r| paused(r) || full[r] || context.has_no_partitions(r))
+    // A paused route with room again is resumed right after: it can take records.
+    let idle =
+        |r: usize| full[r] || (paused(r) && !shares[r].has_room()) || context.has_no_partitions(r);
+    (0..shares.len()).any(|r| !paused(r) && full[r]) && (0..shares.len()).all(idle)
 }
 
 /// The end of a hold: the bound and every route's share not paused are below the level at which

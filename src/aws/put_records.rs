@@ -4,7 +4,7 @@
 //! object per entry (sequence numbers included) and walks its interceptor chain per request: a
 //! third of doka's CPU at full speed (docs/PERFORMANCE.md). This writes the request body once from
 //! the records' bytes, signs it with the SDK's signer (`aws-sigv4`), sends it on the SDK's HTTP
-//! connector (`aws-smithy-http-client`: the same TLS, proxy and connection pool) and reads only
+//! connector (`aws-smithy-http-client`: the same TLS and proxy settings, its own connection pool) and reads only
 //! the fields doka uses from the answer. Credentials come from the same provider as the SDK
 //! client's, and the endpoint from the SDK's own endpoint rules; every other Kinesis call still
 //! goes through the SDK.
@@ -112,6 +112,8 @@ impl PutRecordsClient {
             .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
                 aws_smithy_http_client::tls::rustls_provider::CryptoMode::AwsLc,
             ))
+            // HTTPS_PROXY / HTTP_PROXY / NO_PROXY, as the SDK's default client reads them.
+            .proxy_config(aws_smithy_http_client::proxy::ProxyConfig::from_env())
             .build();
         Self {
             connector,
@@ -289,20 +291,20 @@ fn read_results(body: &[u8], count: usize) -> Result<Vec<EntryResult>, PutError>
     Ok(results)
 }
 
-#[derive(Deserialize, Default)]
-struct ErrorBody {
-    #[serde(rename = "__type", alias = "code", alias = "Code")]
-    kind: Option<String>,
-    #[serde(alias = "Message", alias = "errorMessage")]
-    message: Option<String>,
-}
-
 /// An error answer as the AWS JSON protocol spells it: the code in the `x-amzn-ErrorType` header
 /// or the body's `__type`, either possibly with a namespace (`…#Code`) or a suffix (`Code:…`).
 fn service_error(status: u16, error_type: Option<&str>, body: &[u8]) -> PutError {
-    let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
+    // Read loosely, as the SDK does: the first of the spellings that is present.
+    let parsed: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let first = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| parsed.get(*n).and_then(|v| v.as_str()).map(str::to_owned))
+    };
+    let message = first(&["message", "Message", "errorMessage"]);
+    let kind = first(&["__type", "code", "Code"]);
     let code = error_type
-        .or(parsed.kind.as_deref())
+        .or(kind.as_deref())
         .map(|raw| {
             let raw = raw.split(':').next().unwrap_or(raw);
             raw.rsplit('#').next().unwrap_or(raw).to_owned()
@@ -311,9 +313,12 @@ fn service_error(status: u16, error_type: Option<&str>, body: &[u8]) -> PutError
     PutError::Service {
         status,
         code,
-        message: parsed.message,
+        message,
     }
 }
+
+/// How long obtaining credentials may take (the SDK's identity cache allows 5 s).
+const CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The provider's credentials, kept until `renew_early` before they expire; one caller renews
 /// while the others wait for it.
@@ -333,10 +338,15 @@ impl CachedCredentials {
         {
             return Ok(credentials.clone());
         }
-        let fresh = self
-            .provider
-            .provide_credentials()
+        // Bounded on its own, like the SDK's identity cache: a hung provider is a credentials
+        // problem, not an overloaded stream.
+        let fresh = tokio::time::timeout(CREDENTIALS_TIMEOUT, self.provider.provide_credentials())
             .await
+            .map_err(|_| {
+                PutError::Credentials(format!(
+                    "no credentials within {CREDENTIALS_TIMEOUT:?} (the credential chain or AssumeRole hangs)"
+                ))
+            })?
             .map_err(|e| PutError::Credentials(DisplayErrorContext(&e).to_string()))?;
         *current = Some(fresh.clone());
         Ok(fresh)
@@ -422,6 +432,16 @@ mod tests {
         assert!(matches!(
             from_header,
             PutError::Service { code: Some(ref c), message: None, .. } if c == "AccessDeniedException"
+        ));
+        let both = service_error(
+            400,
+            None,
+            br#"{"__type":"ExpiredTokenException","code":"x","message":"expired","Message":"y"}"#,
+        );
+        assert!(matches!(
+            both,
+            PutError::Service { code: Some(ref c), message: Some(ref m), .. }
+                if c == "ExpiredTokenException" && m == "expired"
         ));
         assert!(matches!(
             service_error(503, None, b"Service Unavailable"),
