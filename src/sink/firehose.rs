@@ -77,7 +77,8 @@ impl FirehoseSink {
         match &err {
             SdkError::ServiceError(ctx) => {
                 let status = ctx.raw().status().as_u16();
-                let detail = super::error_detail(ctx.err().meta(), status);
+                let meta = ctx.err().meta();
+                let detail = super::error_detail(meta.code(), meta.message(), status);
                 match ctx.err() {
                     // Firehose's way of saying "slow down": the stream's throughput limit.
                     PutRecordBatchError::ServiceUnavailableException(_) => {

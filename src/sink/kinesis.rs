@@ -129,11 +129,7 @@ impl KinesisSink {
                 code,
                 message,
             } => {
-                let detail = format!(
-                    "{}: {} (HTTP {status})",
-                    code.as_deref().unwrap_or("unknown error"),
-                    message.as_deref().unwrap_or("no message")
-                );
+                let detail = super::error_detail(code.as_deref(), message.as_deref(), status);
                 match code.as_deref() {
                     Some("ProvisionedThroughputExceededException" | "KMSThrottlingException") => {
                         RequestError::Throttled(detail)

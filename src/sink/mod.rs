@@ -39,11 +39,11 @@ fn by_code(code: Option<&str>, status: u16, detail: String) -> RequestError {
 
 /// A service error as a log line: code, message and status say it all (the full error repeats
 /// the raw response).
-fn error_detail(meta: &aws_smithy_types::error::ErrorMetadata, status: u16) -> String {
+fn error_detail(code: Option<&str>, message: Option<&str>, status: u16) -> String {
     format!(
         "{}: {} (HTTP {status})",
-        meta.code().unwrap_or("unknown error"),
-        meta.message().unwrap_or("no message")
+        code.unwrap_or("unknown error"),
+        message.unwrap_or("no message")
     )
 }
 
