@@ -733,11 +733,11 @@ fn should_hold(context: &SourceContext, budget: &Budget, shares: &[Arc<Share>]) 
         return true;
     }
     let paused = |route: usize| context.paused[route].load(AtomicOrdering::SeqCst);
-    let full: Vec<bool> = shares.iter().map(|share| share.full()).collect();
+    let full = |route: usize| shares[route].full();
     // A paused route with room again is resumed right after: it can take records.
     let idle =
-        |r: usize| full[r] || (paused(r) && !shares[r].has_room()) || context.has_no_partitions(r);
-    (0..shares.len()).any(|r| !paused(r) && full[r]) && (0..shares.len()).all(idle)
+        |r: usize| full(r) || (paused(r) && !shares[r].has_room()) || context.has_no_partitions(r);
+    (0..shares.len()).any(|r| !paused(r) && full(r)) && (0..shares.len()).all(idle)
 }
 
 /// The end of a hold: the bound and every route's share not paused are below the level at which
