@@ -213,13 +213,6 @@ impl<'a> Outgoing<'a> {
     }
 }
 
-/// What an entry carries, kept beside the request.
-struct Carried {
-    members: Vec<usize>,
-    shard: Option<String>,
-    hash_keys: Vec<u128>,
-}
-
 /// How one entry fared.
 enum EntryOutcome {
     /// Written to this shard (`None` if the answer did not say).
@@ -285,8 +278,8 @@ impl KinesisSink {
     /// Sends entries in requests of at most `max_entries` and `max_request_bytes`, one after
     /// another, and says which records failed. `Err` only when every request failed as a whole.
     async fn send(&self, entries: Vec<Outgoing<'_>>) -> Result<Vec<EntryFailure>, RequestError> {
-        // Each request: the entries on the wire (borrowing the data) and what they carry.
-        let mut requests: Vec<(Vec<WireEntry<'_>>, Vec<Carried>)> = Vec::new();
+        // Each request: the entries on the wire (borrowing the data) and the entries they came from.
+        let mut requests: Vec<(Vec<WireEntry<'_>>, Vec<&Outgoing<'_>>)> = Vec::new();
         let mut bytes = 0;
         for entry in &entries {
             // Kinesis counts data and partition keys against the request limit.
@@ -299,17 +292,13 @@ impl KinesisSink {
                 bytes = 0;
             }
             bytes += size;
-            let (wire, carried) = requests.last_mut().expect("pushed above");
+            let (wire, sources) = requests.last_mut().expect("pushed above");
             wire.push(WireEntry {
                 data: &entry.data,
                 partition_key: entry.partition_key,
                 explicit_hash_key: entry.explicit_hash_key,
             });
-            carried.push(Carried {
-                members: entry.members.clone(),
-                shard: entry.shard.clone(),
-                hash_keys: entry.hash_keys.clone(),
-            });
+            sources.push(entry);
         }
         let (wire_requests, requests): (Vec<_>, Vec<_>) = requests.into_iter().unzip();
         // One after another: two requests in flight at once could write a key's later aggregate
