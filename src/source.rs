@@ -50,6 +50,8 @@ pub struct SourceContext {
     commit_now: AtomicBool,
     connection: Connection,
     metrics: Arc<Metrics>,
+    /// Readiness: a member once the group has handed out an assignment (empty ones too).
+    health: Arc<Health>,
 }
 
 impl SourceContext {
@@ -66,6 +68,20 @@ impl SourceContext {
         let map = self.partitions.lock().unwrap();
         map.values()
             .flat_map(|t| t.values().map(|(p, _)| p.clone()))
+            .collect()
+    }
+
+    /// Every assigned partition, and whether it is paused now.
+    fn all_with_pause(&self) -> Vec<(Arc<PartitionProgress>, bool)> {
+        let everything = self.all_paused.load(AtomicOrdering::SeqCst)
+            || self.budget_paused.load(AtomicOrdering::SeqCst);
+        let map = self.partitions.lock().unwrap();
+        map.values()
+            .flat_map(|t| t.values())
+            .map(|(p, route)| {
+                let paused = everything || self.paused[*route].load(AtomicOrdering::SeqCst);
+                (p.clone(), paused)
+            })
             .collect()
     }
 
@@ -185,6 +201,8 @@ impl ConsumerContext for SourceContext {
         }
         self.metrics.assigned_partitions.sub(revoked.len() as i64);
         if consumer.assignment_lost() {
+            // Out of the group until it hands out an assignment again.
+            self.health.left();
             self.metrics.rebalance("lost");
             warn!(
                 partitions = revoked.len(),
@@ -213,6 +231,8 @@ impl ConsumerContext for SourceContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
+                // In the group now, with partitions or (more members than partitions) without.
+                self.health.joined();
                 let mut map = self.partitions.lock().unwrap();
                 let mut to_pause = TopicPartitionList::new();
                 for e in tpl.elements() {
@@ -453,6 +473,7 @@ pub fn run(
         commit_now: AtomicBool::new(false),
         connection,
         metrics: parts.metrics.clone(),
+        health: parts.health.clone(),
     };
     let consumer: BaseConsumer<SourceContext> = consumer_config(kafka)?
         .create_with_context(context)
@@ -518,10 +539,10 @@ pub fn run(
         .subscribe(&topics)
         .map_err(|e| anyhow::anyhow!("cannot subscribe to {topics:?}: {e}"))?;
     info!(brokers = %kafka.brokers.join(","), group = %kafka.group_id, topics = ?subscription, "joining consumer group");
-    parts.health.joined();
 
     let mut last_commit = Instant::now();
     let mut last_gauges = Instant::now();
+    let mut paused_ends = PausedEnds::default();
     let mut last_poll_error: Option<Instant> = None;
     let mut intake = parts.intake;
     'rounds: while !parts.shutdown.load(AtomicOrdering::SeqCst) && !parts.halt.is_halted() {
@@ -576,7 +597,7 @@ pub fn run(
             last_commit = Instant::now();
         }
         if last_gauges.elapsed() >= PARTITION_GAUGES_EVERY {
-            partition_gauges(&consumer);
+            partition_gauges(&consumer, &mut paused_ends);
             last_gauges = Instant::now();
         }
     }
@@ -633,15 +654,56 @@ fn report_refused(kafka: &KafkaConfig, failure: &ConnectFailure) {
 /// How often the offset and lag gauges are brought up to date.
 const PARTITION_GAUGES_EVERY: Duration = Duration::from_secs(1);
 
+/// How often the end of a paused partition is asked of its broker (nothing fetches it then).
+const PAUSED_END_EVERY: Duration = Duration::from_secs(5);
+
+/// How long one round of those questions may hold the consumer loop, and one question.
+const PAUSED_END_BUDGET: Duration = Duration::from_secs(1);
+const PAUSED_END_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The ends of paused partitions as their brokers last told them, and when.
+#[derive(Default)]
+struct PausedEnds(HashMap<(Arc<str>, i32), (i64, Instant)>);
+
 /// Offsets and lag of every assigned partition. The partition's end comes from librdkafka's
-/// cache (kept fresh by fetches), so this asks the brokers nothing. Lag counts from doka's last
-/// commit, or from the fetch position before the first one.
-fn partition_gauges(consumer: &BaseConsumer<SourceContext>) {
+/// cache, kept fresh by fetches and asking the brokers nothing — except for a paused partition:
+/// nothing fetches it, and a paused partition is exactly one falling behind, so its end is asked
+/// of its broker every [`PAUSED_END_EVERY`] (within [`PAUSED_END_BUDGET`] per round: rebalance
+/// callbacks wait meanwhile). Lag counts from doka's last commit, or from the fetch position
+/// before the first one.
+fn partition_gauges(consumer: &BaseConsumer<SourceContext>, paused_ends: &mut PausedEnds) {
     let context = consumer.context();
-    for p in context.all() {
+    let started = Instant::now();
+    let partitions = context.all_with_pause();
+    paused_ends.0.retain(|(topic, partition), _| {
+        partitions
+            .iter()
+            .any(|(p, paused)| *paused && p.partition == *partition && p.topic == *topic)
+    });
+    for (p, paused) in partitions {
         let committed = p.last_commit();
         let fetched = p.fetched();
-        let end = cached_end(consumer, &p.topic, p.partition);
+        let mut end = cached_end(consumer, &p.topic, p.partition);
+        if paused {
+            let key = (p.topic.clone(), p.partition);
+            let known = paused_ends.0.get(&key).copied();
+            let stale = known.is_none_or(|(_, at)| at.elapsed() >= PAUSED_END_EVERY);
+            if stale && started.elapsed() < PAUSED_END_BUDGET {
+                match consumer.fetch_watermarks(&p.topic, p.partition, PAUSED_END_TIMEOUT) {
+                    Ok((_, high)) => {
+                        paused_ends.0.insert(key.clone(), (high, Instant::now()));
+                    }
+                    Err(e) => debug!(
+                        topic = %p.topic,
+                        partition = p.partition,
+                        "the end of a paused partition is not known now: {e}"
+                    ),
+                }
+            }
+            if let Some(&(high, _)) = paused_ends.0.get(&key) {
+                end = Some(end.map_or(high, |e| e.max(high)));
+            }
+        }
         let from = committed.or(fetched.map(|f| f + 1));
         let lag = end.zip(from).map(|(end, from)| (end - from).max(0));
         context

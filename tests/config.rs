@@ -430,6 +430,64 @@ fn a_missing_tls_file_names_the_key_and_the_path() {
 }
 
 #[test]
+fn missing_client_certificate_and_key_files_are_named_with_their_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("present.pem");
+    std::fs::write(&pem, "-----BEGIN CERTIFICATE-----\n").unwrap();
+    for (key, missing) in [
+        ("cert_file", "/nowhere/client.pem"),
+        ("key_file", "/nowhere/client.key"),
+    ] {
+        let (cert, private) = if key == "cert_file" {
+            (missing.to_owned(), pem.display().to_string())
+        } else {
+            (pem.display().to_string(), missing.to_owned())
+        };
+        let run = broken(
+            &with_auth(&format!(
+                "  auth:\n    mode: tls\n    tls:\n      cert_file: {cert}\n      key_file: {private}\n"
+            )),
+            &[],
+        );
+        assert_mentions(
+            &run,
+            &[&format!("kafka.auth.tls.{key}"), missing, "cannot read"],
+        );
+    }
+}
+
+#[test]
+fn an_unreadable_password_file_is_named_with_its_path() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, "s3cret\n").unwrap();
+    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o000)).unwrap();
+    if std::fs::read(&password).is_ok() {
+        // Running as root: permissions do not stop reading; a directory in its place does.
+        std::fs::remove_file(&password).unwrap();
+        std::fs::create_dir(&password).unwrap();
+    }
+    let path = password.display().to_string();
+    let run = broken(
+        &with_auth(&format!(
+            "  auth:\n    mode: scram\n    scram:\n      username: doka\n      password_file: {path}\n"
+        )),
+        &[],
+    );
+    assert_mentions(&run, &["kafka.auth.scram.password_file", &path]);
+    assert!(!run.stderr.contains("s3cret"));
+}
+
+#[test]
+fn an_http_listen_address_that_does_not_parse_names_the_key() {
+    for listen in ["9464", "localhost:9464", "0.0.0.0:http"] {
+        let run = broken(&format!("{VALID}http:\n  listen: \"{listen}\"\n"), &[]);
+        assert_mentions(&run, &["http.listen", listen, "ip:port"]);
+    }
+}
+
+#[test]
 fn a_file_that_is_not_pem_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let der = dir.path().join("client.der");

@@ -250,20 +250,31 @@ impl Rendered {
             .and_then(|e| get_str(e, "value"))
     }
 
-    /// The `--config` argument of doka's container.
+    /// The config file doka's container reads: `DOKA_CONFIG`, which every `doka` command in the
+    /// container honours (`doka run` and a `kubectl exec … -- doka check` alike), and no
+    /// `--config` argument pointing elsewhere.
     fn config_path(&self) -> String {
+        let path = self.env_var("DOKA_CONFIG").unwrap_or_else(|| {
+            panic!(
+                "overlay {}: DOKA_CONFIG is not set: `kubectl exec deploy/doka -- doka check` \
+                 would look for ./doka.yaml",
+                self.env
+            )
+        });
         let args: Vec<&str> = seq(self.container(), "args")
             .iter()
             .chain(seq(self.container(), "command"))
             .filter_map(Yaml::as_str)
             .collect();
-        let pos = args
-            .iter()
-            .position(|a| *a == "--config")
-            .unwrap_or_else(|| panic!("overlay {}: no --config in args {args:?}", self.env));
-        args.get(pos + 1)
-            .unwrap_or_else(|| panic!("overlay {}: --config without a path", self.env))
-            .to_string()
+        if let Some(pos) = args.iter().position(|a| *a == "--config") {
+            assert_eq!(
+                args.get(pos + 1).copied(),
+                Some(path),
+                "overlay {}: --config and DOKA_CONFIG disagree",
+                self.env
+            );
+        }
+        path.to_owned()
     }
 
     /// The config file the container reads: found through its volume mount and the ConfigMap.
@@ -416,9 +427,12 @@ fn the_dockerfile_passes_hadolint() {
             .collect()
     }
     assert_eq!(directive(last_stage, "ENTRYPOINT "), [r#"["doka"]"#]);
+    assert_eq!(directive(last_stage, "CMD "), [r#"["run"]"#]);
+    // Every doka command run in the container (`kubectl exec … -- doka check`) finds the config
+    // the Deployment mounts, not ./doka.yaml.
     assert_eq!(
-        directive(last_stage, "CMD "),
-        [r#"["run", "--config", "/etc/doka/doka.yaml"]"#]
+        directive(last_stage, "ENV "),
+        ["DOKA_CONFIG=/etc/doka/doka.yaml"]
     );
     assert_eq!(
         directive(last_stage, "EXPOSE "),
@@ -439,6 +453,44 @@ fn the_dockerfile_passes_hadolint() {
             .any(|l| l.trim() == "*" || l.trim().trim_end_matches('/') == "target"),
         ".dockerignore must keep target/ out of the build context"
     );
+}
+
+/// Every documented `kubectl exec … -- doka …` relies on the container's DOKA_CONFIG (checked
+/// above and per overlay): none may point `--config` anywhere else.
+#[test]
+fn documented_exec_commands_use_the_mounted_config() {
+    let mut files = vec!["README.md".to_owned()];
+    for dir in [
+        "deploy",
+        "deploy/iam",
+        "deploy/monitoring",
+        "deploy/kubernetes/base",
+        "docs",
+    ] {
+        for entry in std::fs::read_dir(root().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                files.push(path.strip_prefix(root()).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut seen = 0;
+    for file in &files {
+        for line in read(file).lines() {
+            let Some(at) = line.find("exec deploy/doka -- doka ") else {
+                continue;
+            };
+            seen += 1;
+            let command = &line[at..];
+            if let Some(pos) = command.find("--config ") {
+                assert!(
+                    command[pos + 9..].starts_with("/etc/doka/doka.yaml"),
+                    "{file}: `{command}` points --config away from the mounted config"
+                );
+            }
+        }
+    }
+    assert!(seen >= 3, "the docs show how to run doka check in the pod");
 }
 
 // ---------------------------------------------------------------------------------------------

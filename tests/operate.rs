@@ -274,6 +274,142 @@ async fn probes_through_a_rebalance_an_outage_and_shutdown() {
     world.finish().await;
 }
 
+/// The sum of every sample of `name` whose labels contain each of `labels` (`key="value"`).
+fn sample_sum(exposition: &str, name: &str, labels: &[&str]) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+/// Readiness follows group membership as the group hands it out: a member with no partitions
+/// (more members than partitions) is ready too, and each rebalance is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_without_partitions_is_ready_and_rebalances_are_counted() {
+    let world = World::new(1, 1).await;
+    world.produce(&keyed_messages(0..20, 2));
+    let yaml = world.yaml(None);
+    let mut a = Doka::start(&yaml, &[]);
+    let port_a = endpoint_port(&mut a);
+    wait_for_status(port_a, "/readyz", 200, Duration::from_secs(60));
+    world.wait_for_all(20, Duration::from_secs(60)).await;
+
+    let mut b = Doka::start(&yaml, &[]);
+    let port_b = endpoint_port(&mut b);
+    wait_for_status(port_b, "/readyz", 200, Duration::from_secs(60));
+    let (_, metrics_b) = get(port_b, "/metrics").unwrap();
+    assert_eq!(
+        sample_sum(&metrics_b, "doka_assigned_partitions", &[]),
+        0.0,
+        "B waits for a partition:\n{metrics_b}"
+    );
+    assert_eq!(
+        status(port_a, "/readyz"),
+        Some(200),
+        "A keeps its partition"
+    );
+    let (_, metrics_a) = get(port_a, "/metrics").unwrap();
+    assert_eq!(sample_sum(&metrics_a, "doka_assigned_partitions", &[]), 1.0);
+    assert!(
+        sample_sum(&metrics_a, "doka_rebalances_total", &["event=\"assigned\""]) >= 1.0,
+        "{metrics_a}"
+    );
+
+    // A leaves: B takes the partition over, and counts that assignment.
+    a.stop();
+    b.wait_for_log("partitions assigned", 1, Duration::from_secs(60));
+    world.produce(&keyed_messages(20..30, 2));
+    world.wait_for_all(30, Duration::from_secs(60)).await;
+    let (_, metrics_b) = get(port_b, "/metrics").unwrap();
+    assert_eq!(
+        sample_sum(&metrics_b, "doka_rebalances_total", &["event=\"assigned\""]),
+        1.0,
+        "{metrics_b}"
+    );
+    assert_eq!(sample_sum(&metrics_b, "doka_assigned_partitions", &[]), 1.0);
+    assert_eq!(status(port_b, "/readyz"), Some(200));
+    b.stop();
+    world.finish().await;
+}
+
+/// A paused partition is one falling behind, and nothing fetches it: its end is asked of the
+/// broker, so the lag gauge keeps growing with what is produced while doka waits (the lag alert
+/// depends on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_keeps_growing_while_fetching_is_paused() {
+    let world = World::new(1, 1).await;
+    let kinesis = proxy::FaultProxy::start(&world.ep.kinesis, proxy::Faults::default()).await;
+    world.produce(&keyed_messages(0..50, 5));
+    let mut doka = Doka::start(
+        &world.yaml(Some(&kinesis.url)),
+        &[("DOKA_PIPELINE__MAX_IN_FLIGHT_RECORDS", "100")],
+    );
+    let port = endpoint_port(&mut doka);
+    world.wait_for_all(50, Duration::from_secs(60)).await;
+    let scrape = || get(port, "/metrics").expect("metrics").1;
+    let wait_for = |what: &str, done: &dyn Fn(&str) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let metrics = scrape();
+            if done(&metrics) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}:\n{metrics}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait_for("the first 50 committed", &|m| {
+        sample_sum(m, "doka_partition_committed_offset", &[]) == 50.0
+    });
+
+    // Kinesis refuses: 100 records fill the bound and fetching pauses.
+    kinesis.refuse_connections();
+    world.produce(&keyed_messages(50..350, 5));
+    wait_for("fetching paused", &|m| {
+        sample_sum(m, "doka_fetch_paused", &[]) == 1.0
+    });
+    // Produced while paused: no fetch response tells doka of these.
+    world.produce(&keyed_messages(350..850, 5));
+    wait_for("lag = end - committed = 850 - 50", &|m| {
+        sample_sum(m, "doka_consumer_lag_records", &[]) == 800.0
+    });
+
+    kinesis.accept_connections();
+    world.wait_for_all(850, Duration::from_secs(120)).await;
+    wait_for("lag back to 0", &|m| {
+        sample_sum(m, "doka_consumer_lag_records", &[]) == 0.0
+    });
+    doka.stop();
+    world.finish().await;
+}
+
+/// `http.enabled: false` is the off switch: doka delivers and listens nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoint_can_be_switched_off() {
+    let world = World::new(1, 1).await;
+    world.produce(&keyed_messages(0..20, 2));
+    let free = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    let yaml = with_http(&world.yaml(None), port).replace("http:\n", "http:\n  enabled: false\n");
+    let doka = Doka::start(&yaml, &[]);
+    world.wait_for_all(20, Duration::from_secs(60)).await;
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "nothing listens on http.listen when http.enabled is false"
+    );
+    let log = doka.stop();
+    assert!(!log.contains("serving /metrics"), "{log}");
+    assert_eq!(summary_count(&log, "delivered"), 20);
+    world.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listen_address_in_use_stops_start_up_naming_the_key() {
     let world = World::new(1, 1).await;
@@ -326,18 +462,21 @@ async fn an_abusive_scraper_cannot_stall_delivery() {
         .filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok())
         .collect();
     assert!(idle.len() > doka::telemetry::http::MAX_CONNECTIONS);
-    let started = Instant::now();
-    world.produce(&keyed_messages(0..500, 10));
-    world.wait_for_all(500, Duration::from_secs(60)).await;
-    // The endpoint drops what it cannot keep and times out the idle ones it kept: it answers
-    // again while they are still open.
+    let flooded = Instant::now();
+    // The endpoint drops what it cannot keep and times out the idle ones it kept once they
+    // have sent no request for HEADER_READ_TIMEOUT: probes get through again while they are
+    // all still open, well within a liveness probe's failure threshold (and far sooner than
+    // CONNECTION_TIMEOUT, the most a connection may live).
     wait_for_status(
         port,
         "/healthz",
         200,
-        doka::telemetry::http::CONNECTION_TIMEOUT + Duration::from_secs(20),
+        doka::telemetry::http::HEADER_READ_TIMEOUT + Duration::from_secs(5),
     );
-    assert!(started.elapsed() < Duration::from_secs(60));
+    assert!(flooded.elapsed() < doka::telemetry::http::CONNECTION_TIMEOUT);
+    // Delivery went on all along.
+    world.produce(&keyed_messages(0..500, 10));
+    world.wait_for_all(500, Duration::from_secs(60)).await;
     drop(idle);
     doka.stop();
     world.finish().await;

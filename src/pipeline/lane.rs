@@ -158,6 +158,11 @@ impl<S: Sink> Lane<S> {
                     if matches!(e, RequestError::Throttled(_) | RequestError::Overloaded(_)) {
                         self.pace.record(0, request.len());
                     }
+                    // A request throttled as a whole (e.g. KMSThrottlingException) throttled
+                    // every entry in it: the throttling alert must see it too.
+                    if matches!(e, RequestError::Throttled(_)) {
+                        self.metrics.throttled.inc_by(request.len() as u64);
+                    }
                     match &e {
                         RequestError::Configuration(_) | RequestError::Credentials(_) => {
                             error!(lane = self.id, entries = request.len(), attempt, "{e}")

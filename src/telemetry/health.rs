@@ -5,8 +5,9 @@
 //!   revoked partition's records, bounded by `pipeline.rebalance_drain_timeout_ms`); a lane is
 //!   wedged when one request attempt has run far past `kinesis.request_timeout_ms`. A restart
 //!   helps only then.
-//! - **Ready** (`/readyz`): a member of the consumer group (with partitions or waiting for
-//!   them, rebalances included), credentials for the stream obtained, and the stream reachable:
+//! - **Ready** (`/readyz`): a member of the consumer group — the group handed it an assignment,
+//!   with partitions or (more members than partitions) none; rebalances keep it a member, a lost
+//!   assignment (session expired) does not until the next one — credentials for the stream obtained, and the stream reachable:
 //!   it answered once since start (a request, or the DescribeStreamSummary doka sends every
 //!   30 s), and not ready once whole requests have failed for [`UNREACHABLE_AFTER`] without one
 //!   accepted in between (an outage, a missing stream, denied access), ready again at the first
@@ -97,9 +98,17 @@ impl Health {
         self.lanes[lane].store(0, Ordering::Relaxed);
     }
 
-    /// In the group: subscribed and polling.
+    /// In the group: it handed out an assignment (an empty one too). Not after shutdown began.
     pub fn joined(&self) {
-        self.member.store(true, Ordering::SeqCst);
+        if !self.stopping.load(Ordering::SeqCst) {
+            self.member.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Out of the group: the assignment was lost (the session expired, e.g. brokers unreachable
+    /// for longer than `session.timeout.ms`) until the group assigns partitions again.
+    pub fn left(&self) {
+        self.member.store(false, Ordering::SeqCst);
     }
 
     /// Shutdown began: not ready from now on, and the consumer loop's long waits for the drain
@@ -163,7 +172,10 @@ impl Health {
     pub fn ready(&self) -> Result<(), String> {
         self.alive()?;
         if !self.member.load(Ordering::SeqCst) {
-            return Err("not a consumer group member (starting or stopping)".into());
+            return Err(
+                "not in the consumer group: joining (no assignment yet), its assignment was lost, or stopping"
+                    .into(),
+            );
         }
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -244,9 +256,17 @@ mod tests {
         health.credentials_obtained(0, None);
         assert!(health.ready().is_ok(), "credentials that do not expire");
 
-        // Shutdown: not ready, and the long waits of the drain are not a wedge.
+        // A lost assignment: out of the group until the next one.
+        health.left();
+        assert!(health.ready().unwrap_err().contains("consumer group"));
+        health.joined();
+        assert!(health.ready().is_ok());
+
+        // Shutdown: not ready (an assignment during the close changes nothing), and the long
+        // waits of the drain are not a wedge.
         health.stopping();
-        assert!(health.ready().unwrap_err().contains("member"));
+        health.joined();
+        assert!(health.ready().unwrap_err().contains("consumer group"));
         std::thread::sleep(Duration::from_millis(400));
         assert!(health.alive().is_ok());
     }

@@ -3,7 +3,8 @@
 //! It runs on a thread and a small runtime of its own, so a slow or abusive scraper competes with
 //! nothing on the pipeline's runtime. At most [`MAX_CONNECTIONS`] connections are open at once
 //! (more are closed as they come: the process' file descriptors belong to Kafka and Kinesis
-//! first), each lives at most [`CONNECTION_TIMEOUT`] (a client that sends nothing is dropped),
+//! first), each lives at most [`CONNECTION_TIMEOUT`] (a client that sends no request within
+//! [`HEADER_READ_TIMEOUT`] is dropped),
 //! and one request is served per connection. A page is built from atomics and one short lock,
 //! never waiting on the pipeline. Responses carry counters and states only: no config values, no
 //! secrets.
@@ -24,6 +25,9 @@ use super::metrics::Metrics;
 
 pub const MAX_CONNECTIONS: usize = 16;
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client that has not sent its request headers by then is dropped: idle connections hold a
+/// slot only this long, so the kubelet's probes (timeoutSeconds 3) get through a flood of them.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Refreshes the gauges that are read rather than pushed (in-flight, send rate) before a scrape.
 pub type BeforeScrape = Box<dyn Fn() + Send + Sync>;
@@ -137,6 +141,8 @@ async fn serve(
         tokio::spawn(async move {
             let _slot = slot;
             let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .keep_alive(false)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;

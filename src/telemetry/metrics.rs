@@ -210,7 +210,7 @@ impl Metrics {
             throttled: counter(
                 &r,
                 "doka_records_throttled_total",
-                "Entries refused with ProvisionedThroughputExceededException.",
+                "Entries throttled: refused with ProvisionedThroughputExceededException, or in a request throttled as a whole (e.g. KMSThrottlingException).",
                 &["route", "stream"],
             ),
             failed: counter(
