@@ -279,7 +279,8 @@ async fn kafka_chain(walk: &mut Walk<'_>, config: &Config, base: &aws_types::Sdk
                 kafka.group_id,
                 lags.len()
             );
-            if committed < lags.len() {
+            // A partition without a commit matters only when it holds records to read.
+            if lags.iter().any(|l| l.committed.is_none() && l.lag > 0) {
                 walk.warn(
                     "kafka.group",
                     detail,
@@ -458,6 +459,9 @@ fn probe_kafka(
 // ---------------------------------------------------------------------------------------------
 // AWS
 
+/// A stream's maximum record size unless raised (what a stream that does not report one has).
+const KINESIS_DEFAULT_RECORD_BYTES: u64 = 1024 * 1024;
+
 async fn aws_chain(walk: &mut Walk<'_>, route: &Route, base: &aws_types::SdkConfig) {
     let Some(chain) = base.credentials_provider() else {
         walk.fail(
@@ -582,28 +586,11 @@ async fn aws_chain(walk: &mut Walk<'_>, route: &Route, base: &aws_types::SdkConf
             detail,
             "Wait until the stream is ACTIVE (CREATING/UPDATING finish by themselves; DELETING does not)",
         )
-    } else if max_bytes.is_some_and(|b| b < route.max_record_bytes()) {
-        walk.fail(
-            "kinesis.stream",
-            detail,
-            format!(
-                "kinesis.max_record_bytes ({}) is above the stream's limit: lower it to {} or raise the stream's (UpdateMaxRecordSize)",
-                route.max_record_bytes(),
-                max_bytes.unwrap_or_default()
-            ),
-        )
-    } else if max_bytes.is_some_and(|b| b > route.max_record_bytes()) {
-        walk.warn(
-            "kinesis.stream",
-            detail,
-            format!(
-                "The stream takes records up to {} bytes; kinesis.max_record_bytes ({}) refuses larger ones before sending",
-                max_bytes.unwrap_or_default(),
-                route.max_record_bytes()
-            ),
-        )
     } else {
-        walk.ok("kinesis.stream", detail)
+        match record_size_verdict(max_bytes, route.max_record_bytes()) {
+            (Status::Ok, _) => walk.ok("kinesis.stream", detail),
+            (status, fix) => walk.push("kinesis.stream", status, detail, fix),
+        }
     };
     if !ok || !walk.options.write_test {
         return;
@@ -641,6 +628,38 @@ async fn aws_chain(walk: &mut Walk<'_>, route: &Route, base: &aws_types::SdkConf
              kms:GenerateDataKey on its key when it is encrypted with a customer key)",
         ),
     };
+}
+
+/// The stream's maximum record size (`None`: not reported) against `kinesis.max_record_bytes`:
+/// above the stream's limit fails (Kinesis refuses those records, and doka would retry them
+/// without end); above Kinesis' default when the stream does not say its own deserves a look;
+/// below the stream's limit is a choice worth stating.
+fn record_size_verdict(reported: Option<u64>, configured: u64) -> (Status, Option<String>) {
+    match reported {
+        Some(limit) if limit < configured => (
+            Status::Fail,
+            Some(format!(
+                "kinesis.max_record_bytes ({configured}) is above the stream's limit: lower it to {limit} or raise the stream's (UpdateMaxRecordSize)"
+            )),
+        ),
+        None if configured > KINESIS_DEFAULT_RECORD_BYTES => (
+            Status::Warn,
+            Some(format!(
+                "kinesis.max_record_bytes ({configured}) is above Kinesis' default of \
+                 {KINESIS_DEFAULT_RECORD_BYTES} bytes and the stream does not say its own: unless it was \
+                 raised (UpdateMaxRecordSize), larger records are refused by the stream and retried \
+                 without end. Lower kinesis.max_record_bytes to {KINESIS_DEFAULT_RECORD_BYTES} or \
+                 confirm the stream's MaxRecordSizeInKiB"
+            )),
+        ),
+        Some(limit) if limit > configured => (
+            Status::Warn,
+            Some(format!(
+                "The stream takes records up to {limit} bytes; kinesis.max_record_bytes ({configured}) refuses larger ones before sending"
+            )),
+        ),
+        _ => (Status::Ok, None),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -852,5 +871,26 @@ pub fn format_hop(hop: &Hop) -> String {
     match &hop.fix {
         Some(fix) => format!("{mark} {:<20} {}\n  → {fix}", hop.hop, hop.detail),
         None => format!("{mark} {:<20} {}", hop.hop, hop.detail),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_sizes_are_compared_with_the_streams_limit_or_kinesis_default() {
+        const MIB: u64 = 1024 * 1024;
+        let (status, fix) = record_size_verdict(Some(MIB), 2 * MIB);
+        assert_eq!(status, Status::Fail);
+        assert!(fix.unwrap().contains("lower it to 1048576"));
+        let (status, fix) = record_size_verdict(None, 2 * MIB);
+        assert_eq!(status, Status::Warn);
+        assert!(fix.unwrap().contains("Kinesis' default of 1048576"));
+        let (status, fix) = record_size_verdict(Some(4 * MIB), MIB);
+        assert_eq!(status, Status::Warn);
+        assert!(fix.unwrap().contains("up to 4194304 bytes"));
+        assert_eq!(record_size_verdict(Some(MIB), MIB), (Status::Ok, None));
+        assert_eq!(record_size_verdict(None, MIB), (Status::Ok, None));
     }
 }

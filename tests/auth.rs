@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+use support::checked::check;
 use support::msk_token::{self, TokenFacts, signature_matches};
 use support::*;
 
@@ -346,6 +347,25 @@ async fn scram_sha_256_moves_every_record() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_reads_its_password_from_a_mounted_file() {
+    // As a Kubernetes Secret mounts it: the password and a trailing newline.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("password");
+    let password = stack_var("DOKA_TEST_SCRAM_PASSWORD");
+    std::fs::write(&file, format!("{password}\n")).unwrap();
+    let mut listener = scram("SCRAM-SHA-512");
+    listener.auth_yaml = listener.auth_yaml.replace(
+        "password_env: TEST_KAFKA_PASSWORD",
+        &format!("password_file: {}", file.display()),
+    );
+    assert!(listener.auth_yaml.contains("password_file"));
+    let world = AuthWorld::new(listener).await;
+    let log = world.deliver(200, &[]).await;
+    assert!(!log.contains(&password), "the password leaked into the log");
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_scram_password_is_refused_naming_kafka_auth() {
     let world = AuthWorld::new(scram("SCRAM-SHA-512")).await;
     let log = world
@@ -573,5 +593,132 @@ async fn the_irsa_chain_runs_as_in_a_pod_and_signs_msk_tokens_with_role_a() {
         owner.contains(":assumed-role/doka-pod/"),
         "the token's key belongs to {owner}, expected role A"
     );
+    world.finish().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// `doka check` over authenticated listeners
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doka_check_walks_mutual_tls_scram_and_iam_listeners() {
+    let password = stack_var("DOKA_TEST_SCRAM_PASSWORD");
+    let cases = [
+        (
+            mutual_tls(Some(("client.pem", "client-key.pem"))),
+            "client certificate accepted (mutual TLS)",
+            None,
+        ),
+        (
+            scram("SCRAM-SHA-256"),
+            "",
+            Some("SCRAM-SHA-256 as user doka-test"),
+        ),
+        (iam(Some(REGION)), "", Some("MSK IAM")),
+    ];
+    for (listener, tls_detail, auth_detail) in cases {
+        let world = AuthWorld::new(listener).await;
+        world.produce(&keyed_messages(0..10, 2));
+        let checked = check(&world.yaml(), &[], &[("TEST_KAFKA_PASSWORD", &password)]);
+        assert_eq!(checked.code, Some(0), "{}", checked.stdout);
+        assert_eq!(checked.status_of("kafka.tls"), ["ok"], "{}", checked.stdout);
+        assert_mentions(
+            &checked.detail("kafka.tls"),
+            &["certificate and host name verification", tls_detail],
+        );
+        match auth_detail {
+            Some(how) => {
+                assert_eq!(checked.status_of("kafka.auth"), ["ok"]);
+                assert_mentions(&checked.detail("kafka.auth"), &["authenticated", how]);
+            }
+            None => assert!(checked.hops("kafka.auth").is_empty()),
+        }
+        assert_mentions(
+            &checked.detail("kafka.topic"),
+            &[&world.topic, "4 partitions"],
+        );
+        assert_mentions(
+            &checked.detail("kafka.group"),
+            &["coordinator reachable", "lag 10"],
+        );
+        assert!(!checked.stdout.contains(&password), "a secret leaked");
+        world.finish().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doka_check_names_a_failed_tls_handshake() {
+    let mut listener = tls();
+    listener.auth_yaml = listener
+        .auth_yaml
+        .replace(&tls_file("ca.pem"), &tls_file("other-ca.pem"));
+    let world = AuthWorld::new(listener).await;
+    let checked = check(&world.yaml(), &[], &[]);
+    assert_eq!(checked.code, Some(1), "{}", checked.stdout);
+    let (hop, detail, fix) = checked.failure();
+    assert_eq!(hop, "kafka.tls");
+    assert_mentions(&detail, &["TLS handshake failed"]);
+    assert_mentions(&fix, &["kafka.auth.tls.ca_file"]);
+    assert_eq!(
+        checked.status_of("aws.assume_role"),
+        ["ok"],
+        "the AWS side is still walked"
+    );
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doka_check_names_a_refused_iam_token() {
+    let world = AuthWorld::new(iam(Some(REGION))).await;
+    let checked = check(
+        &world.yaml(),
+        &[],
+        &[("AWS_SECRET_ACCESS_KEY", "not-the-source-secret")],
+    );
+    assert_eq!(checked.code, Some(1), "{}", checked.stdout);
+    let (hop, detail, fix) = checked.failure();
+    assert_eq!(hop, "kafka.auth");
+    assert_mentions(&detail, &["MSK IAM authentication failed"]);
+    assert_mentions(&fix, &["kafka-cluster:Connect"]);
+    assert!(
+        !checked.stdout.contains("not-the-source-secret"),
+        "a secret leaked"
+    );
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doka_check_shows_the_pods_identity_chain() {
+    let world = AuthWorld::new(iam(None)).await;
+    world.produce(&keyed_messages(0..5, 1));
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "eyJhbGciOiJSUzI1NiJ9.irsa-check-token.sig").unwrap();
+    let token_path = token_file.display().to_string();
+    let env = [
+        ("AWS_ACCESS_KEY_ID", UNSET),
+        ("AWS_SECRET_ACCESS_KEY", UNSET),
+        ("AWS_ROLE_ARN", ROLE_A),
+        ("AWS_ROLE_SESSION_NAME", "doka-pod-check"),
+        ("AWS_WEB_IDENTITY_TOKEN_FILE", token_path.as_str()),
+        ("AWS_REGION", REGION),
+    ];
+    let checked = check(&world.yaml(), &[], &env);
+    assert_eq!(checked.code, Some(0), "{}", checked.stdout);
+    assert_mentions(
+        &checked.detail("aws.source_identity"),
+        &[
+            "arn:aws:sts::123456789012:assumed-role/doka-pod/doka-pod-check",
+            "account 123456789012",
+        ],
+    );
+    assert_mentions(
+        &checked.detail("aws.assume_role"),
+        &[
+            ROLE_B,
+            "assumed-role/doka-writer/doka-default-",
+            "account 222222222222",
+        ],
+    );
+    assert_eq!(checked.status_of("kafka.auth"), ["ok"]);
     world.finish().await;
 }

@@ -3,82 +3,10 @@
 
 mod support;
 
-use std::process::Output;
 use std::time::Duration;
 
-use serde_json::Value;
+use support::checked::check;
 use support::*;
-
-/// A finished `doka check --output json`.
-struct Checked {
-    code: Option<i32>,
-    report: Value,
-    stdout: String,
-}
-
-impl Checked {
-    fn hops(&self, name: &str) -> Vec<&Value> {
-        self.report["hops"]
-            .as_array()
-            .expect("hops")
-            .iter()
-            .filter(|h| h["hop"] == name)
-            .collect()
-    }
-
-    /// The one failed hop: its name, detail and fix.
-    fn failure(&self) -> (&str, String, String) {
-        let failed: Vec<&Value> = self.report["hops"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|h| h["status"] == "fail")
-            .collect();
-        assert_eq!(failed.len(), 1, "exactly one failed hop:\n{}", self.stdout);
-        let hop = failed[0];
-        (
-            hop["hop"].as_str().unwrap(),
-            hop["detail"].as_str().unwrap().to_owned(),
-            hop["fix"].as_str().unwrap_or_default().to_owned(),
-        )
-    }
-
-    fn status_of(&self, name: &str) -> Vec<&str> {
-        self.hops(name)
-            .iter()
-            .map(|h| h["status"].as_str().unwrap())
-            .collect()
-    }
-}
-
-fn check(yaml: &str, args: &[&str], env: &[(&str, &str)]) -> Checked {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("doka.yaml");
-    std::fs::write(&file, yaml).unwrap();
-    let mut all = vec![
-        "check",
-        "--config",
-        file.to_str().unwrap(),
-        "--output",
-        "json",
-    ];
-    all.extend_from_slice(args);
-    let mut env = env.to_vec();
-    env.push(("DOKA_KAFKA__CONNECT_TIMEOUT_MS", "5000"));
-    let out: Output = doka_command(&all, &env).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let report = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}):\n{stdout}\nstderr:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    Checked {
-        code: out.status.code(),
-        report,
-        stdout,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_chain_passes_every_hop_and_the_write_test_lands_in_b() {
@@ -99,21 +27,26 @@ async fn a_healthy_chain_passes_every_hop_and_the_write_test_lands_in_b() {
     ] {
         assert_eq!(checked.status_of(hop), ["ok"], "{hop}: {}", checked.stdout);
     }
-    let detail = |hop: &str| checked.hops(hop)[0]["detail"].as_str().unwrap().to_owned();
-    assert_mentions(&detail("kafka.topic"), &[&world.topic, "2 partitions"]);
+    assert_mentions(
+        &checked.detail("kafka.topic"),
+        &[&world.topic, "2 partitions"],
+    );
     // Nothing committed yet: a warning, and the lag counts every record from the start.
     assert_eq!(checked.status_of("kafka.group"), ["warn"]);
     assert_mentions(
-        &detail("kafka.group"),
+        &checked.detail("kafka.group"),
         &[
             "coordinator reachable",
             "committed offsets on 0 of 2",
             "lag 10",
         ],
     );
-    assert_mentions(&detail("aws.source_identity"), &["account 123456789012"]);
     assert_mentions(
-        &detail("aws.assume_role"),
+        &checked.detail("aws.source_identity"),
+        &["account 123456789012"],
+    );
+    assert_mentions(
+        &checked.detail("aws.assume_role"),
         &[
             ROLE_B,
             "account 222222222222",
@@ -122,15 +55,103 @@ async fn a_healthy_chain_passes_every_hop_and_the_write_test_lands_in_b() {
         ],
     );
     assert_mentions(
-        &detail("kinesis.stream"),
+        &checked.detail("kinesis.stream"),
         &[&world.stream, "ACTIVE", "1 open shards", "us-east-1"],
     );
-    assert_mentions(&detail("kinesis.write_test"), &["TEST RECORD WRITTEN"]);
+    assert_mentions(
+        &checked.detail("kinesis.write_test"),
+        &["TEST RECORD WRITTEN"],
+    );
 
     let records = read_stream(&world.b, &world.stream).await;
     assert_eq!(records.len(), 1, "exactly the test record");
     assert_eq!(records[0].partition_key, "doka-check");
     assert!(String::from_utf8_lossy(&records[0].data).contains("doka check --write-test"));
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_that_committed_everything_shows_no_lag_and_the_profile_names_the_session() {
+    let world = World::new(2, 1).await;
+    let placements = world.produce(&keyed_messages(0..30, 3));
+    let doka = Doka::start(&world.yaml(None), &[]);
+    world.wait_for_all(30, Duration::from_secs(60)).await;
+    doka.stop();
+    world
+        .wait_for_committed(&end_offsets(&placements), Duration::from_secs(30))
+        .await;
+
+    // A profile that changes nothing but its name: the session name carries it.
+    let yaml = format!(
+        "{}profiles:\n  qa:\n    batch:\n      linger_ms: 5\n",
+        world.yaml(None)
+    );
+    let checked = check(&yaml, &["--profile", "qa"], &[]);
+    assert_eq!(checked.code, Some(0), "{}", checked.stdout);
+    assert_eq!(
+        checked.status_of("kafka.group"),
+        ["ok"],
+        "{}",
+        checked.stdout
+    );
+    assert_mentions(
+        &checked.detail("kafka.group"),
+        &["committed offsets on", "of 2 partitions", "lag 0"],
+    );
+    assert_mentions(&checked.detail("config"), &["profile qa"]);
+    assert_mentions(
+        &checked.detail("aws.assume_role"),
+        &["assumed-role/doka-writer/doka-qa-"],
+    );
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_hop_shows_encryption_and_compares_record_sizes() {
+    let world = World::new(1, 1).await;
+    world
+        .b
+        .start_stream_encryption()
+        .stream_name(&world.stream)
+        .encryption_type(aws_sdk_kinesis::types::EncryptionType::Kms)
+        .key_id("alias/doka-test")
+        .send()
+        .await
+        .expect("StartStreamEncryption");
+    wait_until_active(&world.b, &world.stream).await;
+
+    let checked = check(&world.yaml(None), &[], &[]);
+    assert_eq!(checked.code, Some(0), "{}", checked.stdout);
+    assert_eq!(checked.status_of("kinesis.stream"), ["ok"]);
+    assert_mentions(
+        &checked.detail("kinesis.stream"),
+        &[
+            "encrypted with KMS key alias/doka-test",
+            "not reported (1 MiB assumed)",
+        ],
+    );
+
+    // Records up to 2 MiB configured, a stream that does not say it takes them: a warning
+    // naming the key and Kinesis' default, not a failure.
+    let checked = check(
+        &world.yaml(None),
+        &[],
+        &[("DOKA_KINESIS__MAX_RECORD_BYTES", "2097152")],
+    );
+    assert_eq!(checked.code, Some(0), "{}", checked.stdout);
+    assert_eq!(checked.status_of("kinesis.stream"), ["warn"]);
+    let fix = checked.hops("kinesis.stream")[0]["fix"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_mentions(
+        &fix,
+        &[
+            "kinesis.max_record_bytes (2097152)",
+            "1048576",
+            "MaxRecordSizeInKiB",
+        ],
+    );
     world.finish().await;
 }
 
@@ -378,7 +399,8 @@ async fn every_route_is_checked_kinesis_and_firehose_alike() {
     let lines =
         support::firehose::wait_for_lines(&s3, &bucket, "c/", 1, Duration::from_secs(30)).await;
     // One JSON object, so a prefix of JSON Lines stays valid.
-    let test_record: Value = serde_json::from_slice(&lines[0]).expect("the test record is JSON");
+    let test_record: serde_json::Value =
+        serde_json::from_slice(&lines[0]).expect("the test record is JSON");
     assert!(
         test_record["doka_check"]
             .as_str()

@@ -2,6 +2,7 @@
 //! as the Kafka broker), doka run as a real child process, and readers that count every record.
 #![allow(dead_code)]
 
+pub mod checked;
 pub mod firehose;
 pub mod kpl;
 pub mod msk_token;
@@ -130,6 +131,11 @@ pub async fn create_stream(client: &aws_sdk_kinesis::Client, name: &str, shards:
         .send()
         .await
         .expect("CreateStream");
+    wait_until_active(client, name).await;
+}
+
+/// Waits (up to 30 s) until the stream is ACTIVE: after creating it, or changing it.
+pub async fn wait_until_active(client: &aws_sdk_kinesis::Client, name: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let d = client
