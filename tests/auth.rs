@@ -596,6 +596,75 @@ async fn the_irsa_chain_runs_as_in_a_pod_and_signs_msk_tokens_with_role_a() {
     world.finish().await;
 }
 
+/// The IRSA environment of a pod for role A, its token in `dir`.
+fn irsa_env(dir: &tempfile::TempDir, session: &'static str) -> Vec<(&'static str, String)> {
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "eyJhbGciOiJSUzI1NiJ9.irsa-test-token.sig").unwrap();
+    vec![
+        ("AWS_ACCESS_KEY_ID", UNSET.to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", UNSET.to_owned()),
+        ("AWS_ROLE_ARN", ROLE_A.to_owned()),
+        ("AWS_ROLE_SESSION_NAME", session.to_owned()),
+        (
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            token_file.display().to_string(),
+        ),
+        ("AWS_REGION", REGION.to_owned()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_msk_token_that_cannot_be_signed_is_retried_until_it_can() {
+    // Role A's credentials last a minute, so every token needs a fresh AssumeRoleWithWebIdentity;
+    // tokens last 10 s, so one is signed every 8 s.
+    let sts = proxy::FaultProxy::start(
+        &endpoints().sts,
+        proxy::Faults {
+            web_identity_expires_in: Some(Duration::from_secs(60)),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut listener = iam(None);
+    listener.auth_yaml += "    iam:\n      token_lifetime_secs: 10\n";
+    let world = AuthWorld::new(listener).await;
+    let yaml = world.yaml().replace(&world.ep.sts, &sts.url);
+    assert!(yaml.contains(&sts.url));
+    let dir = tempfile::tempdir().unwrap();
+    let env = irsa_env(&dir, "doka-pod-retry");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+
+    world.produce(&keyed_messages(0..50, 5));
+    let mut doka = Doka::start(&yaml, &env);
+    wait_for_all(&world.b, &world.stream, 50, Duration::from_secs(60)).await;
+    doka.wait_for_log("MSK IAM token signed", 1, Duration::from_secs(30));
+
+    // STS unreachable: signing fails, is logged with its reason, and is tried again.
+    sts.refuse_connections();
+    // (wait_for_log fails the test if doka exits meanwhile.)
+    doka.wait_for_log("cannot sign an MSK IAM token", 2, Duration::from_secs(60));
+    let signed_before = doka.log_text().matches("MSK IAM token signed").count();
+
+    // STS back: the next attempt signs, and records keep moving.
+    sts.accept_connections();
+    doka.wait_for_log(
+        "MSK IAM token signed",
+        signed_before + 1,
+        Duration::from_secs(60),
+    );
+    world.produce(&keyed_messages(50..100, 5));
+    let records = wait_for_all(&world.b, &world.stream, 100, Duration::from_secs(60)).await;
+    let (missing, _) = tally(100, &records);
+    assert!(missing.is_empty(), "lost {missing:?}");
+    let log = doka.stop();
+    let failure = log
+        .lines()
+        .find(|l| l.contains("cannot sign an MSK IAM token"))
+        .unwrap();
+    assert_mentions(failure, &["retried", "no source AWS credentials"]);
+    world.finish().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // `doka check` over authenticated listeners
 
@@ -691,17 +760,8 @@ async fn doka_check_shows_the_pods_identity_chain() {
     let world = AuthWorld::new(iam(None)).await;
     world.produce(&keyed_messages(0..5, 1));
     let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, "eyJhbGciOiJSUzI1NiJ9.irsa-check-token.sig").unwrap();
-    let token_path = token_file.display().to_string();
-    let env = [
-        ("AWS_ACCESS_KEY_ID", UNSET),
-        ("AWS_SECRET_ACCESS_KEY", UNSET),
-        ("AWS_ROLE_ARN", ROLE_A),
-        ("AWS_ROLE_SESSION_NAME", "doka-pod-check"),
-        ("AWS_WEB_IDENTITY_TOKEN_FILE", token_path.as_str()),
-        ("AWS_REGION", REGION),
-    ];
+    let env = irsa_env(&dir, "doka-pod-check");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let checked = check(&world.yaml(), &[], &env);
     assert_eq!(checked.code, Some(0), "{}", checked.stdout);
     assert_mentions(

@@ -41,6 +41,9 @@ pub struct Faults {
     /// In front of STS: refuse AssumeRole as a role's trust policy would (the emulator trusts
     /// everyone and ignores external ids).
     pub trust: Option<Trust>,
+    /// In front of STS: web-identity credentials (AssumeRoleWithWebIdentity, the IRSA exchange)
+    /// expire this long after they are handed out (the emulator gives an hour).
+    pub web_identity_expires_in: Option<Duration>,
 }
 
 /// What a role's trust policy lets through, for the STS proxy.
@@ -215,7 +218,12 @@ impl State {
                 .unwrap();
         }
         if !target.ends_with(".PutRecords") {
-            let (status, body) = self.forward(&parts, body).await;
+            let expires_in = self.faults.lock().unwrap().web_identity_expires_in;
+            let web_identity = form_action(&body).as_deref() == Some("AssumeRoleWithWebIdentity");
+            let (status, mut body) = self.forward(&parts, body).await;
+            if let Some(expires_in) = expires_in.filter(|_| web_identity) {
+                body = with_expiration(&body, std::time::SystemTime::now() + expires_in);
+            }
             return respond(status, body);
         }
         let nth = self
@@ -368,6 +376,29 @@ impl State {
             ),
         }
     }
+}
+
+/// The `Action` of a form-encoded STS query.
+fn form_action(body: &[u8]) -> Option<String> {
+    form_urlencoded::parse(body)
+        .find(|(k, _)| k == "Action")
+        .map(|(_, v)| v.into_owned())
+}
+
+/// An STS answer with its credentials' `<Expiration>` set to `at`.
+fn with_expiration(body: &Bytes, at: std::time::SystemTime) -> Bytes {
+    let text = String::from_utf8_lossy(body);
+    let (Some(start), Some(end)) = (text.find("<Expiration>"), text.find("</Expiration>")) else {
+        return body.clone();
+    };
+    let at = aws_smithy_types::DateTime::from(at)
+        .fmt(aws_smithy_types::date_time::Format::DateTime)
+        .expect("a formattable time");
+    Bytes::from(format!(
+        "{}<Expiration>{at}{}",
+        &text[..start],
+        &text[end..]
+    ))
 }
 
 /// STS's AccessDenied answer when `trust` refuses this AssumeRole request (a form-encoded
