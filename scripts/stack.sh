@@ -290,13 +290,24 @@ stop() { # name
   rm -f "$RUN_DIR/$name.pid"
 }
 
-down() {
-  local name p
-  for name in "${SERVICES[@]}"; do stop "$name"; done
+down() { # [name...]: those services only (default: all)
+  local wanted=" ${*:-${SERVICES[*]}} " name p
+  for name in "${SERVICES[@]}"; do
+    [[ "$wanted" == *" $name "* ]] && stop "$name"
+  done
+  [[ "$wanted" == *" auth_broker "* || "$wanted" == *" stunnel "* ]] || return 0
   for p in "${KAFKA_PUBLIC_PORTS[@]}" "$KAFKA_WRONG_NAME_PORT" "${KAFKA_INTERNAL_PORTS[@]}"; do
     for _ in $(seq 1 50); do port_open "$p" || break; sleep 0.2; done
     if port_open "$p"; then log "port $p is still in use (by a process not started by this script?)"; fi
   done
+}
+
+# The services not running now, on one line: what an `up` that follows starts, and what a
+# script that wants to leave the machine as it found it stops afterwards.
+stopped() {
+  local name out=()
+  for name in "${SERVICES[@]}"; do running "$name" || out+=("$name"); done
+  echo "${out[*]}"
 }
 
 status() {
@@ -323,8 +334,9 @@ env_lines() {
 case "${1:-}" in
   install) install ;;
   up) up ;;
-  down) down ;;
+  down) shift; down "$@" ;;
+  stopped) stopped ;;
   status) status ;;
   env) env_lines ;;
-  *) echo "usage: $0 install|up|down|status|env" >&2; exit 2 ;;
+  *) echo "usage: $0 install|up|down [service...]|stopped|status|env" >&2; exit 2 ;;
 esac

@@ -4,14 +4,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-was_running=$(scripts/stack.sh status | grep -c running || true)
+# Only what this run starts is stopped at the end (set before `up`: a start-up that fails
+# half-way leaves nothing behind); services already running are left running.
+starting=$(scripts/stack.sh stopped)
+if [ -n "$starting" ]; then
+  # shellcheck disable=SC2064 # the names are meant to be expanded now
+  trap "scripts/stack.sh down $starting" EXIT
+fi
 # `up` prints the endpoints as NAME=value lines; the tests read them from the environment.
 set -a
 eval "$(scripts/stack.sh up)"
 set +a
-if [ "$was_running" -lt 4 ]; then
-  trap 'scripts/stack.sh down' EXIT
-fi
 
 # The crash test runs alone after everything else, at full size (100,000 records, 5 SIGKILLs):
 # it keeps kinesis-mock busy for minutes, which would slow every test running beside it.
