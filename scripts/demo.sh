@@ -11,8 +11,10 @@ if [ -n "$starting" ]; then
   # shellcheck disable=SC2064 # the names are meant to be expanded now
   trap "scripts/stack.sh down $starting" EXIT
 fi
+# (Two steps: `eval "$(…)"` would go on when `up` fails.)
+endpoints=$(scripts/stack.sh up)
 set -a
-eval "$(scripts/stack.sh up)"
+eval "$endpoints"
 set +a
 cargo build --bin doka --example demo
 DOKA_BIN=target/debug/doka target/debug/examples/demo

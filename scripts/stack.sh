@@ -12,7 +12,7 @@
 # `install` also runs scripts/tools.sh install (hadolint, kubernetes-validate, prometheus and
 # promtool for tests/deploy.rs and the metrics tests); `up` and `env` print their paths too.
 #
-# Usage: scripts/stack.sh install|up|down|status|env
+# Usage: scripts/stack.sh install|up|down [service...]|stopped|status|env
 # Idempotent: `up` installs what is missing and reuses services that already answer.
 set -euo pipefail
 
@@ -295,8 +295,11 @@ down() { # [name...]: those services only (default: all)
   for name in "${SERVICES[@]}"; do
     [[ "$wanted" == *" $name "* ]] && stop "$name"
   done
-  [[ "$wanted" == *" auth_broker "* || "$wanted" == *" stunnel "* ]] || return 0
-  for p in "${KAFKA_PUBLIC_PORTS[@]}" "$KAFKA_WRONG_NAME_PORT" "${KAFKA_INTERNAL_PORTS[@]}"; do
+  # Wait for the ports of what was stopped to be free before anyone starts it again.
+  local ports=()
+  [[ "$wanted" == *" stunnel "* ]] && ports+=("${KAFKA_PUBLIC_PORTS[@]}" "$KAFKA_WRONG_NAME_PORT")
+  [[ "$wanted" == *" auth_broker "* ]] && ports+=("${KAFKA_INTERNAL_PORTS[@]}")
+  for p in "${ports[@]}"; do
     for _ in $(seq 1 50); do port_open "$p" || break; sleep 0.2; done
     if port_open "$p"; then log "port $p is still in use (by a process not started by this script?)"; fi
   done

@@ -12,8 +12,10 @@ if [ -n "$starting" ]; then
   trap "scripts/stack.sh down $starting" EXIT
 fi
 # `up` prints the endpoints as NAME=value lines; the tests read them from the environment.
+# (Two steps: `eval "$(…)"` would go on when `up` fails.)
+endpoints=$(scripts/stack.sh up)
 set -a
-eval "$(scripts/stack.sh up)"
+eval "$endpoints"
 set +a
 
 # The crash test runs alone after everything else, at full size (100,000 records, 5 SIGKILLs):

@@ -361,17 +361,15 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
     })
 }
 
-/// The consumer's Kafka settings: with a `topic_pattern`, new topics are found at each metadata
-/// refresh, so the refresh is brought down from librdkafka's 5 minutes to 30 s unless set.
+/// The consumer's Kafka settings: new topics — a `topic_pattern`'s, or a named topic that did
+/// not exist at start-up — are found at each metadata refresh, so the refresh is brought down
+/// from librdkafka's 5 minutes to 30 s unless set (one small metadata request each time).
 fn consumer_kafka_config(config: &Config) -> KafkaConfig {
     let mut kafka = config.kafka.clone();
-    let patterns = config.routes.iter().any(|r| r.topic_pattern.is_some());
-    if patterns {
-        kafka
-            .properties
-            .entry("topic.metadata.refresh.interval.ms".into())
-            .or_insert_with(|| "30000".into());
-    }
+    kafka
+        .properties
+        .entry("topic.metadata.refresh.interval.ms".into())
+        .or_insert_with(|| "30000".into());
     kafka
 }
 

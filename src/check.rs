@@ -279,8 +279,9 @@ async fn kafka_chain(walk: &mut Walk<'_>, config: &Config, base: &aws_types::Sdk
                 kafka.group_id,
                 lags.len()
             );
-            // A partition without a commit matters only when it holds records to read.
-            if lags.iter().any(|l| l.committed.is_none() && l.lag > 0) {
+            // A partition without a commit matters only when it holds records: they are read
+            // from kafka.start_from (with `latest`, skipped).
+            if lags.iter().any(|l| l.committed.is_none() && l.held > 0) {
                 walk.warn(
                     "kafka.group",
                     detail,
@@ -344,6 +345,8 @@ struct Probe {
 struct PartitionLag {
     committed: Option<i64>,
     lag: i64,
+    /// Records the partition holds (end − start).
+    held: i64,
 }
 
 enum ProbeError {
@@ -444,6 +447,7 @@ fn probe_kafka(
                         Ok(PartitionLag {
                             committed,
                             lag: (high - from).max(0),
+                            held: (high - low).max(0),
                         })
                     })
                     .collect()

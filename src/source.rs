@@ -661,9 +661,10 @@ const PAUSED_END_EVERY: Duration = Duration::from_secs(5);
 const PAUSED_END_BUDGET: Duration = Duration::from_secs(1);
 const PAUSED_END_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// The ends of paused partitions as their brokers last told them, and when.
+/// The ends of paused partitions as their brokers last told them (`None`: the question failed),
+/// and when they were asked.
 #[derive(Default)]
-struct PausedEnds(HashMap<(Arc<str>, i32), (i64, Instant)>);
+struct PausedEnds(HashMap<(Arc<str>, i32), (Option<i64>, Instant)>);
 
 /// Offsets and lag of every assigned partition. The partition's end comes from librdkafka's
 /// cache, kept fresh by fetches and asking the brokers nothing — except for a paused partition:
@@ -688,19 +689,24 @@ fn partition_gauges(consumer: &BaseConsumer<SourceContext>, paused_ends: &mut Pa
             let key = (p.topic.clone(), p.partition);
             let known = paused_ends.0.get(&key).copied();
             let stale = known.is_none_or(|(_, at)| at.elapsed() >= PAUSED_END_EVERY);
-            if stale && started.elapsed() < PAUSED_END_BUDGET {
-                match consumer.fetch_watermarks(&p.topic, p.partition, PAUSED_END_TIMEOUT) {
-                    Ok((_, high)) => {
-                        paused_ends.0.insert(key.clone(), (high, Instant::now()));
-                    }
-                    Err(e) => debug!(
-                        topic = %p.topic,
-                        partition = p.partition,
-                        "the end of a paused partition is not known now: {e}"
-                    ),
-                }
+            if stale && started.elapsed() + PAUSED_END_TIMEOUT <= PAUSED_END_BUDGET {
+                // A failed question waits its turn too: brokers that do not answer must not
+                // keep the consumer loop in these calls.
+                let high =
+                    match consumer.fetch_watermarks(&p.topic, p.partition, PAUSED_END_TIMEOUT) {
+                        Ok((_, high)) => Some(high),
+                        Err(e) => {
+                            debug!(
+                                topic = %p.topic,
+                                partition = p.partition,
+                                "the end of a paused partition is not known now: {e}"
+                            );
+                            known.and_then(|(high, _)| high)
+                        }
+                    };
+                paused_ends.0.insert(key.clone(), (high, Instant::now()));
             }
-            if let Some(&(high, _)) = paused_ends.0.get(&key) {
+            if let Some(&(Some(high), _)) = paused_ends.0.get(&key) {
                 end = Some(end.map_or(high, |e| e.max(high)));
             }
         }

@@ -338,6 +338,34 @@ async fn a_member_without_partitions_is_ready_and_rebalances_are_counted() {
     world.finish().await;
 }
 
+/// Joining is not ready: while the subscribed topic does not exist, librdkafka does not join the
+/// group and `/readyz` says so; once the topic exists the group assigns it and doka is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_until_the_group_assigns() {
+    let world = World::new(1, 1).await;
+    let later = unique("later");
+    let yaml = world.yaml(None).replace(
+        &format!("topics: [{}]", world.topic),
+        &format!("topics: [{later}]"),
+    );
+    assert!(yaml.contains(&later));
+    let mut doka = Doka::start(&yaml, &[]);
+    let port = endpoint_port(&mut doka);
+    doka.wait_for_log("does not exist", 1, Duration::from_secs(30));
+    doka.wait_for_log("joining consumer group", 1, Duration::from_secs(30));
+    let (code, why) = get(port, "/readyz").expect("readyz");
+    assert_eq!(code, 503, "{why}");
+    assert_mentions(&why, &["not in the consumer group", "joining"]);
+    assert_eq!(status(port, "/healthz"), Some(200), "joining is alive");
+
+    world.kafka.create_topic(&later, 1);
+    wait_for_status(port, "/readyz", 200, Duration::from_secs(90));
+    produce(&world.kafka.bootstrap(), &later, &keyed_messages(0..20, 2));
+    world.wait_for_all(20, Duration::from_secs(60)).await;
+    doka.stop();
+    world.finish().await;
+}
+
 /// A paused partition is one falling behind, and nothing fetches it: its end is asked of the
 /// broker, so the lag gauge keeps growing with what is produced while doka waits (the lag alert
 /// depends on it).
@@ -389,24 +417,21 @@ async fn lag_keeps_growing_while_fetching_is_paused() {
     world.finish().await;
 }
 
-/// `http.enabled: false` is the off switch: doka delivers and listens nowhere.
+/// `http.enabled: false` is the off switch: doka delivers and listens nowhere — not even on
+/// `http.listen`, which here is an address already taken (binding it would stop start-up).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_endpoint_can_be_switched_off() {
     let world = World::new(1, 1).await;
     world.produce(&keyed_messages(0..20, 2));
-    let free = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = free.local_addr().unwrap().port();
-    drop(free);
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
     let yaml = with_http(&world.yaml(None), port).replace("http:\n", "http:\n  enabled: false\n");
     let doka = Doka::start(&yaml, &[]);
     world.wait_for_all(20, Duration::from_secs(60)).await;
-    assert!(
-        TcpStream::connect(("127.0.0.1", port)).is_err(),
-        "nothing listens on http.listen when http.enabled is false"
-    );
     let log = doka.stop();
     assert!(!log.contains("serving /metrics"), "{log}");
     assert_eq!(summary_count(&log, "delivered"), 20);
+    drop(taken);
     world.finish().await;
 }
 
@@ -463,6 +488,7 @@ async fn an_abusive_scraper_cannot_stall_delivery() {
         .collect();
     assert!(idle.len() > doka::telemetry::http::MAX_CONNECTIONS);
     let flooded = Instant::now();
+    world.produce(&keyed_messages(0..500, 10));
     // The endpoint drops what it cannot keep and times out the idle ones it kept once they
     // have sent no request for HEADER_READ_TIMEOUT: probes get through again while they are
     // all still open, well within a liveness probe's failure threshold (and far sooner than
@@ -473,9 +499,12 @@ async fn an_abusive_scraper_cannot_stall_delivery() {
         200,
         doka::telemetry::http::HEADER_READ_TIMEOUT + Duration::from_secs(5),
     );
-    assert!(flooded.elapsed() < doka::telemetry::http::CONNECTION_TIMEOUT);
-    // Delivery went on all along.
-    world.produce(&keyed_messages(0..500, 10));
+    assert!(
+        flooded.elapsed() < doka::telemetry::http::CONNECTION_TIMEOUT,
+        "{:?} after the flood",
+        flooded.elapsed()
+    );
+    // And delivery went on all along.
     world.wait_for_all(500, Duration::from_secs(60)).await;
     drop(idle);
     doka.stop();

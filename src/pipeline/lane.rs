@@ -511,6 +511,84 @@ mod tests {
         );
     }
 
+    /// Throttles the first request as a whole (e.g. KMSThrottlingException), then takes all.
+    struct ThrottledOnceSink {
+        calls: AtomicU64,
+    }
+
+    impl Sink for ThrottledOnceSink {
+        async fn put(
+            &self,
+            _records: &[Entry<'_>],
+        ) -> Result<Vec<crate::sink::EntryFailure>, RequestError> {
+            if self.calls.fetch_add(1, AtomicOrdering::Relaxed) == 0 {
+                return Err(RequestError::Throttled("KMSThrottlingException".into()));
+            }
+            Ok(Vec::new())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_throttled_as_a_whole_counts_each_entry_as_throttled() {
+        let progress = PartitionProgress::new("t".into(), 0);
+        let budget = Arc::new(Share::whole(Arc::new(crate::pipeline::Budget::new(
+            100,
+            1 << 20,
+        ))));
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let batch: Vec<Record> = (0..7)
+            .map(|offset| {
+                progress.register(offset);
+                let r = Record {
+                    progress: progress.clone(),
+                    ..rec("k", offset)
+                };
+                budget.take(1, r.size() as u64);
+                r
+            })
+            .collect();
+        tx.send(batch).unwrap();
+        drop(tx);
+        let metrics = crate::telemetry::metrics::Metrics::new().destination("default", "test");
+        let (throttled, retried, delivered) = (
+            metrics.throttled.clone(),
+            metrics.retried.clone(),
+            metrics.delivered.clone(),
+        );
+        let lane = Lane {
+            id: 0,
+            batcher: Batcher::new(
+                rx,
+                crate::pipeline::batch::BatchLimits {
+                    max_records: 500,
+                    max_bytes: 1 << 20,
+                    linger: Duration::from_millis(1),
+                    per_key: crate::pipeline::batch::PerKey::Unlimited,
+                },
+            ),
+            sink: Arc::new(ThrottledOnceSink {
+                calls: AtomicU64::new(0),
+            }),
+            backoff: Backoff {
+                initial: Duration::from_millis(10),
+                max: Duration::from_millis(100),
+                max_attempts: 0,
+            },
+            ordering: Ordering::PerKey,
+            budget,
+            route: 0,
+            pace: Arc::new(crate::pipeline::pace::Pace::new(true, 1e6)),
+            halt: Arc::new(Halt::default()),
+            metrics,
+            health: test_health(),
+        };
+        lane.run().await;
+        assert_eq!(progress.committable(), Some(7));
+        assert_eq!(throttled.get(), 7, "every entry of the throttled request");
+        assert_eq!(retried.get(), 7);
+        assert_eq!(delivered.get(), 7);
+    }
+
     /// Like a shard: takes `capacity` entries per (virtual) second and throttles the rest.
     struct CapacitySink {
         capacity: f64,
