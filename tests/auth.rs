@@ -479,8 +479,29 @@ async fn iam_tokens_are_renewed_at_80_percent_of_their_lifetime() {
     let world = AuthWorld::new(listener).await;
     world.produce(&keyed_messages(0..50, 5));
     let mut doka = Doka::start(&world.yaml(), &[]);
+    let port = doka.endpoint_port();
     wait_for_all(&world.b, &world.stream, 50, Duration::from_secs(60)).await;
     doka.wait_for_log("MSK IAM token signed", 3, Duration::from_secs(60));
+    // The metrics see the tokens: renewals counted, the current token's expiry ahead of now.
+    let (_, metrics) = support::prometheus::http_get(port, "/metrics").expect("metrics");
+    let sample = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l.contains("kind=\"msk_iam_token\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} for the MSK token:\n{metrics}"))
+    };
+    assert!(sample("doka_credential_renewals_total") >= 3.0);
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let expiry = sample("doka_credentials_expiry_timestamp_seconds");
+    assert!(
+        expiry > now && expiry <= now + 10.0,
+        "the token expires within its 10 s lifetime: {expiry} vs now {now}"
+    );
     let log = doka.stop();
     let times: Vec<f64> = log
         .lines()

@@ -37,24 +37,8 @@ fn wait_for_status(port: u16, path: &str, want: u16, timeout: Duration) {
     }
 }
 
-/// The port doka's endpoint took (the harness' config lets the system choose one), from its
-/// start-up line.
 fn endpoint_port(doka: &mut Doka) -> u16 {
-    doka.wait_for_log("serving /metrics", 1, Duration::from_secs(30));
-    let log = doka.log_text();
-    let line = log
-        .lines()
-        .find(|l| l.contains("serving /metrics"))
-        .unwrap();
-    line.rsplit(':')
-        .next()
-        .and_then(|p| {
-            p.trim()
-                .trim_end_matches(|c: char| !c.is_ascii_digit())
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no port in {line}"))
+    doka.endpoint_port()
 }
 
 /// The harness' config listens on a port of the system's choosing: pin it.

@@ -80,6 +80,16 @@ async fn run_against_capacity(records: usize, capacity: f64, adaptive: bool) -> 
         run.requests,
         "doka's summary reports every request it sent"
     );
+    // Its throttled and retried counters (the metrics' registry) saw the throttling: every
+    // entry it counts was refused by the proxy (a refused entry in a request doka gave up
+    // waiting for is not counted), and each was sent again.
+    let throttled = summary_count(&log, "throttled_entries");
+    assert!(
+        throttled > 0 && throttled <= run.entries_throttled,
+        "doka counted {throttled} throttled entries, the proxy refused {}",
+        run.entries_throttled
+    );
+    assert!(summary_count(&log, "retried_entries") >= throttled);
     world.finish().await;
     run
 }

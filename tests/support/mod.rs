@@ -701,6 +701,21 @@ impl Doka {
         s
     }
 
+    /// The port doka's HTTP endpoint took (the harness' config lets the system choose one),
+    /// from its start-up line.
+    pub fn endpoint_port(&mut self) -> u16 {
+        let line = self.wait_for_line(&["serving /metrics"], Duration::from_secs(30));
+        line.rsplit(':')
+            .next()
+            .and_then(|p| {
+                p.trim()
+                    .trim_end_matches(|c: char| !c.is_ascii_digit())
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no port in {line}"))
+    }
+
     /// Waits until the log contains `needle` `times` times (e.g. "partitions assigned").
     pub fn wait_for_log(&mut self, needle: &str, times: usize, timeout: Duration) {
         self.wait_for(&format!("{needle:?}"), timeout, |log| {
