@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use support::checked::check;
 use support::msk_token::{self, TokenFacts, signature_matches};
+use support::prometheus::sample_sum;
 use support::*;
 
 fn stack_var(name: &str) -> String {
@@ -484,14 +485,7 @@ async fn iam_tokens_are_renewed_at_80_percent_of_their_lifetime() {
     doka.wait_for_log("MSK IAM token signed", 3, Duration::from_secs(60));
     // The metrics see the tokens: renewals counted, the current token's expiry ahead of now.
     let (_, metrics) = support::prometheus::http_get(port, "/metrics").expect("metrics");
-    let sample = |name: &str| {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name) && l.contains("kind=\"msk_iam_token\""))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("no {name} for the MSK token:\n{metrics}"))
-    };
+    let sample = |name: &str| sample_sum(&metrics, name, &["kind=\"msk_iam_token\""]);
     assert!(sample("doka_credential_renewals_total") >= 3.0);
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)

@@ -10,7 +10,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::prometheus::{Prometheus, http_get, tool};
+use support::prometheus::{Prometheus, http_get, sample_sum, tool};
 use support::*;
 
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
@@ -256,20 +256,6 @@ async fn probes_through_a_rebalance_an_outage_and_shutdown() {
     world.wait_for_all(450, Duration::from_secs(60)).await;
     b.stop();
     world.finish().await;
-}
-
-/// The sum of every sample of `name` whose labels contain each of `labels` (`key="value"`).
-fn sample_sum(exposition: &str, name: &str, labels: &[&str]) -> f64 {
-    exposition
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(['{', ' ']))
-        })
-        .filter(|l| labels.iter().all(|label| l.contains(label)))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
 }
 
 /// Readiness follows group membership as the group hands it out: a member with no partitions

@@ -138,3 +138,17 @@ impl Drop for Prometheus {
         let _ = self.child.wait();
     }
 }
+
+/// The sum of every sample of `name` whose labels contain each of `labels` (`key="value"`).
+pub fn sample_sum(exposition: &str, name: &str, labels: &[&str]) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
