@@ -295,9 +295,47 @@ mod tests {
     }
 
     use super::*;
+    use crate::pipeline::batch::{BatchLimits, PerKey};
     use crate::pipeline::offsets::PartitionProgress;
     use std::sync::atomic::AtomicU64;
     use std::sync::atomic::Ordering as AtomicOrdering;
+
+    /// Batches of up to `max_records` (1 MiB), sent 1 ms after the first record.
+    fn quick_batches(max_records: usize) -> BatchLimits {
+        BatchLimits {
+            max_records,
+            max_bytes: 1 << 20,
+            linger: Duration::from_millis(1),
+            per_key: PerKey::Unlimited,
+        }
+    }
+
+    /// A lane on `sink` reading `rx`: per-key order, quick backoff without a give-up, no pace
+    /// limit, metrics of its own. Tests change what they are about with `..test_lane(…)`.
+    fn test_lane<S: Sink>(
+        rx: tokio::sync::mpsc::UnboundedReceiver<Vec<Record>>,
+        limits: BatchLimits,
+        sink: Arc<S>,
+        budget: Arc<Share>,
+    ) -> Lane<S> {
+        Lane {
+            id: 0,
+            batcher: Batcher::new(rx, limits),
+            sink,
+            backoff: Backoff {
+                initial: Duration::from_millis(10),
+                max: Duration::from_millis(100),
+                max_attempts: 0,
+            },
+            ordering: Ordering::PerKey,
+            budget,
+            route: 0,
+            pace: Arc::new(crate::pipeline::pace::Pace::new(true, 1e6)),
+            halt: Arc::new(Halt::default()),
+            metrics: crate::telemetry::metrics::Metrics::new().destination("default", "test"),
+            health: test_health(),
+        }
+    }
 
     fn rec(key: &str, offset: i64) -> Record {
         Record {
@@ -423,29 +461,8 @@ mod tests {
             entry_failure_percent: 30,
         });
         let lane = Lane {
-            id: 0,
-            batcher: Batcher::new(
-                rx,
-                crate::pipeline::batch::BatchLimits {
-                    max_records: 40,
-                    max_bytes: 1 << 20,
-                    linger: Duration::from_millis(1),
-                    per_key: crate::pipeline::batch::PerKey::Unlimited,
-                },
-            ),
-            sink: sink.clone(),
-            backoff: Backoff {
-                initial: Duration::from_millis(10),
-                max: Duration::from_millis(100),
-                max_attempts: 0,
-            },
             ordering,
-            budget: budget.clone(),
-            route: 0,
-            pace: Arc::new(crate::pipeline::pace::Pace::new(true, 1e6)),
-            halt: Arc::new(Halt::default()),
-            metrics: crate::telemetry::metrics::Metrics::new().destination("default", "test"),
-            health: test_health(),
+            ..test_lane(rx, quick_batches(40), sink.clone(), budget.clone())
         };
         lane.run().await;
         assert_eq!(
@@ -556,31 +573,15 @@ mod tests {
             metrics.delivered.clone(),
         );
         let lane = Lane {
-            id: 0,
-            batcher: Batcher::new(
-                rx,
-                crate::pipeline::batch::BatchLimits {
-                    max_records: 500,
-                    max_bytes: 1 << 20,
-                    linger: Duration::from_millis(1),
-                    per_key: crate::pipeline::batch::PerKey::Unlimited,
-                },
-            ),
-            sink: Arc::new(ThrottledOnceSink {
-                calls: AtomicU64::new(0),
-            }),
-            backoff: Backoff {
-                initial: Duration::from_millis(10),
-                max: Duration::from_millis(100),
-                max_attempts: 0,
-            },
-            ordering: Ordering::PerKey,
-            budget,
-            route: 0,
-            pace: Arc::new(crate::pipeline::pace::Pace::new(true, 1e6)),
-            halt: Arc::new(Halt::default()),
             metrics,
-            health: test_health(),
+            ..test_lane(
+                rx,
+                quick_batches(500),
+                Arc::new(ThrottledOnceSink {
+                    calls: AtomicU64::new(0),
+                }),
+                budget,
+            )
         };
         lane.run().await;
         assert_eq!(progress.committable(), Some(7));
@@ -650,30 +651,21 @@ mod tests {
         for id in 0..LANES {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             senders.push(tx);
+            let limits = BatchLimits {
+                max_records: 500,
+                max_bytes: 5 << 20,
+                linger: Duration::from_millis(20),
+                per_key: PerKey::Unlimited,
+            };
             let lane = Lane {
                 id,
-                batcher: Batcher::new(
-                    rx,
-                    crate::pipeline::batch::BatchLimits {
-                        max_records: 500,
-                        max_bytes: 5 << 20,
-                        linger: Duration::from_millis(20),
-                        per_key: crate::pipeline::batch::PerKey::Unlimited,
-                    },
-                ),
-                sink: sink.clone(),
                 backoff: Backoff {
                     initial: Duration::from_millis(100),
                     max: Duration::from_secs(10),
                     max_attempts: 0,
                 },
-                ordering: Ordering::PerKey,
-                budget: budget.clone(),
-                route: 0,
                 pace: pace.clone(),
-                halt: Arc::new(Halt::default()),
-                metrics: crate::telemetry::metrics::Metrics::new().destination("default", "test"),
-                health: test_health(),
+                ..test_lane(rx, limits, sink.clone(), budget.clone())
             };
             lanes.push(tokio::spawn(lane.run()));
         }
@@ -771,31 +763,17 @@ mod tests {
         let halt = Arc::new(Halt::default());
         let lane = Lane {
             id: 3,
-            batcher: Batcher::new(
-                rx,
-                crate::pipeline::batch::BatchLimits {
-                    max_records: 10,
-                    max_bytes: 1 << 20,
-                    linger: Duration::from_millis(1),
-                    per_key: crate::pipeline::batch::PerKey::Unlimited,
-                },
-            ),
-            sink: Arc::new(PanickingSink),
-            backoff: Backoff {
-                initial: Duration::from_millis(10),
-                max: Duration::from_millis(100),
-                max_attempts: 0,
-            },
-            ordering: Ordering::PerKey,
-            budget: Arc::new(Share::whole(Arc::new(crate::pipeline::Budget::new(
-                10,
-                1 << 20,
-            )))),
-            route: 0,
             pace: Arc::new(crate::pipeline::pace::Pace::new(false, 1.0)),
             halt: halt.clone(),
-            metrics: crate::telemetry::metrics::Metrics::new().destination("default", "test"),
-            health: test_health(),
+            ..test_lane(
+                rx,
+                quick_batches(10),
+                Arc::new(PanickingSink),
+                Arc::new(Share::whole(Arc::new(crate::pipeline::Budget::new(
+                    10,
+                    1 << 20,
+                )))),
+            )
         };
         lane.run_watched().await;
         let reason = halt.reason().expect("halted");
