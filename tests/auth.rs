@@ -52,6 +52,15 @@ fn tls() -> Listener {
     }
 }
 
+/// TLS trusting a CA that did not sign the brokers' certificates.
+fn tls_trusting_another_ca() -> Listener {
+    let mut listener = tls();
+    listener.auth_yaml = listener
+        .auth_yaml
+        .replace(&tls_file("ca.pem"), &tls_file("other-ca.pem"));
+    listener
+}
+
 fn mutual_tls(cert: Option<(&str, &str)>) -> Listener {
     let mut auth_yaml = format!(
         "  auth:\n    mode: tls\n    tls:\n      ca_file: {}\n",
@@ -249,11 +258,7 @@ async fn tls_with_hostname_verification_moves_every_record() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_a_ca_that_did_not_sign_the_brokers_is_refused() {
-    let mut listener = tls();
-    listener.auth_yaml = listener
-        .auth_yaml
-        .replace(&tls_file("ca.pem"), &tls_file("other-ca.pem"));
-    let world = AuthWorld::new(listener).await;
+    let world = AuthWorld::new(tls_trusting_another_ca()).await;
     let log = world.refused(7, &[]).await;
     assert_mentions(
         &log,
@@ -560,17 +565,8 @@ async fn the_irsa_chain_runs_as_in_a_pod_and_signs_msk_tokens_with_role_a() {
     // As EKS sets it up: a projected token file, the role to exchange it for, the region; no keys.
     let world = AuthWorld::new(iam(None)).await;
     let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, "eyJhbGciOiJSUzI1NiJ9.irsa-test-token.sig").unwrap();
-    let token_path = token_file.display().to_string();
-    let env = [
-        ("AWS_ACCESS_KEY_ID", UNSET),
-        ("AWS_SECRET_ACCESS_KEY", UNSET),
-        ("AWS_ROLE_ARN", ROLE_A),
-        ("AWS_ROLE_SESSION_NAME", "doka-pod-session"),
-        ("AWS_WEB_IDENTITY_TOKEN_FILE", token_path.as_str()),
-        ("AWS_REGION", REGION),
-    ];
+    let token = irsa_token(&dir);
+    let env = irsa_env(&token, "doka-pod-session");
     let log = world.deliver(300, &env).await;
 
     // Source: role A through AssumeRoleWithWebIdentity, session AWS_ROLE_SESSION_NAME; target:
@@ -611,20 +607,22 @@ async fn the_irsa_chain_runs_as_in_a_pod_and_signs_msk_tokens_with_role_a() {
     world.finish().await;
 }
 
-/// The IRSA environment of a pod for role A, its token in `dir`.
-fn irsa_env(dir: &tempfile::TempDir, session: &'static str) -> Vec<(&'static str, String)> {
+/// A projected IRSA token written into `dir`, as EKS mounts it; returns its path.
+fn irsa_token(dir: &tempfile::TempDir) -> String {
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "eyJhbGciOiJSUzI1NiJ9.irsa-test-token.sig").unwrap();
-    vec![
-        ("AWS_ACCESS_KEY_ID", UNSET.to_owned()),
-        ("AWS_SECRET_ACCESS_KEY", UNSET.to_owned()),
-        ("AWS_ROLE_ARN", ROLE_A.to_owned()),
-        ("AWS_ROLE_SESSION_NAME", session.to_owned()),
-        (
-            "AWS_WEB_IDENTITY_TOKEN_FILE",
-            token_file.display().to_string(),
-        ),
-        ("AWS_REGION", REGION.to_owned()),
+    token_file.display().to_string()
+}
+
+/// A pod's environment for role A as IRSA sets it: the token file, the role, the region; no keys.
+fn irsa_env<'a>(token_path: &'a str, session: &'a str) -> [(&'static str, &'a str); 6] {
+    [
+        ("AWS_ACCESS_KEY_ID", UNSET),
+        ("AWS_SECRET_ACCESS_KEY", UNSET),
+        ("AWS_ROLE_ARN", ROLE_A),
+        ("AWS_ROLE_SESSION_NAME", session),
+        ("AWS_WEB_IDENTITY_TOKEN_FILE", token_path),
+        ("AWS_REGION", REGION),
     ]
 }
 
@@ -646,8 +644,8 @@ async fn an_msk_token_that_cannot_be_signed_is_retried_until_it_can() {
     let yaml = world.yaml().replace(&world.ep.sts, &sts.url);
     assert!(yaml.contains(&sts.url));
     let dir = tempfile::tempdir().unwrap();
-    let env = irsa_env(&dir, "doka-pod-retry");
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let token = irsa_token(&dir);
+    let env = irsa_env(&token, "doka-pod-retry");
 
     world.produce(&keyed_messages(0..50, 5));
     let mut doka = Doka::start(&yaml, &env);
@@ -731,11 +729,7 @@ async fn doka_check_walks_mutual_tls_scram_and_iam_listeners() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doka_check_names_a_failed_tls_handshake() {
-    let mut listener = tls();
-    listener.auth_yaml = listener
-        .auth_yaml
-        .replace(&tls_file("ca.pem"), &tls_file("other-ca.pem"));
-    let world = AuthWorld::new(listener).await;
+    let world = AuthWorld::new(tls_trusting_another_ca()).await;
     let checked = check(&world.yaml(), &[], &[]);
     assert_eq!(checked.code, Some(1), "{}", checked.stdout);
     let (hop, detail, fix) = checked.failure();
@@ -775,8 +769,8 @@ async fn doka_check_shows_the_pods_identity_chain() {
     let world = AuthWorld::new(iam(None)).await;
     world.produce(&keyed_messages(0..5, 1));
     let dir = tempfile::tempdir().unwrap();
-    let env = irsa_env(&dir, "doka-pod-check");
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let token = irsa_token(&dir);
+    let env = irsa_env(&token, "doka-pod-check");
     let checked = check(&world.yaml(), &[], &env);
     assert_eq!(checked.code, Some(0), "{}", checked.stdout);
     assert_mentions(

@@ -37,10 +37,6 @@ fn wait_for_status(port: u16, path: &str, want: u16, timeout: Duration) {
     }
 }
 
-fn endpoint_port(doka: &mut Doka) -> u16 {
-    doka.endpoint_port()
-}
-
 /// The harness' config listens on a port of the system's choosing: pin it.
 fn with_http(yaml: &str, port: u16) -> String {
     assert!(yaml.contains("listen: 127.0.0.1:0\n"));
@@ -56,7 +52,7 @@ async fn a_real_prometheus_scrape_agrees_with_the_records_counted_end_to_end() {
     let world = World::new(3, 2).await;
     let placements = world.produce(&keyed_messages(0..N, 200));
     let mut doka = Doka::start(&world.yaml(None), &[]);
-    let port = endpoint_port(&mut doka);
+    let port = doka.endpoint_port();
     let prometheus = Prometheus::start(&[port]);
     let records = world.wait_for_all(N, Duration::from_secs(120)).await;
     let (missing, duplicates) = tally(N, &records);
@@ -167,7 +163,7 @@ async fn probes_through_a_rebalance_an_outage_and_shutdown() {
     world.produce(&keyed_messages(0..200, 20));
     let yaml = world.yaml(Some(&kinesis.url));
     let mut a = Doka::start(&yaml, &[]);
-    let port_a = endpoint_port(&mut a);
+    let port_a = a.endpoint_port();
     wait_for_status(port_a, "/readyz", 200, Duration::from_secs(60));
     assert_eq!(status(port_a, "/healthz"), Some(200));
     world.wait_for_all(200, Duration::from_secs(60)).await;
@@ -175,7 +171,7 @@ async fn probes_through_a_rebalance_an_outage_and_shutdown() {
     // A second member joins: partitions move, both stay ready (a member waiting for partitions
     // is ready too).
     let mut b = Doka::start(&yaml, &[]);
-    let port_b = endpoint_port(&mut b);
+    let port_b = b.endpoint_port();
     let rebalance_deadline = Instant::now() + Duration::from_secs(60);
     while a
         .log_text()
@@ -266,12 +262,12 @@ async fn a_member_without_partitions_is_ready_and_rebalances_are_counted() {
     world.produce(&keyed_messages(0..20, 2));
     let yaml = world.yaml(None);
     let mut a = Doka::start(&yaml, &[]);
-    let port_a = endpoint_port(&mut a);
+    let port_a = a.endpoint_port();
     wait_for_status(port_a, "/readyz", 200, Duration::from_secs(60));
     world.wait_for_all(20, Duration::from_secs(60)).await;
 
     let mut b = Doka::start(&yaml, &[]);
-    let port_b = endpoint_port(&mut b);
+    let port_b = b.endpoint_port();
     wait_for_status(port_b, "/readyz", 200, Duration::from_secs(60));
     let (_, metrics_b) = get(port_b, "/metrics").unwrap();
     assert_eq!(
@@ -320,7 +316,7 @@ async fn not_ready_until_the_group_assigns() {
     );
     assert!(yaml.contains(&later));
     let mut doka = Doka::start(&yaml, &[]);
-    let port = endpoint_port(&mut doka);
+    let port = doka.endpoint_port();
     doka.wait_for_log("does not exist", 1, Duration::from_secs(30));
     doka.wait_for_log("joining consumer group", 1, Duration::from_secs(30));
     let (code, why) = get(port, "/readyz").expect("readyz");
@@ -348,7 +344,7 @@ async fn lag_keeps_growing_while_fetching_is_paused() {
         &world.yaml(Some(&kinesis.url)),
         &[("DOKA_PIPELINE__MAX_IN_FLIGHT_RECORDS", "100")],
     );
-    let port = endpoint_port(&mut doka);
+    let port = doka.endpoint_port();
     world.wait_for_all(50, Duration::from_secs(60)).await;
     let scrape = || get(port, "/metrics").expect("metrics").1;
     let wait_for = |what: &str, done: &dyn Fn(&str) -> bool| {
@@ -426,7 +422,7 @@ async fn the_endpoint_shows_no_secrets_or_settings() {
     let world = World::new(1, 1).await;
     world.produce(&keyed_messages(0..20, 2));
     let mut doka = Doka::start(&world.yaml(None), &[]);
-    let port = endpoint_port(&mut doka);
+    let port = doka.endpoint_port();
     wait_for_status(port, "/readyz", 200, Duration::from_secs(60));
     world.wait_for_all(20, Duration::from_secs(60)).await;
     for path in ["/metrics", "/healthz", "/readyz", "/", "/config"] {
@@ -450,7 +446,7 @@ async fn the_endpoint_shows_no_secrets_or_settings() {
 async fn an_abusive_scraper_cannot_stall_delivery() {
     let world = World::new(2, 1).await;
     let mut doka = Doka::start(&world.yaml(None), &[]);
-    let port = endpoint_port(&mut doka);
+    let port = doka.endpoint_port();
     wait_for_status(port, "/readyz", 200, Duration::from_secs(60));
     // Far more idle connections than the endpoint keeps, none of them sending a byte.
     let idle: Vec<TcpStream> = (0..100)
