@@ -3,6 +3,7 @@
 
 pub mod msk_iam;
 pub mod put_records;
+pub mod source;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,13 +69,28 @@ pub unsafe fn export_sts_endpoint(aws: &AwsConfig) {
 }
 
 /// Loads the SDK's default configuration (region, credential chain, `AWS_ENDPOINT_URL_*`), with
-/// the region from the config file when set.
+/// the region from the config file when set. With EKS Pod Identity as the source, says so, and
+/// the chain's failures name it.
 pub async fn base_config(aws: &AwsConfig) -> SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
     if let Some(region) = &aws.region {
         loader = loader.region(Region::new(region.clone()));
     }
-    loader.load().await
+    let config = loader.load().await;
+    match (
+        source::PodIdentity::from_process_env(),
+        config.credentials_provider(),
+    ) {
+        (Some(pod_identity), Some(chain)) => {
+            tracing::info!("source credentials from {}", pod_identity.describe());
+            let named = source::NamedSource::new(chain, pod_identity);
+            config
+                .into_builder()
+                .credentials_provider(SharedCredentialsProvider::new(named))
+                .build()
+        }
+        _ => config,
+    }
 }
 
 /// The region the AWS SDK finds on its own (`AWS_REGION`, the profile), ignoring `aws.region`:

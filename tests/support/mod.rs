@@ -6,6 +6,7 @@ pub mod checked;
 pub mod firehose;
 pub mod kpl;
 pub mod msk_token;
+pub mod pod_identity;
 pub mod prometheus;
 pub mod proxy;
 

@@ -1,0 +1,388 @@
+//! EKS Pod Identity as the pod's source identity: the SDK's container-credentials provider
+//! (`AWS_CONTAINER_CREDENTIALS_FULL_URI` + `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`) asks a local
+//! agent speaking the Pod Identity agent's protocol (tests/support/pod_identity.rs) for role A's
+//! credentials, which it gets from the STS emulator; doka then assumes role B in the stream's
+//! account, and with MSK IAM signs its Kafka tokens as role A. No static keys, no web identity.
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use support::checked::check;
+use support::msk_token::{self, TokenFacts};
+use support::pod_identity::PodIdentityAgent;
+use support::*;
+
+/// Role A's sessions as the agent hands them out, in the log and in `doka check`.
+const SESSION: &str = "eks-doka-test-doka-pod";
+const ROLE_A_SESSION: &str =
+    "arn:aws:sts::123456789012:assumed-role/doka-pod/eks-doka-test-doka-pod";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_identity_alone_delivers_every_record_through_role_b() {
+    let world = World::new(4, 2).await;
+    let agent = PodIdentityAgent::start(&world.ep.sts, SESSION);
+    let messages = keyed_messages(0..400, 40);
+    let placements = world.produce(&messages);
+
+    let doka = Doka::start(&world.yaml(None), &agent.pod_env());
+    let records = world.wait_for_all(400, Duration::from_secs(120)).await;
+    world
+        .wait_for_committed(&end_offsets(&placements), Duration::from_secs(30))
+        .await;
+    let log = doka.stop();
+    let (missing, _duplicates) = tally(400, &records);
+    assert!(missing.is_empty(), "lost {missing:?}");
+
+    // Source: role A as the agent handed it out; target: role B, assumed with A's credentials.
+    assert_mentions(
+        &line_with(&log, "source credentials from"),
+        &["EKS Pod Identity", &agent.url],
+    );
+    assert_mentions(&line_with(&log, "source identity:"), &[ROLE_A_SESSION]);
+    assert_mentions(
+        &line_with(&log, "target identity:"),
+        &["arn:aws:sts::222222222222:assumed-role/doka-writer/doka-default-"],
+    );
+    // The agent was asked, with the pod's token, and answered with credentials.
+    let requests = agent.requests();
+    assert!(!requests.is_empty(), "doka never asked the agent");
+    for r in &requests {
+        assert_eq!(r.path, "/v1/credentials");
+        assert_eq!(r.presented.as_deref(), Some(agent.token.as_str()));
+        assert_eq!(r.status, 200);
+    }
+    assert!(
+        !log.contains(&agent.token),
+        "the pod's token leaked into the log"
+    );
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_identity_signs_msk_iam_tokens_with_role_a() {
+    let world = IamWorld::new().await;
+    let agent = PodIdentityAgent::start(&world.ep.sts, SESSION);
+    world.deliver(300, &agent.pod_env()).await;
+
+    let tokens = recorded_tokens(&world.client_id);
+    assert!(!tokens.is_empty(), "doka's token never reached the broker");
+    let issued = agent.issued_keys();
+    for (token, accepted) in &tokens {
+        assert!(accepted, "the broker accepted it");
+        let facts = read_token(token);
+        assert!(
+            issued.contains(&facts.access_key),
+            "signed with {}, not a key the agent handed out ({issued:?})",
+            facts.access_key
+        );
+        assert!(
+            facts.params.contains_key("X-Amz-Security-Token"),
+            "temporary credentials carry a session token"
+        );
+    }
+    // Whose key it is, as STS tells it: role A's session, not the static test key nor role B.
+    let facts = read_token(&tokens[0].0);
+    assert_ne!(facts.access_key, ACCOUNT_A_KEY, "not the static test key");
+    assert_eq!(
+        owner_of_key(&world.ep, &facts.access_key).await,
+        ROLE_A_SESSION
+    );
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_identity_credentials_are_fetched_again_for_each_msk_token_near_their_expiry() {
+    // Role A's credentials last 40 s here, MSK tokens 10 s: too close to expiry to reuse, so each
+    // token is signed with credentials fetched anew from the agent.
+    let mut world = IamWorld::new().await;
+    world.auth_yaml += "    iam:\n      token_lifetime_secs: 10\n";
+    let agent = PodIdentityAgent::start_with_lifetime(
+        &world.ep.sts,
+        SESSION,
+        Some(Duration::from_secs(40)),
+    );
+    world.produce(&keyed_messages(0..50, 5));
+    let mut doka = Doka::start(&world.yaml(), &agent.pod_env());
+    wait_for_all(&world.b, &world.stream, 50, Duration::from_secs(60)).await;
+    doka.wait_for_log("MSK IAM token signed", 1, Duration::from_secs(30));
+    let asked_before = agent.requests().len();
+    doka.wait_for_log("MSK IAM token signed", 3, Duration::from_secs(60));
+    let asked_after = agent.requests().len();
+    world.produce(&keyed_messages(50..100, 5));
+    let records = wait_for_all(&world.b, &world.stream, 100, Duration::from_secs(60)).await;
+    doka.stop();
+    let (missing, _) = tally(100, &records);
+    assert!(missing.is_empty(), "lost {missing:?}");
+
+    assert!(
+        asked_after >= asked_before + 2,
+        "two renewals, two requests to the agent: {asked_before} then {asked_after}"
+    );
+    let issued = agent.issued_keys();
+    assert_eq!(
+        issued.len(),
+        agent.requests().len(),
+        "every request answered"
+    );
+    let distinct: std::collections::HashSet<&String> = issued.iter().collect();
+    assert_eq!(distinct.len(), issued.len(), "fresh credentials each time");
+    // The broker took a token signed with credentials from the agent.
+    let tokens = recorded_tokens(&world.client_id);
+    assert!(!tokens.is_empty() && tokens.iter().all(|(_, accepted)| *accepted));
+    assert!(issued.contains(&read_token(&tokens[0].0).access_key));
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_identity_token_the_agent_refuses_stops_doka_at_start_up() {
+    let world = World::new(4, 1).await;
+    let agent = PodIdentityAgent::start(&world.ep.sts, SESSION);
+    // A token of another pod (or a stale projection): well-formed, not the one the agent takes.
+    agent.replace_token("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJvdGhlciJ9.not-this-pods-token");
+    world.produce(&keyed_messages(0..20, 4));
+
+    let doka = Doka::start(&world.yaml(None), &agent.pod_env());
+    let (status, log) = doka.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(5), "{log}");
+    // It names the source, the agent and token file asked, what the agent said, and what to
+    // check.
+    assert_mentions(
+        &line_with(&log, "cannot obtain credentials"),
+        &[
+            "no source credentials from EKS Pod Identity",
+            &format!("AWS_CONTAINER_CREDENTIALS_FULL_URI {}", agent.url),
+            &format!(
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE {}",
+                agent.token_file.display()
+            ),
+            "Non-success status from HTTP credential provider: StatusCode(400)",
+            "pod identity association",
+            "eks-pod-identity-agent",
+        ],
+    );
+    assert!(!log.contains("not-this-pods-token"), "the token leaked");
+    // The agent saw the wrong token and refused it; nothing moved.
+    let requests = agent.requests();
+    assert!(!requests.is_empty(), "doka never asked the agent");
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.status == 400 && r.issued_key.is_none())
+    );
+    assert!(read_stream(&world.b, &world.stream).await.is_empty());
+    assert!(world.committed(4).is_empty(), "nothing may be committed");
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doka_check_shows_pod_identity_as_the_source() {
+    let world = World::new(2, 1).await;
+    world.produce(&keyed_messages(0..5, 1));
+    let agent = PodIdentityAgent::start(&world.ep.sts, SESSION);
+    let checked = check(&world.yaml(None), &[], &agent.pod_env());
+    assert_eq!(checked.code, Some(0), "{}", checked.stdout);
+    assert_mentions(
+        &checked.detail("aws.source_identity"),
+        &[ROLE_A_SESSION, "account 123456789012"],
+    );
+    assert_mentions(
+        &checked.detail("aws.assume_role"),
+        &[
+            ROLE_B,
+            "assumed-role/doka-writer/doka-default-",
+            "account 222222222222",
+        ],
+    );
+    assert!(
+        !agent.requests().is_empty(),
+        "doka check never asked the agent"
+    );
+
+    // The same pod with a token the agent refuses: the source identity is the hop that fails.
+    agent.replace_token("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJvdGhlciJ9.not-this-pods-token");
+    let checked = check(&world.yaml(None), &[], &agent.pod_env());
+    assert_eq!(checked.code, Some(1), "{}", checked.stdout);
+    let (hop, detail, fix) = checked.failure();
+    assert_eq!(hop, "aws.source_identity");
+    assert_mentions(
+        &detail,
+        &[
+            "no source credentials from EKS Pod Identity",
+            "StatusCode(400)",
+            "pod identity association",
+        ],
+    );
+    assert!(!fix.is_empty());
+    world.finish().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// The first log line containing `needle`.
+fn line_with(log: &str, needle: &str) -> String {
+    log.lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no line with `{needle}` in:\n{log}"))
+        .to_owned()
+}
+
+fn stack_var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: start the local stack with `scripts/stack.sh up` and export its lines (or run `make test`)")
+    })
+}
+
+fn ca_file() -> String {
+    PathBuf::from(stack_var("DOKA_TEST_TLS_DIR"))
+        .join("ca.pem")
+        .display()
+        .to_string()
+}
+
+/// A topic on the stack's MSK IAM listener (TLS + SASL/OAUTHBEARER, tokens verified and
+/// recorded by the SASL proxy) and a stream in account B.
+struct IamWorld {
+    ep: Endpoints,
+    bootstrap: String,
+    auth_yaml: String,
+    topic: String,
+    group: String,
+    stream: String,
+    /// The `client.id` doka uses, to find its tokens in the proxy's record.
+    client_id: String,
+    b: aws_sdk_kinesis::Client,
+}
+
+impl IamWorld {
+    async fn new() -> Self {
+        let ep = endpoints();
+        let b = account_b_kinesis(&ep).await;
+        let stream = unique("doka-pod-identity");
+        create_stream(&b, &stream, 2).await;
+        Self {
+            ep,
+            bootstrap: stack_var("DOKA_TEST_KAFKA_IAM"),
+            // No region: doka takes the cluster's from AWS_REGION, as in a pod.
+            auth_yaml: format!(
+                "  auth:\n    mode: iam\n    tls:\n      ca_file: {}\n",
+                ca_file()
+            ),
+            topic: unique("orders"),
+            group: unique("doka-group"),
+            stream,
+            client_id: unique("doka-pod-identity-test"),
+            b,
+        }
+    }
+
+    /// The test's own clients: TLS and librdkafka's unsigned token (the proxy verifies only the
+    /// tokens of keys it knows).
+    fn client(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("security.protocol", "SASL_SSL".into()),
+            ("ssl.ca.location", ca_file()),
+            ("sasl.mechanism", "OAUTHBEARER".into()),
+            ("enable.sasl.oauthbearer.unsecure.jwt", "true".into()),
+            (
+                "sasl.oauthbearer.config",
+                "principal=doka-test-client".into(),
+            ),
+        ]
+    }
+
+    fn yaml(&self) -> String {
+        let yaml = DokaSetup {
+            bootstrap: &self.bootstrap,
+            group: &self.group,
+            topic: &self.topic,
+            stream: &self.stream,
+            sts: &self.ep.sts,
+            kinesis: &self.ep.kinesis,
+        }
+        .yaml()
+        .replacen("kafka:\n", &format!("kafka:\n{}", self.auth_yaml), 1)
+        .replacen(
+            "  properties:\n",
+            &format!("  properties:\n    client.id: {}\n", self.client_id),
+            1,
+        );
+        assert!(yaml.contains(&self.client_id) && yaml.contains("mode: iam"));
+        yaml
+    }
+
+    fn produce(&self, messages: &[(Vec<u8>, Vec<u8>)]) -> Vec<Placement> {
+        produce_with(&self.bootstrap, &self.client(), &self.topic, messages)
+    }
+
+    fn committed(&self) -> HashMap<i32, i64> {
+        committed_with(&self.bootstrap, &self.client(), &self.group, &self.topic, 4)
+    }
+
+    /// Runs doka until every record is in the stream, stops it, and checks the count and the
+    /// commits. Returns doka's log.
+    async fn deliver(&self, n: usize, env: &[(&str, &str)]) -> String {
+        let placements = self.produce(&keyed_messages(0..n, 40));
+        let doka = Doka::start(&self.yaml(), env);
+        let records = wait_for_all(&self.b, &self.stream, n, Duration::from_secs(120)).await;
+        let log = doka.stop();
+        let (missing, _duplicates) = tally(n, &records);
+        assert!(missing.is_empty(), "lost {missing:?}");
+        assert_eq!(
+            self.committed(),
+            end_offsets(&placements),
+            "every partition committed to its end"
+        );
+        log
+    }
+
+    async fn finish(self) {
+        delete_stream(&self.b, &self.stream).await;
+    }
+}
+
+/// The proxy's record of OAUTHBEARER tokens presented by `client_id`, oldest first, each with
+/// whether the proxy accepted it.
+fn recorded_tokens(client_id: &str) -> Vec<(String, bool)> {
+    let text = std::fs::read_to_string(stack_var("DOKA_TEST_OAUTH_TOKENS")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["client_id"] == client_id)
+        .map(|v| {
+            (
+                v["token"].as_str().unwrap().to_owned(),
+                v["accepted"] == true,
+            )
+        })
+        .collect()
+}
+
+/// Decodes an MSK IAM token signed for the region the pod's AWS_REGION names.
+fn read_token(token: &str) -> TokenFacts {
+    let facts =
+        msk_token::read_token(token).unwrap_or_else(|e| panic!("not an MSK IAM token: {e}"));
+    assert_eq!(facts.region, REGION);
+    facts
+}
+
+/// Who STS says an access key belongs to (the emulator identifies callers by key id).
+async fn owner_of_key(ep: &Endpoints, access_key: &str) -> String {
+    let conf = aws_sdk_sts::Config::builder()
+        .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
+        .region(aws_sdk_sts::config::Region::new(REGION))
+        .endpoint_url(&ep.sts)
+        .credentials_provider(aws_sdk_sts::config::Credentials::new(
+            access_key, "unused", None, None, "test",
+        ))
+        .build();
+    aws_sdk_sts::Client::from_conf(conf)
+        .get_caller_identity()
+        .send()
+        .await
+        .expect("GetCallerIdentity")
+        .arn
+        .unwrap_or_default()
+}
