@@ -58,6 +58,12 @@ async fn pod_identity_alone_delivers_every_record_through_role_b() {
         !log.contains(&agent.token),
         "the pod's token leaked into the log"
     );
+    for secret in requests.iter().filter_map(|r| r.issued_secret.as_ref()) {
+        assert!(
+            !log.contains(secret),
+            "role A's secret key leaked into the log"
+        );
+    }
     world.finish().await;
 }
 

@@ -42,6 +42,8 @@ pub struct AgentRequest {
     pub status: u16,
     /// The access key id handed out, when credentials were.
     pub issued_key: Option<String>,
+    /// Its secret, to check that it appears nowhere.
+    pub issued_secret: Option<String>,
 }
 
 /// The running agent and the pod's token file. Stopped when dropped.
@@ -195,12 +197,14 @@ impl Agent {
             .headers()
             .get(hyper::header::AUTHORIZATION)
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-        let (status, body, issued_key) = self.answer(&path, presented.as_deref()).await;
+        let (status, body, issued) = self.answer(&path, presented.as_deref()).await;
+        let (issued_key, issued_secret) = issued.unzip();
         self.requests.lock().unwrap().push(AgentRequest {
             path,
             presented,
             status: status.as_u16(),
             issued_key,
+            issued_secret,
         });
         let content_type = if status == StatusCode::OK {
             "application/json"
@@ -214,12 +218,12 @@ impl Agent {
             .unwrap()
     }
 
-    /// The agent's answer: status, body, and the key handed out.
+    /// The agent's answer: status, body, and the key and secret handed out.
     async fn answer(
         &self,
         path: &str,
         presented: Option<&str>,
-    ) -> (StatusCode, String, Option<String>) {
+    ) -> (StatusCode, String, Option<(String, String)>) {
         let refuse = |message: &str| (StatusCode::BAD_REQUEST, format!("{message}\n"), None);
         if path != CREDENTIALS_PATH {
             return (StatusCode::NOT_FOUND, "404 page not found\n".into(), None);
@@ -240,8 +244,9 @@ impl Agent {
         }
         match self.assume_role_a().await {
             Ok(credentials) => {
-                let key = credentials["AccessKeyId"].as_str().map(str::to_owned);
-                (StatusCode::OK, credentials.to_string(), key)
+                let field = |name: &str| credentials[name].as_str().unwrap_or_default().to_owned();
+                let issued = (field("AccessKeyId"), field("SecretAccessKey"));
+                (StatusCode::OK, credentials.to_string(), Some(issued))
             }
             Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e, None),
         }
