@@ -191,8 +191,9 @@ async fn run_inner(config: Config, profile: Option<String>) -> anyhow::Result<u8
                 };
                 error!(
                     "cannot obtain credentials for {target}: {e}. Check the source identity \
-                     (AWS_ROLE_ARN/AWS_WEB_IDENTITY_TOKEN_FILE or another provider of the default \
-                     chain), {at}aws.role_arn, {at}aws.external_id, {at}aws.sts_endpoint and the \
+                     (IRSA: AWS_ROLE_ARN/AWS_WEB_IDENTITY_TOKEN_FILE; EKS Pod Identity: the pod \
+                     identity association; or another provider of the default chain), \
+                     {at}aws.role_arn, {at}aws.external_id, {at}aws.sts_endpoint and the \
                      role's trust policy"
                 );
                 return Ok(exit::CREDENTIALS);

@@ -481,9 +481,11 @@ async fn aws_chain(walk: &mut Walk<'_>, route: &Route, base: &aws_types::SdkConf
             walk.fail(
                 "aws.source_identity",
                 format!("no source AWS credentials: {e}"),
-                "On EKS: the service account's eks.amazonaws.com/role-arn annotation (IRSA sets \
-                 AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE) and the role's trust policy for the \
-                 cluster's OIDC provider; elsewhere AWS_ACCESS_KEY_ID/AWS_PROFILE. aws.sts_endpoint \
+                "On EKS with IRSA: the service account's eks.amazonaws.com/role-arn annotation \
+                 (IRSA sets AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE) and the role's trust \
+                 policy for the cluster's OIDC provider; with EKS Pod Identity: the pod identity \
+                 association for the service account, the eks-pod-identity-agent add-on and the \
+                 role's trust policy for pods.eks.amazonaws.com; elsewhere AWS_ACCESS_KEY_ID/AWS_PROFILE. aws.sts_endpoint \
                  (or AWS_ENDPOINT_URL_STS) must be reachable",
             );
             return;

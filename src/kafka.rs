@@ -194,7 +194,8 @@ impl Connection {
                     step: TOKEN_SIGNING,
                     reason,
                     fix: "Check the source identity (the pod's IRSA role: AWS_ROLE_ARN and \
-                          AWS_WEB_IDENTITY_TOKEN_FILE, or another provider of the default chain)"
+                          AWS_WEB_IDENTITY_TOKEN_FILE; its EKS Pod Identity association; or \
+                          another provider of the default chain)"
                         .into(),
                 });
                 return Err("cannot sign an MSK IAM token; see doka's log".into());
