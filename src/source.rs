@@ -20,6 +20,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{KafkaConfig, StartFrom};
 use crate::kafka::{self, ConnectFailure, Connection};
+use crate::pipeline::freshness::OldestUndelivered;
 use crate::pipeline::intake::{Intake, TopicRoutes};
 use crate::pipeline::offsets::PartitionProgress;
 use crate::pipeline::{Budget, Fetched, Halt, Header, Share, Timestamp};
@@ -71,8 +72,8 @@ impl SourceContext {
             .collect()
     }
 
-    /// Every assigned partition, and whether it is paused now.
-    fn all_with_pause(&self) -> Vec<(Arc<PartitionProgress>, bool)> {
+    /// Every assigned partition, its route, and whether it is paused now.
+    fn all_with_pause(&self) -> Vec<(Arc<PartitionProgress>, usize, bool)> {
         let everything = self.all_paused.load(AtomicOrdering::SeqCst)
             || self.budget_paused.load(AtomicOrdering::SeqCst);
         let map = self.partitions.lock().unwrap();
@@ -80,7 +81,7 @@ impl SourceContext {
             .flat_map(|t| t.values())
             .map(|(p, route)| {
                 let paused = everything || self.paused[*route].load(AtomicOrdering::SeqCst);
-                (p.clone(), paused)
+                (p.clone(), *route, paused)
             })
             .collect()
     }
@@ -679,9 +680,11 @@ fn partition_gauges(consumer: &BaseConsumer<SourceContext>, paused_ends: &mut Pa
     paused_ends.0.retain(|(topic, partition), _| {
         partitions
             .iter()
-            .any(|(p, paused)| *paused && p.partition == *partition && p.topic == *topic)
+            .any(|(p, _, paused)| *paused && p.partition == *partition && p.topic == *topic)
     });
-    for (p, paused) in partitions {
+    let mut oldest = OldestUndelivered::new(context.paused.len());
+    for (p, route, paused) in partitions {
+        oldest.include(&p, route);
         let committed = p.last_commit();
         let fetched = p.fetched();
         let mut end = cached_end(consumer, &p.topic, p.partition);
@@ -716,6 +719,7 @@ fn partition_gauges(consumer: &BaseConsumer<SourceContext>, paused_ends: &mut Pa
             .metrics
             .partition(&p.topic, p.partition, committed, fetched, lag);
     }
+    oldest.publish(&context.metrics, |route| context.routing.name(route));
 }
 
 /// The partition's end (high watermark) as the last fetch response told it; `None` before one.

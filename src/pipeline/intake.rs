@@ -96,6 +96,8 @@ struct Held {
     route: usize,
     lane: usize,
     record: Record,
+    /// The Kafka timestamp, registered with the offset (for the freshness metrics).
+    timestamp_ms: Option<i64>,
 }
 
 impl Intake {
@@ -172,6 +174,7 @@ impl Intake {
                     route,
                     lane,
                     record,
+                    timestamp_ms: msg.timestamp().millis(),
                 });
                 true
             }
@@ -304,7 +307,7 @@ impl Intake {
             return false;
         }
         let offset = msg.offset();
-        if !progress.register(offset) {
+        if !progress.register_at(offset, msg.timestamp().millis()) {
             self.metrics.refetched.inc();
             return true;
         }
@@ -381,9 +384,8 @@ impl Intake {
                 continue;
             }
             let mut new = Vec::with_capacity(run.len());
-            progress.register_all(run.iter().map(|h| h.record.offset), |is_new| {
-                new.push(is_new)
-            });
+            let records = run.iter().map(|h| (h.record.offset, h.timestamp_ms));
+            progress.register_all(records, |is_new| new.push(is_new));
             let mut consumed = 0;
             for (h, is_new) in run.into_iter().zip(new) {
                 if !is_new {

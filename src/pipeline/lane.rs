@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, error, warn};
 
 use super::batch::Batcher;
+use super::freshness::acknowledge;
 use super::pace::Pace;
 use super::{Halt, Record, Share};
 use crate::config::Ordering;
@@ -85,7 +86,7 @@ impl<S: Sink> Lane<S> {
             let bytes: u64 = batch.iter().map(|r| r.size() as u64).sum();
             let delivered = self.deliver(&batch).await;
             if delivered {
-                acknowledge(&batch);
+                acknowledge(&batch, &self.metrics.record_age);
                 self.metrics.delivered.inc_by(batch.len() as u64);
             }
             self.budget.release(batch.len() as u64, bytes);
@@ -241,14 +242,6 @@ impl<S: Sink> Lane<S> {
             self.health.stream_failed(self.route);
         }
         outcome
-    }
-}
-
-/// Acknowledges a delivered batch: one lock per run of records of the same partition, not one
-/// per record (the consumer thread registers new offsets under the same lock).
-fn acknowledge(batch: &[Record]) {
-    for run in batch.chunk_by(|a, b| Arc::ptr_eq(&a.progress, &b.progress)) {
-        run[0].progress.ack_all(run.iter().map(|r| r.offset));
     }
 }
 

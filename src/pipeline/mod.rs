@@ -8,6 +8,7 @@
 
 pub mod batch;
 pub mod envelope;
+pub mod freshness;
 pub mod intake;
 pub mod json_field;
 pub mod lane;
@@ -48,6 +49,16 @@ pub enum Timestamp {
     CreateTime(i64),
     /// Set by the broker when it appended the record, milliseconds since the Unix epoch.
     LogAppendTime(i64),
+}
+
+impl Timestamp {
+    /// Milliseconds since the Unix epoch, whichever kind; `None` without one (librdkafka says -1).
+    pub fn millis(self) -> Option<i64> {
+        match self {
+            Self::CreateTime(t) | Self::LogAppendTime(t) if t >= 0 => Some(t),
+            _ => None,
+        }
+    }
 }
 
 /// One Kafka header, in the record's order (keys may repeat).

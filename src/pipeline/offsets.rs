@@ -14,39 +14,64 @@ use std::sync::{Arc, Mutex};
 /// transaction markers leave holes) and acknowledged in any order.
 #[derive(Debug, Default)]
 pub struct Watermark {
-    /// Registered offsets not yet released to the commit point, oldest first, with their ack flag.
-    pending: VecDeque<(i64, bool)>,
+    /// Registered records not yet released to the commit point, oldest first.
+    pending: VecDeque<Pending>,
     /// One past the highest registered offset: the commit point when nothing is pending.
     next: Option<i64>,
+}
+
+/// A registered record: its offset, whether it is delivered, and its Kafka timestamp (for the
+/// freshness metrics; `None` when the record has none).
+#[derive(Debug)]
+struct Pending {
+    offset: i64,
+    acked: bool,
+    timestamp_ms: Option<i64>,
 }
 
 impl Watermark {
     /// Starts tracking `offset`. Returns false (and tracks nothing) for an offset at or below one
     /// already registered: a re-fetched copy of a record that is already on its way.
     pub fn register(&mut self, offset: i64) -> bool {
+        self.register_at(offset, None)
+    }
+
+    /// [`Self::register`] with the record's Kafka timestamp (milliseconds since the epoch).
+    pub fn register_at(&mut self, offset: i64, timestamp_ms: Option<i64>) -> bool {
         if self.next.is_some_and(|next| offset < next) {
             return false;
         }
-        self.pending.push_back((offset, false));
+        self.pending.push_back(Pending {
+            offset,
+            acked: false,
+            timestamp_ms,
+        });
         self.next = Some(offset + 1);
         true
     }
 
-    /// Marks `offset` delivered. Unknown offsets are ignored (already released).
-    pub fn ack(&mut self, offset: i64) {
-        if let Ok(i) = self.pending.binary_search_by_key(&offset, |&(o, _)| o) {
-            self.pending[i].1 = true;
+    /// Marks `offset` delivered. Unknown offsets are ignored (already released). Returns the
+    /// record's timestamp when this call delivered it (not for a repeated or unknown offset).
+    pub fn ack(&mut self, offset: i64) -> Option<i64> {
+        let mut timestamp = None;
+        if let Ok(i) = self.pending.binary_search_by_key(&offset, |p| p.offset) {
+            let record = &mut self.pending[i];
+            if !record.acked {
+                record.acked = true;
+                timestamp = record.timestamp_ms;
+            }
         }
-        while self.pending.front().is_some_and(|&(_, acked)| acked) {
+        while self.pending.front().is_some_and(|p| p.acked) {
             self.pending.pop_front();
         }
+        timestamp
     }
 
     /// The offset to commit: the first undelivered record, or one past the last registered one.
     /// `None` until anything has been registered.
     pub fn committable(&self) -> Option<i64> {
         match self.pending.front() {
-            Some(&(offset, _)) => Some(offset),
+            Some(p) => Some(p.offset),
             None => self.next,
         }
     }
@@ -54,7 +79,17 @@ impl Watermark {
     /// Records registered and not yet delivered (acknowledged records behind an unacknowledged
     /// one are not counted).
     pub fn undelivered(&self) -> usize {
-        self.pending.iter().filter(|(_, acked)| !acked).count()
+        self.pending.iter().filter(|p| !p.acked).count()
+    }
+
+    /// The earliest timestamp of a record registered and not yet delivered. A scan of what is
+    /// pending, asked once a second for the gauge, never per record.
+    pub fn oldest_undelivered(&self) -> Option<i64> {
+        self.pending
+            .iter()
+            .filter(|p| !p.acked)
+            .filter_map(|p| p.timestamp_ms)
+            .min()
     }
 
     pub fn is_drained(&self) -> bool {
@@ -100,28 +135,48 @@ impl PartitionProgress {
         self.revoked.load(Ordering::SeqCst)
     }
 
-    /// Registers offsets in fetch order under one lock; `keep` hears for each whether it is new.
-    pub fn register_all(&self, offsets: impl IntoIterator<Item = i64>, mut keep: impl FnMut(bool)) {
+    /// Registers (offset, timestamp) pairs in fetch order under one lock; `keep` hears for each
+    /// whether it is new.
+    pub fn register_all(
+        &self,
+        records: impl IntoIterator<Item = (i64, Option<i64>)>,
+        mut keep: impl FnMut(bool),
+    ) {
         let mut watermark = self.watermark.lock().unwrap();
-        for offset in offsets {
-            keep(watermark.register(offset));
+        for (offset, timestamp_ms) in records {
+            keep(watermark.register_at(offset, timestamp_ms));
         }
     }
 
     pub fn register(&self, offset: i64) -> bool {
-        self.watermark.lock().unwrap().register(offset)
+        self.register_at(offset, None)
+    }
+
+    pub fn register_at(&self, offset: i64, timestamp_ms: Option<i64>) -> bool {
+        self.watermark
+            .lock()
+            .unwrap()
+            .register_at(offset, timestamp_ms)
     }
 
     pub fn ack(&self, offset: i64) {
         self.watermark.lock().unwrap().ack(offset);
     }
 
-    /// Acknowledges several offsets under one lock (a batch's records of this partition).
-    pub fn ack_all(&self, offsets: impl IntoIterator<Item = i64>) {
+    /// Acknowledges several offsets under one lock (a batch's records of this partition);
+    /// `delivered` hears the timestamp of each record this delivered that has one.
+    pub fn ack_all(&self, offsets: impl IntoIterator<Item = i64>, mut delivered: impl FnMut(i64)) {
         let mut watermark = self.watermark.lock().unwrap();
         for offset in offsets {
-            watermark.ack(offset);
+            if let Some(timestamp_ms) = watermark.ack(offset) {
+                delivered(timestamp_ms);
+            }
         }
+    }
+
+    /// The earliest timestamp of this partition's records not yet delivered.
+    pub fn oldest_undelivered(&self) -> Option<i64> {
+        self.watermark.lock().unwrap().oldest_undelivered()
     }
 
     pub fn committable(&self) -> Option<i64> {
@@ -273,6 +328,27 @@ mod tests {
                 assert_eq!(w.committable(), Some(first_missing));
             }
         }
+    }
+
+    #[test]
+    fn the_oldest_undelivered_timestamp_follows_the_acknowledgements() {
+        let mut w = Watermark::default();
+        assert_eq!(w.oldest_undelivered(), None);
+        // Producer timestamps need not follow offsets; a record without one is not counted.
+        w.register_at(0, Some(5_000));
+        w.register_at(1, Some(2_000));
+        w.register_at(2, None);
+        w.register_at(3, Some(9_000));
+        assert_eq!(w.oldest_undelivered(), Some(2_000));
+        assert_eq!(w.ack(1), Some(2_000), "delivered now: its timestamp");
+        assert_eq!(w.ack(1), None, "a repeated ack delivers nothing");
+        assert_eq!(w.oldest_undelivered(), Some(5_000));
+        assert_eq!(w.ack(2), None, "no timestamp");
+        w.ack(0);
+        assert_eq!(w.oldest_undelivered(), Some(9_000));
+        w.ack(3);
+        assert_eq!(w.oldest_undelivered(), None);
+        assert!(w.is_drained());
     }
 
     #[test]

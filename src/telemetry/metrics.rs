@@ -2,13 +2,26 @@
 //! read these same counters.
 //!
 //! Names follow Prometheus conventions: `doka_` prefix, `_total` counters, base units (seconds,
-//! bytes). Labels are bounded: topic and partition (what the group assigned), stream, and small
-//! fixed sets (outcome, kind, event) — never keys, offsets or error messages.
+//! bytes). Labels are bounded: topic (at most [`MAX_TOPIC_LABELS`] values, the rest under
+//! [`OTHER_TOPICS`]), partition (what the group assigned, removed when revoked), route, stream,
+//! and small fixed sets (outcome, kind, event) — never keys, offsets or error messages. The
+//! standard `process_*` metrics (memory, CPU, file descriptors) are served alongside.
 
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use super::topic_labels::TopicLabels;
+pub use super::topic_labels::{MAX_TOPIC_LABELS, OTHER_TOPICS};
+
+/// Buckets of `doka_record_age_seconds`: from a second (a stream keeping up) to a day (a backlog
+/// read from the start), with a bound at each usual freshness objective: 1, 5, 15 and 30
+/// minutes, 1, 2, 6 and 12 hours.
+pub const RECORD_AGE_BUCKETS: [f64; 19] = [
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0,
+    14400.0, 21600.0, 43200.0, 86400.0,
+];
 
 /// What a PutRecords request came to, for `doka_put_requests_total{outcome}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +96,9 @@ pub struct Metrics {
     credential_expiry: GaugeVec,
     credential_renewals: IntCounterVec,
     rebalances: IntCounterVec,
+    record_age: HistogramVec,
+    oldest_undelivered: GaugeVec,
+    topics: TopicLabels,
 }
 
 /// The metrics of one destination stream, resolved once (no label lookup per record).
@@ -97,6 +113,8 @@ pub struct StreamMetrics {
     pub batch_records: Histogram,
     pub batch_bytes: Histogram,
     pub send_rate: Gauge,
+    /// Seconds from a record's Kafka timestamp to its acknowledgement (the route's).
+    pub record_age: Histogram,
 }
 
 impl StreamMetrics {
@@ -174,6 +192,12 @@ impl Metrics {
                 "Records fetched for partitions revoked meanwhile, left to their new owner.",
             ),
         );
+        // The standard process metrics, read from /proc at each scrape.
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("registered once");
         Self {
             consumed: counter(
                 &r,
@@ -310,6 +334,20 @@ impl Metrics {
                 "Partition assignment changes: assigned, revoked, lost.",
                 &["event"],
             ),
+            record_age: histogram(
+                &r,
+                "doka_record_age_seconds",
+                "Seconds from a record's Kafka timestamp (CreateTime or LogAppendTime) to the destination's acknowledgement; records without a timestamp are not observed.",
+                RECORD_AGE_BUCKETS.to_vec(),
+                &["route"],
+            ),
+            oldest_undelivered: gauge(
+                &r,
+                "doka_oldest_undelivered_record_age_seconds",
+                "Age (from its Kafka timestamp) of the oldest record taken from Kafka and not yet acknowledged by the route's destination; 0 when none.",
+                &["route"],
+            ),
+            topics: TopicLabels::default(),
             registry: r,
         }
     }
@@ -346,19 +384,26 @@ impl Metrics {
             batch_records: self.batch_records.with_label_values(&[route, stream]),
             batch_bytes: self.batch_bytes.with_label_values(&[route, stream]),
             send_rate: self.send_rate.with_label_values(&[route, stream]),
+            record_age: self.record_age.with_label_values(&[route]),
         }
     }
 
+    /// The age gauge of a route's oldest record on its way (set by the consumer thread).
+    pub fn oldest_undelivered(&self, route: &str) -> Gauge {
+        self.oldest_undelivered.with_label_values(&[route])
+    }
+
     pub fn consumed(&self, topic: &str) -> IntCounter {
-        self.consumed.with_label_values(&[topic])
+        self.consumed.with_label_values(&[self.topics.label(topic)])
     }
 
     pub fn dead_lettered(&self, topic: &str) -> IntCounter {
-        self.dead_lettered.with_label_values(&[topic])
+        self.dead_lettered
+            .with_label_values(&[self.topics.label(topic)])
     }
 
     pub fn skipped(&self, topic: &str) -> IntCounter {
-        self.skipped.with_label_values(&[topic])
+        self.skipped.with_label_values(&[self.topics.label(topic)])
     }
 
     /// Offsets and lag of an assigned partition; `None` values are not known (yet).

@@ -4,6 +4,7 @@
 pub mod health;
 pub mod http;
 pub mod metrics;
+mod topic_labels;
 
 use tracing_subscriber::EnvFilter;
 
