@@ -14,8 +14,17 @@ fi
 # `up` prints the endpoints as NAME=value lines; the tests read them from the environment.
 # (Two steps: `eval "$(…)"` would go on when `up` fails.)
 endpoints=$(scripts/stack.sh up)
+# The container image (tests/image.rs runs it): built from deploy/Dockerfile with buildah, or
+# reused from the layer cache when nothing it is built from changed (seconds). A filtered run
+# (arguments) uses the image `make image` last built instead of building it.
+if [ $# -gt 0 ]; then
+  image=$(scripts/image.sh env)
+else
+  image=$(scripts/image.sh)
+fi
 set -a
 eval "$endpoints"
+eval "$image"
 set +a
 
 # The crash test runs alone after everything else, at full size (100,000 records, 5 SIGKILLs):
