@@ -16,13 +16,6 @@ use support::checked::check;
 use support::msk_token::{self, TokenFacts, signature_matches};
 use support::prometheus::sample_sum;
 use support::*;
-
-fn stack_var(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: start the local stack with `scripts/stack.sh up` and export its lines (or run `make test`)")
-    })
-}
-
 fn tls_file(name: &str) -> String {
     PathBuf::from(stack_var("DOKA_TEST_TLS_DIR"))
         .join(name)
@@ -392,22 +385,6 @@ async fn a_wrong_scram_password_is_refused_naming_kafka_auth() {
 // ---------------------------------------------------------------------------------------------
 // MSK IAM
 
-/// The proxy's record of OAUTHBEARER tokens presented by `client_id`, oldest first, each with
-/// whether the proxy accepted it.
-fn recorded_tokens(client_id: &str) -> Vec<(String, bool)> {
-    let text = std::fs::read_to_string(stack_var("DOKA_TEST_OAUTH_TOKENS")).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["client_id"] == client_id)
-        .map(|v| {
-            (
-                v["token"].as_str().unwrap().to_owned(),
-                v["accepted"] == true,
-            )
-        })
-        .collect()
-}
-
 /// Decodes a token and checks it is a presigned `kafka-cluster:Connect` for `region`, valid
 /// 900 s.
 fn read_token(token: &str, region: &str) -> TokenFacts {
@@ -540,25 +517,6 @@ async fn iam_without_a_region_it_can_tell_is_a_config_error() {
 // The pod's identity chain
 
 const ROLE_A: &str = "arn:aws:iam::123456789012:role/doka-pod";
-
-/// Who moto says an access key belongs to (moto identifies callers by key id).
-async fn owner_of_key(ep: &Endpoints, access_key: &str) -> String {
-    let conf = aws_sdk_sts::Config::builder()
-        .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
-        .region(aws_sdk_sts::config::Region::new(REGION))
-        .endpoint_url(&ep.sts)
-        .credentials_provider(aws_sdk_sts::config::Credentials::new(
-            access_key, "unused", None, None, "test",
-        ))
-        .build();
-    aws_sdk_sts::Client::from_conf(conf)
-        .get_caller_identity()
-        .send()
-        .await
-        .expect("GetCallerIdentity")
-        .arn
-        .unwrap_or_default()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_irsa_chain_runs_as_in_a_pod_and_signs_msk_tokens_with_role_a() {

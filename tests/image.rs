@@ -21,13 +21,6 @@ use support::*;
 const ROLE_A: &str = "arn:aws:iam::123456789012:role/doka-pod";
 /// Where EKS' pod identity webhook mounts the IRSA token.
 const IRSA_TOKEN_DIR: &str = "/var/run/secrets/eks.amazonaws.com/serviceaccount";
-
-fn stack_var(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: build the image and start the stack with `make test` (or `scripts/image.sh` and `scripts/stack.sh up`, exporting the lines they print)")
-    })
-}
-
 /// What the base Deployment promises the container: user, config mount, grace period.
 struct PodSpec {
     user: String,

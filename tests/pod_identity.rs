@@ -235,13 +235,6 @@ fn line_with(log: &str, needle: &str) -> String {
         .unwrap_or_else(|| panic!("no line with `{needle}` in:\n{log}"))
         .to_owned()
 }
-
-fn stack_var(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: start the local stack with `scripts/stack.sh up` and export its lines (or run `make test`)")
-    })
-}
-
 fn ca_file() -> String {
     PathBuf::from(stack_var("DOKA_TEST_TLS_DIR"))
         .join("ca.pem")
@@ -350,45 +343,10 @@ impl IamWorld {
     }
 }
 
-/// The proxy's record of OAUTHBEARER tokens presented by `client_id`, oldest first, each with
-/// whether the proxy accepted it.
-fn recorded_tokens(client_id: &str) -> Vec<(String, bool)> {
-    let text = std::fs::read_to_string(stack_var("DOKA_TEST_OAUTH_TOKENS")).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["client_id"] == client_id)
-        .map(|v| {
-            (
-                v["token"].as_str().unwrap().to_owned(),
-                v["accepted"] == true,
-            )
-        })
-        .collect()
-}
-
 /// Decodes an MSK IAM token signed for the region the pod's AWS_REGION names.
 fn read_token(token: &str) -> TokenFacts {
     let facts =
         msk_token::read_token(token).unwrap_or_else(|e| panic!("not an MSK IAM token: {e}"));
     assert_eq!(facts.region, REGION);
     facts
-}
-
-/// Who STS says an access key belongs to (the emulator identifies callers by key id).
-async fn owner_of_key(ep: &Endpoints, access_key: &str) -> String {
-    let conf = aws_sdk_sts::Config::builder()
-        .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
-        .region(aws_sdk_sts::config::Region::new(REGION))
-        .endpoint_url(&ep.sts)
-        .credentials_provider(aws_sdk_sts::config::Credentials::new(
-            access_key, "unused", None, None, "test",
-        ))
-        .build();
-    aws_sdk_sts::Client::from_conf(conf)
-        .get_caller_identity()
-        .send()
-        .await
-        .expect("GetCallerIdentity")
-        .arn
-        .unwrap_or_default()
 }

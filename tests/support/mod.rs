@@ -1153,3 +1153,48 @@ pub async fn wait_for_topic_committed(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The stack's own facts
+
+/// A variable `scripts/stack.sh up` (or `scripts/image.sh`) prints; `make test` exports them.
+pub fn stack_var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: start the local stack with `scripts/stack.sh up` (and build the image with `scripts/image.sh`), exporting the lines they print, or run `make test`")
+    })
+}
+
+/// The SASL proxy's record of OAUTHBEARER tokens presented by `client_id`, oldest first, each
+/// with whether the proxy accepted it.
+pub fn recorded_tokens(client_id: &str) -> Vec<(String, bool)> {
+    let text = std::fs::read_to_string(stack_var("DOKA_TEST_OAUTH_TOKENS")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["client_id"] == client_id)
+        .map(|v| {
+            (
+                v["token"].as_str().unwrap().to_owned(),
+                v["accepted"] == true,
+            )
+        })
+        .collect()
+}
+
+/// Who STS says an access key belongs to (moto identifies callers by key id).
+pub async fn owner_of_key(ep: &Endpoints, access_key: &str) -> String {
+    let conf = aws_sdk_sts::Config::builder()
+        .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
+        .region(aws_sdk_sts::config::Region::new(REGION))
+        .endpoint_url(&ep.sts)
+        .credentials_provider(aws_sdk_sts::config::Credentials::new(
+            access_key, "unused", None, None, "test",
+        ))
+        .build();
+    aws_sdk_sts::Client::from_conf(conf)
+        .get_caller_identity()
+        .send()
+        .await
+        .expect("GetCallerIdentity")
+        .arn
+        .unwrap_or_default()
+}
