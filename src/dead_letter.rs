@@ -12,12 +12,54 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use tracing::warn;
 
-use crate::config::KafkaConfig;
-use crate::kafka::{self, Connection, ConnectionContext};
-use crate::pipeline::intake::{DeadLetterRecord, DeadLetters};
+use serde::{Deserialize, Serialize};
+
+use crate::kafka::{self, BrokerAccess, BrokerAccessContext, KafkaConfig};
+use crate::pipeline::intake::{DeadLetterRecord, DeadLetterWriter};
 use crate::pipeline::offsets::PartitionProgress;
+use crate::pipeline::settings::OversizedPolicy;
 use crate::pipeline::{Budget, Halt};
+use crate::settings::{Checked, bad};
 use crate::telemetry::metrics::Metrics;
+
+/// Records Kinesis would refuse, and where they go.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    /// A Kafka topic on the same cluster for records that cannot be sent to Kinesis.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// What to do with a record over `kinesis.max_record_bytes`. Default: `dead_letter` when a
+    /// topic is set, otherwise `stop`.
+    #[serde(default)]
+    pub on_oversized: Option<OversizedPolicy>,
+}
+
+impl DeadLetterConfig {
+    pub fn oversized_policy(&self) -> OversizedPolicy {
+        self.on_oversized.unwrap_or(if self.topic.is_some() {
+            OversizedPolicy::DeadLetter
+        } else {
+            OversizedPolicy::Stop
+        })
+    }
+
+    /// Semantic checks; keys are reported as `dead_letter.…`.
+    pub fn validate(&self) -> Checked {
+        if let Some(topic) = &self.topic
+            && topic.trim().is_empty()
+        {
+            return bad("dead_letter.topic", "expected a Kafka topic name");
+        }
+        if self.topic.is_none() && self.on_oversized == Some(OversizedPolicy::DeadLetter) {
+            return bad(
+                "dead_letter.on_oversized",
+                "dead_letter needs dead_letter.topic: set a topic or choose another policy",
+            );
+        }
+        Ok(())
+    }
+}
 
 /// Header names doka adds to a dead-lettered record.
 pub const HEADER_REASON: &str = "doka.reason";
@@ -25,8 +67,9 @@ pub const HEADER_TOPIC: &str = "doka.source.topic";
 pub const HEADER_PARTITION: &str = "doka.source.partition";
 pub const HEADER_OFFSET: &str = "doka.source.offset";
 
-pub struct DeadLetter {
-    producer: FutureProducer<ConnectionContext>,
+/// Writes withheld records to the dead-letter topic, on a producer of its own.
+pub struct DeadLetterProducer {
+    producer: FutureProducer<BrokerAccessContext>,
     topic: String,
     runtime: tokio::runtime::Handle,
     budget: Arc<Budget>,
@@ -58,10 +101,10 @@ pub fn producer_config(kafka: &KafkaConfig) -> anyhow::Result<ClientConfig> {
     Ok(cc)
 }
 
-impl DeadLetter {
+impl DeadLetterProducer {
     pub fn new(
         kafka: &KafkaConfig,
-        connection: Connection,
+        access: BrokerAccess,
         topic: String,
         runtime: tokio::runtime::Handle,
         budget: Arc<Budget>,
@@ -69,7 +112,7 @@ impl DeadLetter {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let producer = producer_config(kafka)?
-            .create_with_context(ConnectionContext(connection))
+            .create_with_context(BrokerAccessContext(access))
             .map_err(|e| {
                 anyhow::Error::new(kafka::describe_create_error(&kafka.auth, &e))
                     .context("cannot create the dead-letter producer")
@@ -89,7 +132,7 @@ impl DeadLetter {
     }
 }
 
-impl DeadLetters for DeadLetter {
+impl DeadLetterWriter for DeadLetterProducer {
     /// Writes the record to the dead-letter topic in the background. The caller has registered
     /// its offset and taken `size` from the budget; both are settled when the write is confirmed.
     fn send(&self, record: DeadLetterRecord, progress: Arc<PartitionProgress>, size: usize) {

@@ -21,6 +21,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod kafka;
 pub mod pipeline;
+pub mod settings;
 pub mod sink;
 pub mod source;
 pub mod telemetry;

@@ -2,7 +2,7 @@
 //! account, refreshed by the SDK before expiry while records keep flowing.
 
 pub mod msk_iam;
-pub mod put_records;
+pub mod settings;
 pub mod source;
 
 use std::sync::Arc;
@@ -10,15 +10,16 @@ use std::time::Duration;
 
 use aws_config::BehaviorVersion;
 use aws_config::identity::IdentityCache;
-use aws_config::retry::RetryConfig;
 use aws_config::sts::AssumeRoleProvider;
 use aws_config::timeout::TimeoutConfig;
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_smithy_runtime_api::client::identity::SharedIdentityCache;
 use aws_types::SdkConfig;
 use aws_types::region::Region;
 
-use crate::config::{AwsConfig, DestinationKind, Route};
+pub use settings::{AwsConfig, default_session_name};
+
 use crate::telemetry::health::Health;
 use crate::telemetry::metrics::{CredentialKind, Metrics};
 
@@ -39,19 +40,49 @@ impl std::fmt::Debug for CredentialObserver {
     }
 }
 
-/// Everything needed to talk to a route's destination.
-pub struct DestinationAccess {
-    pub client: DestinationClient,
+/// Who writes to a route's destination: the route's region and credentials (an assumed role in
+/// the destination's account, or the source chain), from which its destination builds a client.
+pub struct RouteIdentity {
+    /// The SDK configuration in the route's region, for a service client's builder.
+    pub sdk: SdkConfig,
     pub credentials: SharedCredentialsProvider,
     pub region: String,
+    /// The AssumeRole session name; `None` without a role.
     pub session_name: Option<String>,
 }
 
-/// The client of a route's destination, with the route's credentials, endpoint and timeouts.
-pub enum DestinationClient {
-    /// The SDK client for every call but PutRecords, and PutRecords' own lean client.
-    Kinesis(aws_sdk_kinesis::Client, Box<put_records::PutRecordsClient>),
-    Firehose(aws_sdk_firehose::Client),
+impl RouteIdentity {
+    /// Whether the credentials are an assumed role's (their expiry is already moved early).
+    fn assumed(&self) -> bool {
+        self.session_name.is_some()
+    }
+
+    /// The identity cache a service client of this route uses.
+    pub fn identity_cache(&self) -> SharedIdentityCache {
+        if self.assumed() {
+            // `Renewed` already moved the expiry `credential_refresh_margin_secs` early.
+            IdentityCache::lazy().buffer_time(Duration::ZERO).build()
+        } else {
+            IdentityCache::lazy().build()
+        }
+    }
+
+    /// How long before the credentials' expiry a client that caches them itself renews them.
+    pub fn renew_early(&self) -> Duration {
+        if self.assumed() {
+            Duration::ZERO
+        } else {
+            SOURCE_CREDENTIALS_RENEWED_EARLY
+        }
+    }
+}
+
+/// One request's time limit, connecting included (at most 10 s of it).
+pub fn timeouts(request_timeout: Duration) -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .operation_timeout(request_timeout)
+        .connect_timeout(request_timeout.min(Duration::from_secs(10)))
+        .build()
 }
 
 /// Makes `aws.sts_endpoint` the endpoint of every STS call. The SDK's web identity (IRSA)
@@ -137,14 +168,13 @@ pub async fn caller_identity(
     })
 }
 
-/// Builds the Kinesis client whose credentials come from AssumeRole (when `aws.role_arn` is set).
-pub async fn destination_access(
+/// A route's identity: its region, and credentials from AssumeRole when `aws.role_arn` is set.
+pub async fn route_identity(
     base: &SdkConfig,
-    route: &Route,
+    aws: &AwsConfig,
     session_name: String,
     observer: Option<CredentialObserver>,
-) -> anyhow::Result<DestinationAccess> {
-    let aws = &route.aws;
+) -> anyhow::Result<RouteIdentity> {
     // A route in another region than the shared one keeps the shared credential chain.
     let routed;
     let base = match &aws.region {
@@ -192,64 +222,8 @@ pub async fn destination_access(
         None => (source, None),
     };
 
-    let request_timeout = Duration::from_millis(route.request_timeout_ms());
-    let identity_cache = if aws.role_arn.is_some() {
-        // `Renewed` already moved the expiry `credential_refresh_margin_secs` early.
-        IdentityCache::lazy().buffer_time(Duration::ZERO).build()
-    } else {
-        IdentityCache::lazy().build()
-    };
-    let timeouts = TimeoutConfig::builder()
-        .operation_timeout(request_timeout)
-        .connect_timeout(request_timeout.min(Duration::from_secs(10)))
-        .build();
-    // doka retries itself, entry by entry, with its own backoff and accounting: no SDK retries.
-    let client = match route.kind() {
-        DestinationKind::Kinesis => {
-            let mut builder = aws_sdk_kinesis::config::Builder::from(base)
-                .credentials_provider(credentials.clone())
-                .identity_cache(identity_cache)
-                .retry_config(RetryConfig::disabled())
-                .timeout_config(timeouts);
-            if let Some(endpoint) = &aws.kinesis_endpoint {
-                builder = builder.endpoint_url(endpoint);
-            }
-            let (stream_name, stream_arn) = route.stream_target();
-            let url =
-                kinesis_url(base, &region, aws.kinesis_endpoint.as_deref(), stream_arn).await?;
-            let writer = put_records::PutRecordsClient::new(
-                credentials.clone(),
-                // `Renewed` already moved the expiry `credential_refresh_margin_secs` early.
-                if aws.role_arn.is_some() {
-                    Duration::ZERO
-                } else {
-                    SOURCE_CREDENTIALS_RENEWED_EARLY
-                },
-                region.clone(),
-                url,
-                stream_name,
-                stream_arn,
-                request_timeout,
-            );
-            DestinationClient::Kinesis(
-                aws_sdk_kinesis::Client::from_conf(builder.build()),
-                Box::new(writer),
-            )
-        }
-        DestinationKind::Firehose => {
-            let mut builder = aws_sdk_firehose::config::Builder::from(base)
-                .credentials_provider(credentials.clone())
-                .identity_cache(identity_cache)
-                .retry_config(RetryConfig::disabled())
-                .timeout_config(timeouts);
-            if let Some(endpoint) = &aws.firehose_endpoint {
-                builder = builder.endpoint_url(endpoint);
-            }
-            DestinationClient::Firehose(aws_sdk_firehose::Client::from_conf(builder.build()))
-        }
-    };
-    Ok(DestinationAccess {
-        client,
+    Ok(RouteIdentity {
+        sdk: base.clone(),
         credentials,
         region,
         session_name,
@@ -259,57 +233,6 @@ pub async fn destination_access(
 /// Credentials from the source chain (no role to assume) are renewed this long before they
 /// expire, as the SDK's identity cache does.
 const SOURCE_CREDENTIALS_RENEWED_EARLY: Duration = Duration::from_secs(10);
-
-/// The data-plane endpoint of a stream, by the SDK's own endpoint rules (FIPS, dual stack, an
-/// ARN's account-specific host, or `aws.kinesis_endpoint`).
-async fn kinesis_url(
-    base: &SdkConfig,
-    region: &str,
-    endpoint: Option<&str>,
-    stream_arn: Option<&str>,
-) -> anyhow::Result<String> {
-    use aws_sdk_kinesis::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
-    let mut params = Params::builder()
-        .region(region)
-        .use_fips(base.use_fips().unwrap_or(false))
-        .use_dual_stack(base.use_dual_stack().unwrap_or(false))
-        .operation_type("data");
-    // As the SDK's Kinesis client picks it: the route's setting, then `AWS_ENDPOINT_URL_KINESIS`
-    // (or the profile's `kinesis` section), then `AWS_ENDPOINT_URL`.
-    let service_endpoint = base.service_config().and_then(|config| {
-        config.load_config(
-            aws_types::service_config::ServiceConfigKey::builder()
-                .service_id("Kinesis")
-                .env("AWS_ENDPOINT_URL")
-                .profile("endpoint_url")
-                .build()
-                .expect("every field set"),
-        )
-    });
-    let endpoint = endpoint
-        .map(str::to_owned)
-        .or(service_endpoint)
-        .or(base.endpoint_url().map(str::to_owned));
-    if let Some(endpoint) = endpoint {
-        params = params.endpoint(endpoint);
-    }
-    if let Some(arn) = stream_arn {
-        params = params.stream_arn(arn);
-    }
-    let params = params
-        .build()
-        .map_err(|e| anyhow::anyhow!("cannot resolve the Kinesis endpoint: {e}"))?;
-    let endpoint = DefaultResolver::new()
-        .resolve_endpoint(&params)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot resolve the Kinesis endpoint (check aws.region, aws.kinesis_endpoint and kinesis.stream): {}",
-                aws_smithy_types::error::display::DisplayErrorContext(&*e)
-            )
-        })?;
-    Ok(endpoint.url().to_owned())
-}
 
 /// After a failed renewal, how soon it is tried again (while the old credentials last).
 const RETRY_RENEWAL: Duration = Duration::from_secs(10);

@@ -14,8 +14,8 @@ use tracing::info;
 
 use super::offsets::PartitionProgress;
 use super::partition_key::{PartitionKeys, Spread};
-use super::{Budget, Fetched, Halt, Record, Refuse, Share, Usage, envelope, lane_of};
-use crate::config::{Delimiter, HeadersPolicy, RecordFormat, TombstonePolicy};
+use super::settings::{Delimiter, HeadersPolicy, RecordFormat, TombstonePolicy};
+use super::{Budget, Fallback, Fetched, Halt, Record, Share, Usage, envelope, lane_of};
 use crate::telemetry::metrics::Metrics;
 
 /// What a route does with each record before its lanes take it.
@@ -39,7 +39,7 @@ pub struct RouteIntake {
     pub headers_noted: AtomicBool,
 }
 
-/// A refused record on its way to the dead-letter topic, with what the writer needs.
+/// A withheld record on its way to the dead-letter topic, with what the writer needs.
 pub struct DeadLetterRecord {
     pub topic: String,
     pub partition: i32,
@@ -50,19 +50,19 @@ pub struct DeadLetterRecord {
     pub reason: String,
 }
 
-/// Writes refused records to the dead-letter topic. It acknowledges `progress` at the record's
+/// Writes withheld records to the dead-letter topic. It acknowledges `progress` at the record's
 /// offset once the write is confirmed (or halts the pipeline), and releases `size` from the
 /// budget either way.
-pub trait DeadLetters: Send + Sync {
+pub trait DeadLetterWriter: Send + Sync {
     fn send(&self, record: DeadLetterRecord, progress: Arc<PartitionProgress>, size: usize);
 }
 
 /// Under `records.on_headers: ignore`, one record in this many is looked at for the note.
 const HEADER_SAMPLE: i64 = 64;
 
-/// A record that a policy keeps from the destination as it is.
-struct Refusal {
-    action: Refuse,
+/// A record a policy withholds from the destination, and why.
+struct Withheld {
+    action: Fallback,
     /// What is wrong and where: topic, partition, offset (never key or value bytes).
     reason: String,
     /// The config key of the policy.
@@ -77,8 +77,8 @@ pub struct Intake {
     pub budget: Arc<Budget>,
     pub halt: Arc<Halt>,
     pub metrics: Arc<Metrics>,
-    pub dead_letters: Option<Box<dyn DeadLetters>>,
-    pub on_oversized: Refuse,
+    pub dead_letters: Option<Box<dyn DeadLetterWriter>>,
+    pub on_oversized: Fallback,
     held: Vec<Held>,
     /// Per route: records and bytes held, not yet handed over (not yet in its share).
     held_counts: Vec<(u64, u64)>,
@@ -106,8 +106,8 @@ impl Intake {
         budget: Arc<Budget>,
         halt: Arc<Halt>,
         metrics: Arc<Metrics>,
-        dead_letters: Option<Box<dyn DeadLetters>>,
-        on_oversized: Refuse,
+        dead_letters: Option<Box<dyn DeadLetterWriter>>,
+        on_oversized: Fallback,
     ) -> Self {
         Self {
             held_counts: vec![(0, 0); routes.len()],
@@ -187,7 +187,7 @@ impl Intake {
     }
 
     /// The partition key and encoded data of a record that may be sent, or why it may not.
-    fn prepare(&self, msg: &impl Fetched, route: usize) -> Result<(String, Bytes), Refusal> {
+    fn prepare(&self, msg: &impl Fetched, route: usize) -> Result<(String, Bytes), Withheld> {
         let r = &self.routes[route];
         let at = || {
             format!(
@@ -199,9 +199,9 @@ impl Intake {
         };
         let value = msg.value();
         if value.is_none_or(<[u8]>::is_empty)
-            && let Some(action) = r.on_tombstone.refusal()
+            && let Some(action) = r.on_tombstone.fallback()
         {
-            return Err(Refusal {
+            return Err(Withheld {
                 action,
                 reason: format!("{} is a tombstone (no value)", at()),
                 setting: "records.on_tombstone",
@@ -214,7 +214,7 @@ impl Intake {
         let partition_key = r
             .keys
             .key_for(msg.key(), value, msg.topic(), msg.partition())
-            .map_err(|refused| Refusal {
+            .map_err(|refused| Withheld {
                 action: refused.action,
                 reason: format!("{} has {}", at(), refused.problem),
                 setting: refused.setting,
@@ -234,7 +234,7 @@ impl Intake {
                     "Set dead_letter.topic to keep such records (Firehose's limit is fixed)",
                 )
             };
-            return Err(Refusal {
+            return Err(Withheld {
                 action: self.on_oversized,
                 reason: format!(
                     "{} is {size} bytes (route `{}`, {limit} of {} bytes",
@@ -255,17 +255,17 @@ impl Intake {
         msg: &impl Fetched,
         r: &RouteIntake,
         at: &impl Fn() -> String,
-    ) -> Result<(), Refusal> {
+    ) -> Result<(), Withheld> {
         // librdkafka parses (and allocates for) headers on each call. Under `ignore` they only
         // feed a one-time note, so a sample of records is enough for it.
-        let look = r.on_headers.refusal().is_some()
+        let look = r.on_headers.fallback().is_some()
             || (msg.offset() % HEADER_SAMPLE == 0
                 && !r.headers_noted.load(AtomicOrdering::Relaxed));
         if !look || msg.headers().is_empty() {
             return Ok(());
         }
-        match r.on_headers.refusal() {
-            Some(action) => Err(Refusal {
+        match r.on_headers.fallback() {
+            Some(action) => Err(Withheld {
                 action,
                 reason: format!("{} has headers, which a raw record cannot carry", at()),
                 setting: "records.on_headers",
@@ -290,16 +290,16 @@ impl Intake {
     fn refuse(
         &mut self,
         msg: &impl Fetched,
-        refusal: Refusal,
+        refusal: Withheld,
         progress: Arc<PartitionProgress>,
     ) -> bool {
-        let Refusal {
+        let Withheld {
             action,
             reason,
             setting,
             fix,
         } = refusal;
-        if action == Refuse::Stop {
+        if action == Fallback::Stop {
             self.halt.halt(format!(
                 "{reason}. {setting} is stop: doka stops rather than drop it and commits nothing \
                  from this offset on. {fix}"
@@ -313,7 +313,7 @@ impl Intake {
         }
         self.metrics.consumed(msg.topic()).inc();
         match (action, &self.dead_letters) {
-            (Refuse::DeadLetter, Some(dead_letters)) => {
+            (Fallback::DeadLetter, Some(dead_letters)) => {
                 let value = msg.value().unwrap_or_default().to_vec();
                 let key = msg.key().map(<[u8]>::to_vec);
                 let size = value.len() + key.as_ref().map_or(0, Vec::len);
@@ -337,15 +337,15 @@ impl Intake {
                     size,
                 );
             }
-            (Refuse::DeadLetter, None) => {
+            (Fallback::DeadLetter, None) => {
                 // Config validation requires dead_letter.topic for every dead_letter policy.
                 self.halt.halt(format!(
                     "{reason}. {setting} is dead_letter but no dead-letter topic is set"
                 ));
                 return false;
             }
-            (Refuse::Stop, _) => unreachable!("a stop returned above"),
-            (Refuse::Skip, _) => {
+            (Fallback::Stop, _) => unreachable!("a stop returned above"),
+            (Fallback::Skip, _) => {
                 self.metrics.skipped(msg.topic()).inc();
                 info!("{reason}: not sent ({setting} is skip); counted as skipped");
                 progress.ack(offset);
@@ -459,26 +459,20 @@ pub struct TopicRoutes {
     routes: Vec<TopicRoute>,
 }
 
-struct TopicRoute {
-    name: String,
-    topics: Vec<String>,
-    pattern: Option<(String, regex::Regex)>,
-    destination: String,
+/// The topics of one route.
+pub struct TopicRoute {
+    pub name: String,
+    pub topics: Vec<String>,
+    /// `topic_pattern` as written, and as the whole-name regex it stands for.
+    pub pattern: Option<(String, regex::Regex)>,
+    /// The destination's name, for the log.
+    pub destination: String,
 }
 
 impl TopicRoutes {
-    pub fn new(routes: &[crate::config::Route]) -> Self {
-        Self {
-            routes: routes
-                .iter()
-                .map(|r| TopicRoute {
-                    name: r.name.clone(),
-                    topics: r.topics.clone(),
-                    pattern: r.topic_pattern.clone().zip(r.topic_regex()),
-                    destination: r.destination_name().to_owned(),
-                })
-                .collect(),
-        }
+    /// Route `i` of `routes` is route `i` everywhere else.
+    pub fn new(routes: Vec<TopicRoute>) -> Self {
+        Self { routes }
     }
 
     pub fn name(&self, route: usize) -> &str {

@@ -35,7 +35,7 @@ fn is_index(step: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::field_path as parse_path;
+    use crate::pipeline::settings::field_path as parse_path;
 
     fn text(value: &str, path: &str) -> Option<String> {
         field_text(value.as_bytes(), &parse_path(path).unwrap())

@@ -13,11 +13,11 @@ use tracing::{debug, error, warn};
 use super::batch::Batcher;
 use super::freshness::acknowledge;
 use super::pace::Pace;
+use super::settings::Ordering;
 use super::{Halt, Record, Share};
-use crate::config::Ordering;
 use crate::sink::{Entry, EntryFailure, RequestError, Sink};
 use crate::telemetry::health::Health;
-use crate::telemetry::metrics::{PutOutcome, StreamMetrics};
+use crate::telemetry::metrics::{DestinationMetrics, PutOutcome};
 
 /// Exponential backoff with full jitter.
 #[derive(Debug, Clone, Copy)]
@@ -55,11 +55,20 @@ pub struct Lane<S> {
     /// Shared by every lane of the destination.
     pub pace: Arc<Pace>,
     pub halt: Arc<Halt>,
-    pub metrics: StreamMetrics,
+    pub metrics: DestinationMetrics,
     pub health: Arc<Health>,
 }
 
 impl<S: Sink> Lane<S> {
+    /// [`Self::run_watched`] until `finished` is cancelled: the consumer is done, and what this
+    /// lane still holds was not committed (shutdown timed out), so it stops where it is.
+    pub async fn run_until(self, finished: tokio_util::sync::CancellationToken) {
+        tokio::select! {
+            () = self.run_watched() => {}
+            () = finished.cancelled() => {}
+        }
+    }
+
     /// [`Self::run`], and if the lane dies of a bug (a panic), the pipeline halts with the reason
     /// instead of leaving this lane's keys undelivered while everything else looks alive: exit
     /// code 4, nothing it held committed, a restart sends it again.
@@ -237,9 +246,9 @@ impl<S: Sink> Lane<S> {
         };
         m.request(kind);
         if answered {
-            self.health.stream_answered(self.route);
+            self.health.destination_answered(self.route);
         } else {
-            self.health.stream_failed(self.route);
+            self.health.destination_failed(self.route);
         }
         outcome
     }

@@ -15,6 +15,7 @@ pub mod lane;
 pub mod offsets;
 pub mod pace;
 pub mod partition_key;
+pub mod settings;
 
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::config::{HeadersPolicy, OversizedPolicy, TombstonePolicy};
 use offsets::PartitionProgress;
+use settings::{HeadersPolicy, OversizedPolicy, TombstonePolicy};
 
 /// A fetched Kafka record as the intake sees it. The source's messages implement it, so the
 /// pipeline knows Kafka records without knowing the Kafka client.
@@ -101,10 +102,11 @@ impl Record {
     }
 }
 
-/// What happens to a record that a policy says not to send to Kinesis as it is. Never a silent
-/// drop: each is counted in the summary and logged.
+/// What happens instead to a record a policy withholds from its destination (a tombstone, headers
+/// a raw record cannot carry, a key or size the destination refuses). Never a silent drop: each
+/// is counted in the summary and logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refuse {
+pub enum Fallback {
     /// Written to the dead-letter topic; its offset is committed once that write is confirmed.
     DeadLetter,
     /// doka halts; nothing from the record on is committed.
@@ -113,35 +115,35 @@ pub enum Refuse {
     Skip,
 }
 
-// The policies are config's; what each means for a record is decided here.
+// What each policy setting means for a record.
 impl TombstonePolicy {
     /// `None`: send it.
-    pub fn refusal(self) -> Option<Refuse> {
+    pub fn fallback(self) -> Option<Fallback> {
         match self {
             Self::SendEmpty => None,
-            Self::Skip => Some(Refuse::Skip),
-            Self::DeadLetter => Some(Refuse::DeadLetter),
-            Self::Stop => Some(Refuse::Stop),
+            Self::Skip => Some(Fallback::Skip),
+            Self::DeadLetter => Some(Fallback::DeadLetter),
+            Self::Stop => Some(Fallback::Stop),
         }
     }
 }
 
 impl HeadersPolicy {
     /// `None`: send it without its headers.
-    pub fn refusal(self) -> Option<Refuse> {
+    pub fn fallback(self) -> Option<Fallback> {
         match self {
             Self::Ignore => None,
-            Self::DeadLetter => Some(Refuse::DeadLetter),
-            Self::Stop => Some(Refuse::Stop),
+            Self::DeadLetter => Some(Fallback::DeadLetter),
+            Self::Stop => Some(Fallback::Stop),
         }
     }
 }
 
 impl OversizedPolicy {
-    pub fn refusal(self) -> Refuse {
+    pub fn fallback(self) -> Fallback {
         match self {
-            Self::DeadLetter => Refuse::DeadLetter,
-            Self::Stop => Refuse::Stop,
+            Self::DeadLetter => Fallback::DeadLetter,
+            Self::Stop => Fallback::Stop,
         }
     }
 }

@@ -6,16 +6,16 @@
 
 use std::fmt::Write as _;
 
-use super::Refuse;
+use super::Fallback;
 use super::json_field;
-use crate::config::PartitionKeyConfig;
-pub use crate::config::{BinaryKeyPolicy, KeyRule, LongKeyPolicy, MAX_PARTITION_KEY_CHARS};
+use super::settings::PartitionKeyConfig;
+pub use super::settings::{BinaryKeyPolicy, KeyRule, LongKeyPolicy, MAX_PARTITION_KEY_CHARS};
 use md5::{Digest, Md5};
 
 /// A Kafka key that the policy says not to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyRefused {
-    pub action: Refuse,
+pub struct KeyWithheld {
+    pub action: Fallback,
     /// What is wrong with the key (never the key itself: it may be sensitive).
     pub problem: String,
     /// The config key of the policy that refused it.
@@ -60,7 +60,7 @@ impl PartitionKeys {
             config.on_binary_key,
         );
         if let Some(field) = &config.field {
-            keys.path = crate::config::field_path(field).unwrap_or_default();
+            keys.path = super::settings::field_path(field).unwrap_or_default();
         }
         keys.template = config.template.clone().unwrap_or_default();
         keys
@@ -86,7 +86,7 @@ impl PartitionKeys {
         value: Option<&[u8]>,
         topic: &str,
         partition: i32,
-    ) -> Result<String, KeyRefused> {
+    ) -> Result<String, KeyWithheld> {
         Ok(match self.rule {
             KeyRule::KafkaKey => self.by_kafka_key(key, topic, partition)?,
             KeyRule::JsonField => match value.and_then(|v| json_field::field_text(v, &self.path)) {
@@ -137,7 +137,7 @@ impl PartitionKeys {
         key: Option<&[u8]>,
         topic: &str,
         partition: i32,
-    ) -> Result<String, KeyRefused> {
+    ) -> Result<String, KeyWithheld> {
         match key {
             None | Some([]) => {
                 let fallback = format!("{topic}-{partition}");
@@ -156,12 +156,12 @@ impl PartitionKeys {
     }
 
     /// `text` as a partition key: as it is up to 256 characters, else by `on_long_key`.
-    fn bounded(&self, text: String) -> Result<String, KeyRefused> {
+    fn bounded(&self, text: String) -> Result<String, KeyWithheld> {
         let chars = text.chars().count();
         if chars <= MAX_PARTITION_KEY_CHARS {
             return Ok(text);
         }
-        let refused = |action| KeyRefused {
+        let refused = |action| KeyWithheld {
             action,
             problem: format!(
                 "a key of {chars} characters, over Kinesis' {MAX_PARTITION_KEY_CHARS}"
@@ -171,22 +171,22 @@ impl PartitionKeys {
         match self.on_long_key {
             LongKeyPolicy::Hash => Ok(md5_hex(text.as_bytes())),
             LongKeyPolicy::Truncate => Ok(text.chars().take(MAX_PARTITION_KEY_CHARS).collect()),
-            LongKeyPolicy::DeadLetter => Err(refused(Refuse::DeadLetter)),
-            LongKeyPolicy::Stop => Err(refused(Refuse::Stop)),
+            LongKeyPolicy::DeadLetter => Err(refused(Fallback::DeadLetter)),
+            LongKeyPolicy::Stop => Err(refused(Fallback::Stop)),
         }
     }
 
     /// A key that is not UTF-8, by `on_binary_key`.
-    fn binary(&self, bytes: &[u8]) -> Result<String, KeyRefused> {
-        let refused = |action| KeyRefused {
+    fn binary(&self, bytes: &[u8]) -> Result<String, KeyWithheld> {
+        let refused = |action| KeyWithheld {
             action,
             problem: format!("a binary key ({} bytes, not UTF-8)", bytes.len()),
             setting: "partition_key.on_binary_key",
         };
         match self.on_binary_key {
             BinaryKeyPolicy::Hash => Ok(md5_hex(bytes)),
-            BinaryKeyPolicy::DeadLetter => Err(refused(Refuse::DeadLetter)),
-            BinaryKeyPolicy::Stop => Err(refused(Refuse::Stop)),
+            BinaryKeyPolicy::DeadLetter => Err(refused(Fallback::DeadLetter)),
+            BinaryKeyPolicy::Stop => Err(refused(Fallback::Stop)),
         }
     }
 }
@@ -349,14 +349,14 @@ mod tests {
         let long_refused = refuse
             .key_for(Some(long.as_bytes()), None, "t", 0)
             .unwrap_err();
-        assert_eq!(long_refused.action, Refuse::DeadLetter);
+        assert_eq!(long_refused.action, Fallback::DeadLetter);
         assert_eq!(long_refused.setting, "partition_key.on_long_key");
         assert!(
             long_refused.problem.contains("300 characters"),
             "{long_refused:?}"
         );
         let binary_refused = refuse.key_for(Some(&binary), None, "t", 0).unwrap_err();
-        assert_eq!(binary_refused.action, Refuse::Stop);
+        assert_eq!(binary_refused.action, Fallback::Stop);
         assert_eq!(binary_refused.setting, "partition_key.on_binary_key");
         // Keys within the rules are untouched by the policies.
         assert_eq!(key(&refuse, Some(b"fine"), "t", 0), "fine");

@@ -1,21 +1,97 @@
-//! Destinations. A sink makes one delivery attempt for a batch and says, entry by entry, what
-//! failed; retrying, ordering and acknowledging belong to the pipeline, so every sink gets the same
-//! at-least-once rules.
+//! Destinations. Each has its own folder with everything about it — its settings and limits, its
+//! client, its sink, its health probe and its `doka check` hops — and one arm in [`Destination`].
+//!
+//! A sink makes one delivery attempt for a batch and says, entry by entry, what failed; retrying,
+//! ordering and acknowledging belong to the pipeline, so every sink gets the same at-least-once
+//! rules.
 
-pub mod aggregate;
+mod destination;
 pub mod firehose;
 pub mod kinesis;
-pub mod shards;
+pub mod stdout;
 
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
+use serde::Serialize;
+
+use crate::telemetry::health::Health;
+
+pub use destination::{Destination, Opening, StartLanes};
 
 /// Time limit of one request, including connecting, unless `request_timeout_ms` says otherwise.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
 
 fn default_request_timeout_ms() -> u64 {
     DEFAULT_REQUEST_TIMEOUT_MS
+}
+
+/// How often each destination is described while doka runs.
+const DESCRIBE_DESTINATION_EVERY: Duration = Duration::from_secs(30);
+
+/// Describes a destination every [`DESCRIBE_DESTINATION_EVERY`]: its reachability is known before
+/// the first record and while none flow (readiness), and an assumed role is renewed on time even
+/// when the pipeline is idle (a client renews credentials when it is used). `describe` answers
+/// `Err` with the reason when the destination did not answer.
+async fn watch<F, Fut>(health: Arc<Health>, destination: usize, describe: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    loop {
+        match describe().await {
+            Ok(()) => health.destination_answered(destination),
+            Err(reason) => {
+                health.destination_failed(destination);
+                tracing::debug!("{reason}");
+            }
+        }
+        tokio::time::sleep(DESCRIBE_DESTINATION_EVERY).await;
+    }
+}
+
+/// Runs `task` until `finished` is cancelled.
+async fn until(finished: tokio_util::sync::CancellationToken, task: impl Future<Output = ()>) {
+    tokio::select! {
+        () = task => {}
+        () = finished.cancelled() => {}
+    }
+}
+
+/// How one `doka check` hop went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HopStatus {
+    Ok,
+    /// Works, but something deserves a look (e.g. no committed offsets yet).
+    Warn,
+    Fail,
+}
+
+/// Where a destination tells its `doka check` hops (the check's walk).
+pub trait CheckWalk {
+    /// Records one hop; false when it failed (the hops after it depend on it).
+    fn hop(&mut self, hop: &str, status: HopStatus, detail: String, fix: Option<String>) -> bool;
+    /// Whether `--write-test` asked for one marked record.
+    fn write_test(&self) -> bool;
+
+    fn hop_ok(&mut self, hop: &str, detail: String) -> bool {
+        self.hop(hop, HopStatus::Ok, detail, None)
+    }
+    fn hop_fail(&mut self, hop: &str, detail: String, fix: &str) -> bool {
+        self.hop(hop, HopStatus::Fail, detail, Some(fix.to_owned()))
+    }
+}
+
+/// Seconds since the epoch, to tell `--write-test` records apart.
+fn unix_time_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    format!("unix time {secs}")
 }
 
 /// How a service error that has no variant of its own is classified, by its code and status:

@@ -131,14 +131,14 @@ impl Health {
     }
 
     /// The stream accepted a request (throttled entries included: it answered).
-    pub fn stream_answered(&self, destination: usize) {
+    pub fn destination_answered(&self, destination: usize) {
         let d = &self.destinations[destination];
         d.failing_since.store(0, Ordering::Relaxed);
         d.seen.store(true, Ordering::Relaxed);
     }
 
     /// A whole request failed (connection, timeout, server error, missing stream, denied).
-    pub fn stream_failed(&self, destination: usize) {
+    pub fn destination_failed(&self, destination: usize) {
         let now = self.now();
         let _ = self.destinations[destination]
             .failing_since
@@ -227,7 +227,7 @@ mod tests {
         health.credentials_obtained(0, Some(SystemTime::now() + Duration::from_secs(60)));
         health.consumer_turned();
         assert!(health.ready().unwrap_err().contains("not answered yet"));
-        health.stream_answered(0);
+        health.destination_answered(0);
         assert!(health.ready().is_ok());
 
         // Time passing is what is tested here (thresholds 300 ms, waits 400 ms).
@@ -242,12 +242,12 @@ mod tests {
         health.consumer_turned();
         assert!(health.alive().is_ok());
 
-        health.stream_failed(0);
+        health.destination_failed(0);
         assert!(
             health.ready().is_ok(),
             "a short outage is not unreachability"
         );
-        health.stream_answered(0);
+        health.destination_answered(0);
         health.credentials_obtained(0, None);
         assert!(health.ready().is_ok());
         health.credentials_obtained(0, Some(SystemTime::now() + Duration::from_secs(60)));

@@ -103,7 +103,7 @@ pub struct Metrics {
 
 /// The metrics of one destination stream, resolved once (no label lookup per record).
 #[derive(Clone)]
-pub struct StreamMetrics {
+pub struct DestinationMetrics {
     pub delivered: IntCounter,
     pub retried: IntCounter,
     pub throttled: IntCounter,
@@ -117,7 +117,7 @@ pub struct StreamMetrics {
     pub record_age: Histogram,
 }
 
-impl StreamMetrics {
+impl DestinationMetrics {
     pub fn request(&self, outcome: PutOutcome) {
         self.put_requests[outcome as usize].inc();
     }
@@ -363,12 +363,12 @@ impl Metrics {
 
     /// The metrics of a route's destination: labelled by route and by the stream's (or
     /// delivery stream's) name, never its ARN (which names account B).
-    pub fn destination(&self, route: &str, stream: &str) -> StreamMetrics {
+    pub fn destination(&self, route: &str, stream: &str) -> DestinationMetrics {
         let request = |outcome: PutOutcome| {
             self.put_requests
                 .with_label_values(&[route, stream, outcome.label()])
         };
-        StreamMetrics {
+        DestinationMetrics {
             delivered: self.delivered.with_label_values(&[route, stream]),
             retried: self.retried.with_label_values(&[route, stream]),
             throttled: self.throttled.with_label_values(&[route, stream]),

@@ -4,11 +4,12 @@
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod settings;
 mod topic_labels;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogConfig, LogFormat};
+use settings::{LogConfig, LogFormat};
 
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides `log.level`.
 pub fn init(log: &LogConfig) {

@@ -2,7 +2,7 @@
 //! SASL/OAUTHBEARER, and connection failures told in terms of doka's settings.
 //!
 //! Every Kafka client doka creates (the consumer, the dead-letter producer, `doka check`) goes
-//! through [`client_config`] and carries a [`Connection`] in its context, so all of them connect
+//! through [`client_config`] and carries a [`BrokerAccess`] in its context, so all of them connect
 //! the same way.
 
 use std::error::Error;
@@ -17,8 +17,13 @@ use rdkafka::types::RDKafkaErrorCode;
 use tracing::{error, info, warn};
 
 use crate::aws::msk_iam::MskTokenSigner;
-use crate::config::{AuthMode, KafkaAuth, KafkaConfig};
+mod settings;
+
 use crate::telemetry::metrics::{CredentialKind, Metrics};
+pub use settings::{
+    AuthMode, IamSettings, KafkaAuth, KafkaConfig, ScramMechanism, ScramSettings, StartFrom,
+    TlsSettings, is_secret_property,
+};
 
 /// How long signing one MSK IAM token may take (it may renew the source credentials first).
 /// librdkafka calls back synchronously and retries 10 s after a failure.
@@ -31,6 +36,33 @@ pub fn client_config(kafka: &KafkaConfig) -> anyhow::Result<ClientConfig> {
     cc.set("bootstrap.servers", kafka.brokers.join(","));
     for (name, value) in auth_properties(&kafka.auth)? {
         cc.set(name, value);
+    }
+    Ok(cc)
+}
+
+/// A consumer-group member's properties: doka commits offsets itself, fetches cooperatively
+/// and bounds librdkafka's prefetch; `kafka.properties` last.
+pub fn consumer_config(kafka: &KafkaConfig) -> anyhow::Result<ClientConfig> {
+    let mut cc = client_config(kafka)?;
+    cc.set("group.id", &kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set(
+            "auto.offset.reset",
+            match kafka.start_from {
+                StartFrom::Earliest => "earliest",
+                StartFrom::Latest => "latest",
+            },
+        )
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        // Bound librdkafka's own prefetch buffer; doka's budget bounds the rest.
+        .set("queued.max.messages.kbytes", "2048")
+        // With the prefetch buffer full, librdkafka looks again after this long (default 1 s:
+        // a second without records each time doka drained the buffer faster than it refilled).
+        .set("fetch.queue.backoff.ms", "10")
+        .set("client.id", "doka");
+    for (k, v) in &kafka.properties {
+        cc.set(k, v);
     }
     Ok(cc)
 }
@@ -71,12 +103,37 @@ fn auth_properties(auth: &KafkaAuth) -> anyhow::Result<Vec<(&'static str, String
     Ok(props)
 }
 
+/// For mode `iam`: the signer of MSK tokens, with the source identity (never an assumed role)
+/// and the cluster's region. Err: the region cannot be told (a config problem).
+pub async fn msk_token_signer(
+    kafka: &KafkaConfig,
+    base: &aws_types::SdkConfig,
+) -> Result<Option<MskTokenSigner>, String> {
+    if kafka.auth.mode != AuthMode::Iam {
+        return Ok(None);
+    }
+    let region = match kafka.auth.iam_region(&kafka.brokers) {
+        Some(region) => region,
+        None => crate::aws::environment_region().await.ok_or_else(|| {
+            "invalid config: key `kafka.auth.iam.region`: the MSK cluster's region cannot be told: \
+             the broker names are not MSK names (…kafka.<region>.amazonaws.com) and AWS_REGION is not \
+             set. Set kafka.auth.iam.region, e.g. eu-west-1"
+                .to_owned()
+        })?,
+    };
+    let source = base
+        .credentials_provider()
+        .ok_or("no AWS credential chain to sign MSK IAM tokens with")?;
+    Ok(Some(MskTokenSigner::new(source, region)))
+}
+
 /// The [`ConnectFailure::step`] of a token doka could not sign (not a refusal by the brokers).
 pub const TOKEN_SIGNING: &str = "MSK IAM token signing";
 
-/// What every doka Kafka client context shares: the MSK IAM token source and the last
-/// connection failure librdkafka reported, kept to explain a failed start.
-pub struct Connection {
+/// How a doka Kafka client gets into the brokers, shared by every client context: the MSK IAM
+/// token source, and the last failure to connect or authenticate librdkafka reported (kept to
+/// explain a failed start). Not a connection: librdkafka owns those.
+pub struct BrokerAccess {
     mode: AuthMode,
     iam: Option<IamTokens>,
     failure: Mutex<Option<ConnectFailure>>,
@@ -116,7 +173,7 @@ impl std::fmt::Display for ConnectFailure {
     }
 }
 
-impl Connection {
+impl BrokerAccess {
     /// `signer` is required for mode `iam` and ignored otherwise.
     pub fn new(
         auth: &KafkaAuth,
@@ -313,9 +370,9 @@ impl Connection {
 }
 
 /// A client context that only connects: for the dead-letter producer and `doka check`.
-pub struct ConnectionContext(pub Connection);
+pub struct BrokerAccessContext(pub BrokerAccess);
 
-impl ClientContext for ConnectionContext {
+impl ClientContext for BrokerAccessContext {
     const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
 
     fn generate_oauth_token(&self, _config: Option<&str>) -> Result<OAuthToken, Box<dyn Error>> {
@@ -327,7 +384,7 @@ impl ClientContext for ConnectionContext {
     }
 }
 
-impl rdkafka::consumer::ConsumerContext for ConnectionContext {}
+impl rdkafka::consumer::ConsumerContext for BrokerAccessContext {}
 
 /// A Kafka client that cannot be created from the config: a property librdkafka refuses, TLS
 /// files that do not belong together. A configuration problem (exit code 2), not an outage.
@@ -371,11 +428,11 @@ fn describe_create_error_text(auth: &KafkaAuth, error: &KafkaError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::IamSettings;
     use aws_config::web_identity_token::{
         StaticConfiguration, WebIdentityTokenCredentialsProvider,
     };
     use aws_credential_types::provider::SharedCredentialsProvider;
+    use settings::IamSettings;
 
     /// The pod's identity chain with its token file gone: the SDK's own provider fails.
     fn broken_source() -> SharedCredentialsProvider {
@@ -399,7 +456,7 @@ mod tests {
             ..Default::default()
         };
         let signer = MskTokenSigner::new(broken_source(), "eu-west-1".into());
-        let connection = Connection::new(&auth, Some(signer), runtime.handle().clone(), None);
+        let connection = BrokerAccess::new(&auth, Some(signer), runtime.handle().clone(), None);
 
         // From a plain thread, as librdkafka's poll thread calls it.
         assert!(connection.oauth_token().is_err());
@@ -430,7 +487,7 @@ mod tests {
         };
         let keys = aws_credential_types::Credentials::new("AKIDTEST", "secret", None, None, "t");
         let signer = MskTokenSigner::new(SharedCredentialsProvider::new(keys), "eu-west-1".into());
-        let connection = Connection::new(&auth, Some(signer), runtime.handle().clone(), None);
+        let connection = BrokerAccess::new(&auth, Some(signer), runtime.handle().clone(), None);
         let before = SystemTime::now();
         let token = connection.oauth_token().expect("signed");
         let lifetime = Duration::from_millis(token.lifetime_ms as u64)

@@ -57,10 +57,6 @@ impl ShardMap {
         self.shards.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.shards.is_empty()
-    }
-
     /// The index of the shard with this id, if it is open in this map.
     pub fn index_of(&self, id: &str) -> Option<usize> {
         self.shards.iter().position(|s| s.id == id)

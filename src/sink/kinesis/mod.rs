@@ -1,4 +1,17 @@
-//! Kinesis Data Streams through PutRecords.
+//! Kinesis Data Streams through PutRecords: the settings (`kinesis:`), the client, the sink with
+//! its optional KPL aggregation by shard, the health probe and the `doka check` hops.
+
+mod aggregate;
+pub mod check;
+pub mod client;
+pub mod put_records;
+mod settings;
+mod shards;
+
+pub use settings::{
+    AggregationConfig, KinesisConfig, MAX_PUT_RECORDS_BYTES, MAX_PUT_RECORDS_ENTRIES,
+    is_stream_name,
+};
 
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::error::DisplayErrorContext;
@@ -10,63 +23,11 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::error::ProvideErrorMetadata;
-use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::aggregate;
-use super::shards::{self, Shard, ShardMap};
 use super::{Entry, EntryFailure, RequestError, Sink};
-use crate::aws::put_records::{EntryResult, PutError, PutRecordsClient, WireEntry};
-
-/// A Kinesis route's destination (`kinesis:`): the shorthand's or a route's stream, with the
-/// defaults every Kinesis route inherits from the top level.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KinesisConfig {
-    /// Stream name, or its ARN (the ARN pins the account and region).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stream: Option<String>,
-    /// The stream's maximum record size (data + partition key); 1 MiB unless raised on the stream.
-    #[serde(default = "default_max_record_bytes")]
-    pub max_record_bytes: u64,
-    /// Time limit of one PutRecords call, including connecting.
-    #[serde(default = "super::default_request_timeout_ms")]
-    pub request_timeout_ms: u64,
-    /// KPL aggregation: many records in one Kinesis record (docs/PERFORMANCE.md).
-    #[serde(default)]
-    pub aggregation: AggregationConfig,
-}
-
-/// Packing records into KPL aggregated records, per shard. Off by default: only readers that
-/// de-aggregate (KCL, Firehose with a stream source, Lambda with the aggregation library) see the
-/// records; others see one opaque blob per aggregate.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AggregationConfig {
-    #[serde(default)]
-    pub enabled: bool,
-    /// The largest aggregate (data and partition key, as Kinesis counts it). 51,200 bytes is two
-    /// 25 KB PUT payload units and the KPL's default.
-    #[serde(default = "default_aggregate_max_bytes")]
-    pub max_bytes: u64,
-}
-
-impl Default for AggregationConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            max_bytes: default_aggregate_max_bytes(),
-        }
-    }
-}
-
-fn default_max_record_bytes() -> u64 {
-    1024 * 1024
-}
-
-fn default_aggregate_max_bytes() -> u64 {
-    51_200
-}
+use put_records::{EntryResult, PutError, PutRecordsClient, WireEntry};
+use shards::{Shard, ShardMap};
 
 /// Writes to one stream, addressed by name or by ARN.
 #[derive(Debug)]

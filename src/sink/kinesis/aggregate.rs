@@ -15,7 +15,7 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 use prost::Message;
 
-use super::Entry;
+use crate::sink::Entry;
 
 pub const MAGIC: [u8; 4] = [0xF3, 0x89, 0x9A, 0xC2];
 

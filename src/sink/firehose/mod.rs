@@ -13,34 +13,17 @@ use aws_sdk_firehose::operation::put_record_batch::PutRecordBatchError;
 use aws_sdk_firehose::primitives::Blob;
 use aws_sdk_firehose::types::Record;
 
-use serde::{Deserialize, Serialize};
+pub mod check;
+pub mod client;
+mod settings;
+
+pub use settings::{FirehoseConfig, MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_RECORD_BYTES};
 
 use super::{Entry, EntryFailure, RequestError, Sink};
-
-/// Records per PutRecordBatch request (Firehose's limit).
-pub const MAX_BATCH_RECORDS: usize = 500;
-/// Bytes of data per PutRecordBatch request (Firehose's limit, 4 MiB).
-pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
-/// Bytes of data per record (Firehose's limit, 1,000 KiB). Larger records are refused before
-/// they reach a sink (dead letter or a clear error); the sink never sends one, since Firehose
-/// would reject the whole request it is in.
-pub const MAX_RECORD_BYTES: usize = 1_024_000;
 
 /// The per-entry and whole-request code Firehose answers when it throttles (or is overloaded):
 /// it has no separate throttling exception for PutRecordBatch.
 const THROTTLED_CODE: &str = "ServiceUnavailableException";
-
-/// An Amazon Data Firehose delivery stream (Direct PUT), e.g. one that writes to S3.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FirehoseConfig {
-    /// Delivery stream name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delivery_stream: Option<String>,
-    /// Time limit of one PutRecordBatch call, including connecting.
-    #[serde(default = "super::default_request_timeout_ms")]
-    pub request_timeout_ms: u64,
-}
 
 /// Writes to one delivery stream, addressed by name.
 #[derive(Debug)]
