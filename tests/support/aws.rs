@@ -1,12 +1,12 @@
 //! The AWS side: identities (account A's keys, role B through AssumeRole), Kinesis clients, and
 //! streams created, read back and waited on.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_kinesis::types::{ShardIteratorType, StreamStatus};
 
-use super::{ACCOUNT_A_KEY, Endpoints, REGION, ROLE_B, message_id};
+use super::{ACCOUNT_A_KEY, Endpoints, REGION, ROLE_B, eventually_async, message_id};
 
 /// The source identity: account A's long-term keys, as doka gets them from its environment.
 pub fn source_credentials() -> Credentials {
@@ -84,23 +84,21 @@ pub async fn create_stream(client: &aws_sdk_kinesis::Client, name: &str, shards:
 
 /// Waits (up to 30 s) until the stream is ACTIVE: after creating it, or changing it.
 pub async fn wait_until_active(client: &aws_sdk_kinesis::Client, name: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let what = format!("stream {name} to become ACTIVE");
+    let every = Duration::from_millis(50);
+    eventually_async(&what, Duration::from_secs(30), every, async || {
         let d = client
             .describe_stream_summary()
             .stream_name(name)
             .send()
             .await
             .expect("DescribeStreamSummary");
-        if d.stream_description_summary.unwrap().stream_status == StreamStatus::Active {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "stream {name} did not become ACTIVE"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let status = d.stream_description_summary.unwrap().stream_status;
+        (status == StreamStatus::Active)
+            .then_some(())
+            .ok_or(format!("{status:?}"))
+    })
+    .await
 }
 
 /// Deletes a stream, whatever the answer: kinesis-mock spends CPU on every stream it keeps.
@@ -202,19 +200,14 @@ pub async fn wait_for_records(
     n: usize,
     timeout: Duration,
 ) -> Vec<StreamRecord> {
-    let deadline = Instant::now() + timeout;
     let mut tail = StreamTail::new(client, name).await;
-    loop {
+    let what = format!("stream {name} to hold at least {n} records");
+    eventually_async(&what, timeout, Duration::from_millis(200), async || {
         let seen = tail.poll().await.len();
-        if seen >= n {
-            return tail.records;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "stream {name} holds {seen} records after {timeout:?}, expected at least {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        (seen >= n).then_some(()).ok_or(format!("{seen} records"))
+    })
+    .await;
+    tail.records
 }
 
 /// Reads `stream` until every id below `n` is in it (copies allowed), or panics after `timeout`.
@@ -271,11 +264,11 @@ async fn wait_for_id_range(
     timeout: Duration,
     every: Duration,
 ) -> Vec<StreamRecord> {
-    let deadline = Instant::now() + timeout;
     let mut tail = StreamTail::new(client, stream).await;
     let mut present = vec![false; ids.len()];
     let mut missing = ids.len();
-    loop {
+    let what = format!("stream {stream} to hold every record with ids {ids:?}");
+    eventually_async(&what, timeout, every, async || {
         let seen = tail.records.len();
         for r in &tail.poll().await[seen..] {
             let id = message_id(&r.data);
@@ -284,14 +277,10 @@ async fn wait_for_id_range(
                 missing -= 1;
             }
         }
-        if missing == 0 {
-            return tail.records;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "stream {stream}: {missing} of the {} records with ids {ids:?} still missing after {timeout:?}",
-            ids.len()
-        );
-        tokio::time::sleep(every).await;
-    }
+        (missing == 0)
+            .then_some(())
+            .ok_or(format!("{missing} of the {} still missing", ids.len()))
+    })
+    .await;
+    tail.records
 }

@@ -12,7 +12,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientContext, Message};
 
-use super::unique;
+use super::{eventually_async, unique};
 
 /// librdkafka's mock cluster: a real Kafka-protocol broker on a TCP port, hosted by the test.
 pub struct Kafka {
@@ -309,16 +309,10 @@ pub async fn wait_for_topic_committed(
     timeout: Duration,
 ) {
     let partitions = ends.keys().max().map_or(0, |p| p + 1);
-    let deadline = Instant::now() + timeout;
-    loop {
+    let what = format!("group {group} to commit topic {topic} to {ends:?}");
+    eventually_async(&what, timeout, Duration::from_millis(200), async || {
         let now = committed(bootstrap, group, topic, partitions);
-        if now == *ends {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "topic {topic}: committed {now:?} after {timeout:?}, expected {ends:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        (now == *ends).then_some(()).ok_or(format!("{now:?}"))
+    })
+    .await
 }

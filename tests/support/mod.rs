@@ -11,11 +11,13 @@ pub mod prometheus;
 pub mod proxy;
 
 mod aws;
+mod eventually;
 mod kafka;
 mod process;
 mod world;
 
 pub use aws::*;
+pub use eventually::*;
 pub use kafka::*;
 pub use process::*;
 pub use world::*;

@@ -3,9 +3,9 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::{ACCOUNT_A_KEY, REGION, ROLE_B};
+use super::{ACCOUNT_A_KEY, REGION, ROLE_B, eventually};
 
 pub struct Doka {
     child: Child,
@@ -170,24 +170,16 @@ impl Doka {
         timeout: Duration,
         found: impl Fn(&str) -> Option<T>,
     ) -> T {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(t) = found(&self.log_text()) {
-                return t;
+        eventually(&format!("doka to log {what}"), timeout, || {
+            let log = self.log_text();
+            if let Some(t) = found(&log) {
+                return Ok(t);
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "doka exited ({status}) before logging {what}:\n{}",
-                    self.log_text()
-                );
+                panic!("doka exited ({status}) before logging {what}:\n{log}");
             }
-            assert!(
-                Instant::now() < deadline,
-                "doka did not log {what} within {timeout:?}:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            Err(format!("the log:\n{log}"))
+        })
     }
 
     /// SIGTERM, then waits for the exit.
@@ -254,18 +246,9 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Waits for the child to exit (on a timeout the panic drops its [`Doka`], which kills it).
 fn wait_with_timeout(child: &mut Child, timeout: Duration) -> ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("doka did not exit within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually("doka to exit", timeout, || child.try_wait().unwrap())
 }
 
 impl Drop for Doka {

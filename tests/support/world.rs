@@ -14,6 +14,8 @@ pub struct World {
     pub group: String,
     pub stream: String,
     pub b: aws_sdk_kinesis::Client,
+    /// The topic's partitions.
+    pub partitions: i32,
 }
 
 impl World {
@@ -37,6 +39,7 @@ impl World {
             topic,
             stream,
             b,
+            partitions,
         }
     }
 
@@ -79,6 +82,17 @@ impl World {
             timeout,
         )
         .await;
+    }
+
+    /// The run delivered everything sent ([`assert_delivered`]), the group's offsets read now.
+    pub fn assert_delivered(
+        &self,
+        records: &[StreamRecord],
+        placements: &[Placement],
+        copies: Copies,
+    ) -> usize {
+        let committed = self.committed(self.partitions);
+        assert_delivered(records, placements, copies, committed)
     }
 
     pub fn committed(&self, partitions: i32) -> HashMap<i32, i64> {
@@ -158,6 +172,51 @@ pub fn tally(messages: usize, records: &[StreamRecord]) -> (Vec<usize>, usize) {
         .collect();
     let duplicates = copies.iter().map(|c| c.saturating_sub(1)).sum();
     (missing, duplicates)
+}
+
+/// How many copies of each record a run may deliver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Copies {
+    /// Nothing failed and nothing was retried: each record once.
+    ExactlyOnce,
+    /// At-least-once delivery: a record may arrive again after a retry, a kill or a rebalance.
+    AtLeastOnce,
+}
+
+/// Every id below `sent` is in `records`, as often as `copies` allows; returns the copies beyond
+/// the first.
+pub fn assert_every_record(sent: usize, records: &[StreamRecord], copies: Copies) -> usize {
+    let (missing, duplicates) = tally(sent, records);
+    assert!(
+        missing.is_empty(),
+        "{} of {sent} records lost: {missing:?}",
+        missing.len()
+    );
+    if copies == Copies::ExactlyOnce {
+        assert_eq!(
+            duplicates, 0,
+            "{duplicates} copies where each record must arrive once"
+        );
+    }
+    duplicates
+}
+
+/// A run delivered exactly what was sent: every produced record (ids `0..placements.len()`) is in
+/// `records` as often as `copies` allows, and `committed` (the group's offsets) are the ends of
+/// the partitions written to. Returns the copies beyond the first.
+pub fn assert_delivered(
+    records: &[StreamRecord],
+    placements: &[Placement],
+    copies: Copies,
+    committed: HashMap<i32, i64>,
+) -> usize {
+    let duplicates = assert_every_record(placements.len(), records, copies);
+    assert_eq!(
+        committed,
+        end_offsets(placements),
+        "every partition committed to its end"
+    );
+    duplicates
 }
 
 /// Every committed offset must be backed by records in the stream. The offsets are read first:
