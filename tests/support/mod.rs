@@ -2,6 +2,7 @@
 //! as the Kafka broker), doka run as a real child process, and readers that count every record.
 #![allow(dead_code)]
 
+pub mod auth;
 pub mod checked;
 pub mod firehose;
 pub mod kpl;
