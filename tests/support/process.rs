@@ -2,7 +2,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
 
 use super::{ACCOUNT_A_KEY, REGION, ROLE_B, eventually};
@@ -98,13 +98,33 @@ pub fn doka_command(args: &[&str], env: &[(&str, &str)]) -> Command {
     cmd
 }
 
+/// The arguments of `doka <subcommand> --config <file> <args…>`, with `yaml` written to that
+/// file in `dir`.
+fn with_config(dir: &Path, subcommand: &str, yaml: &str, args: &[&str]) -> Vec<String> {
+    let config = dir.join("doka.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    let mut all = vec![subcommand.to_owned(), "--config".into(), config];
+    all.extend(args.iter().map(|a| a.to_string()));
+    all
+}
+
+/// Runs `doka <subcommand> --config <yaml in a temporary file> <args…>` to its end
+/// (`check`, `config`): what a user gets from the same command.
+pub fn run_doka(subcommand: &str, yaml: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let args = with_config(dir.path(), subcommand, yaml, args);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    doka_command(&args, env).output().expect("run doka")
+}
+
 impl Doka {
     /// Starts `doka run` with `yaml` written to a temporary config file.
     pub fn start(yaml: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("doka.yaml");
-        std::fs::write(&config, yaml).unwrap();
-        Self::spawn(&["run", "--config", config.to_str().unwrap()], env, dir)
+        let args = with_config(dir.path(), "run", yaml, &[]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self::spawn(&args, env, dir)
     }
 
     /// Starts doka with these arguments; its log goes to a file in `dir`.
