@@ -8,250 +8,27 @@
 
 mod support;
 
-use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+use support::auth::{AuthWorld, Listener};
 use support::checked::check;
 use support::msk_token::{self, TokenFacts, signature_matches};
 use support::prometheus::sample_sum;
 use support::*;
-fn tls_file(name: &str) -> String {
-    PathBuf::from(stack_var("DOKA_TEST_TLS_DIR"))
-        .join(name)
-        .display()
-        .to_string()
-}
-
-/// One authenticated listener: where it is, how the test's own clients reach it, and the
-/// `kafka.auth` section doka gets.
-struct Listener {
-    bootstrap: String,
-    client: Vec<(&'static str, String)>,
-    auth_yaml: String,
-}
-
-fn tls() -> Listener {
-    Listener {
-        bootstrap: stack_var("DOKA_TEST_KAFKA_TLS"),
-        client: vec![
-            ("security.protocol", "SSL".into()),
-            ("ssl.ca.location", tls_file("ca.pem")),
-        ],
-        auth_yaml: format!(
-            "  auth:\n    mode: tls\n    tls:\n      ca_file: {}\n",
-            tls_file("ca.pem")
-        ),
-    }
-}
-
-/// TLS trusting a CA that did not sign the brokers' certificates.
-fn tls_trusting_another_ca() -> Listener {
-    let mut listener = tls();
-    listener.auth_yaml = listener
-        .auth_yaml
-        .replace(&tls_file("ca.pem"), &tls_file("other-ca.pem"));
-    listener
-}
-
-fn mutual_tls(cert: Option<(&str, &str)>) -> Listener {
-    let mut auth_yaml = format!(
-        "  auth:\n    mode: tls\n    tls:\n      ca_file: {}\n",
-        tls_file("ca.pem")
-    );
-    if let Some((cert, key)) = cert {
-        auth_yaml += &format!(
-            "      cert_file: {}\n      key_file: {}\n",
-            tls_file(cert),
-            tls_file(key)
-        );
-    }
-    Listener {
-        bootstrap: stack_var("DOKA_TEST_KAFKA_MTLS"),
-        client: vec![
-            ("security.protocol", "SSL".into()),
-            ("ssl.ca.location", tls_file("ca.pem")),
-            ("ssl.certificate.location", tls_file("client.pem")),
-            ("ssl.key.location", tls_file("client-key.pem")),
-        ],
-        auth_yaml,
-    }
-}
-
-/// SCRAM; doka reads the password from `TEST_KAFKA_PASSWORD` (`password_env`).
-fn scram(mechanism: &str) -> Listener {
-    let user = stack_var("DOKA_TEST_SCRAM_USER");
-    Listener {
-        bootstrap: stack_var("DOKA_TEST_KAFKA_SCRAM"),
-        client: vec![
-            ("security.protocol", "SASL_SSL".into()),
-            ("ssl.ca.location", tls_file("ca.pem")),
-            ("sasl.mechanism", "SCRAM-SHA-512".into()),
-            ("sasl.username", user.clone()),
-            ("sasl.password", stack_var("DOKA_TEST_SCRAM_PASSWORD")),
-        ],
-        auth_yaml: format!(
-            "  auth:\n    mode: scram\n    tls:\n      ca_file: {}\n    scram:\n      mechanism: {mechanism}\n      username: {user}\n      password_env: TEST_KAFKA_PASSWORD\n",
-            tls_file("ca.pem")
-        ),
-    }
-}
-
-/// MSK IAM; `region: None` leaves the region to doka's defaults.
-fn iam(region: Option<&str>) -> Listener {
-    let mut auth_yaml = format!(
-        "  auth:\n    mode: iam\n    tls:\n      ca_file: {}\n",
-        tls_file("ca.pem")
-    );
-    if let Some(region) = region {
-        auth_yaml += &format!("    iam:\n      region: {region}\n");
-    }
-    Listener {
-        bootstrap: stack_var("DOKA_TEST_KAFKA_IAM"),
-        // The proxy accepts any token; the test's own clients use librdkafka's unsigned one.
-        client: vec![
-            ("security.protocol", "SASL_SSL".into()),
-            ("ssl.ca.location", tls_file("ca.pem")),
-            ("sasl.mechanism", "OAUTHBEARER".into()),
-            ("enable.sasl.oauthbearer.unsecure.jwt", "true".into()),
-            (
-                "sasl.oauthbearer.config",
-                "principal=doka-test-client".into(),
-            ),
-        ],
-        auth_yaml,
-    }
-}
-
-/// A topic on one listener's cluster and a stream in account B.
-struct AuthWorld {
-    ep: Endpoints,
-    listener: Listener,
-    topic: String,
-    group: String,
-    stream: String,
-    /// The `client.id` doka uses, to find its tokens in the proxy's record.
-    client_id: String,
-    b: aws_sdk_kinesis::Client,
-}
-
-impl AuthWorld {
-    async fn new(listener: Listener) -> Self {
-        let ep = endpoints();
-        let b = account_b_kinesis(&ep).await;
-        let stream = unique("doka-auth");
-        create_stream(&b, &stream, 2).await;
-        Self {
-            ep,
-            listener,
-            topic: unique("orders"),
-            group: unique("doka-group"),
-            stream,
-            client_id: unique("doka-auth-test"),
-            b,
-        }
-    }
-
-    fn yaml(&self) -> String {
-        let yaml = DokaSetup {
-            bootstrap: &self.listener.bootstrap,
-            group: &self.group,
-            topic: &self.topic,
-            stream: &self.stream,
-            sts: &self.ep.sts,
-            kinesis: &self.ep.kinesis,
-        }
-        .yaml()
-        .replacen(
-            "kafka:\n",
-            &format!("kafka:\n{}", self.listener.auth_yaml),
-            1,
-        )
-        .replacen(
-            "  properties:\n",
-            &format!("  properties:\n    client.id: {}\n", self.client_id),
-            1,
-        );
-        assert!(yaml.contains(&self.client_id));
-        yaml
-    }
-
-    /// Produces through the listener (the mock cluster creates the topic with 4 partitions).
-    fn produce(&self, messages: &[(Vec<u8>, Vec<u8>)]) -> Vec<Placement> {
-        produce_with(
-            &self.listener.bootstrap,
-            &self.listener.client,
-            &self.topic,
-            messages,
-        )
-    }
-
-    fn committed(&self) -> HashMap<i32, i64> {
-        committed_with(
-            &self.listener.bootstrap,
-            &self.listener.client,
-            &self.group,
-            &self.topic,
-            4,
-        )
-    }
-
-    /// Runs doka until every record is in the stream, stops it, and checks the count and the
-    /// commits. Returns doka's log.
-    async fn deliver(&self, n: usize, env: &[(&str, &str)]) -> String {
-        let messages = keyed_messages(0..n, 40);
-        let placements = self.produce(&messages);
-        let doka = Doka::start(&self.yaml(), env);
-        let records = wait_for_all(&self.b, &self.stream, n, Duration::from_secs(120)).await;
-        let log = doka.stop();
-        let (missing, _duplicates) = tally(n, &records);
-        assert!(missing.is_empty(), "lost {missing:?}");
-        assert_eq!(
-            self.committed(),
-            end_offsets(&placements),
-            "every partition committed to its end"
-        );
-        log
-    }
-
-    /// Starts doka and expects it to give up at start-up with `code`; returns the log.
-    async fn refused(&self, code: i32, env: &[(&str, &str)]) -> String {
-        self.produce(&keyed_messages(0..20, 4));
-        let mut env = env.to_vec();
-        env.push(("DOKA_KAFKA__CONNECT_TIMEOUT_MS", "5000"));
-        let doka = Doka::start(&self.yaml(), &env);
-        let (status, log) = doka.wait_exit(Duration::from_secs(60));
-        assert_eq!(status.code(), Some(code), "{log}");
-        assert!(
-            read_stream(&self.b, &self.stream).await.is_empty(),
-            "nothing may be delivered"
-        );
-        log
-    }
-
-    async fn finish(self) {
-        let _ = self
-            .b
-            .delete_stream()
-            .stream_name(&self.stream)
-            .send()
-            .await;
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // TLS
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_hostname_verification_moves_every_record() {
-    let world = AuthWorld::new(tls()).await;
+    let world = AuthWorld::new(Listener::tls()).await;
     world.deliver(600, &[]).await;
     world.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_a_ca_that_did_not_sign_the_brokers_is_refused() {
-    let world = AuthWorld::new(tls_trusting_another_ca()).await;
+    let world = AuthWorld::new(Listener::tls_trusting_another_ca()).await;
     let log = world.refused(7, &[]).await;
     assert_mentions(
         &log,
@@ -268,7 +45,7 @@ async fn tls_with_a_ca_that_did_not_sign_the_brokers_is_refused() {
 async fn a_broker_certificate_for_another_host_name_is_refused() {
     // The same cluster behind a certificate issued by the right CA, but for wrong-name.example:
     // only host name verification can tell.
-    let mut listener = tls();
+    let mut listener = Listener::tls();
     listener.bootstrap = stack_var("DOKA_TEST_KAFKA_TLS_WRONG_NAME");
     let world = AuthWorld::new(listener).await;
     let doka = Doka::start(&world.yaml(), &[("DOKA_KAFKA__CONNECT_TIMEOUT_MS", "5000")]);
@@ -287,14 +64,14 @@ async fn a_broker_certificate_for_another_host_name_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_with_the_client_certificate_moves_every_record() {
-    let world = AuthWorld::new(mutual_tls(Some(("client.pem", "client-key.pem")))).await;
+    let world = AuthWorld::new(Listener::mutual_tls(Some(("client.pem", "client-key.pem")))).await;
     world.deliver(400, &[]).await;
     world.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_without_a_client_certificate_is_refused() {
-    let world = AuthWorld::new(mutual_tls(None)).await;
+    let world = AuthWorld::new(Listener::mutual_tls(None)).await;
     let log = world.refused(7, &[]).await;
     assert_mentions(
         &log,
@@ -308,7 +85,7 @@ async fn mutual_tls_without_a_client_certificate_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_that_does_not_match_its_certificate_is_a_config_error() {
-    let world = AuthWorld::new(mutual_tls(Some(("client.pem", "other-key.pem")))).await;
+    let world = AuthWorld::new(Listener::mutual_tls(Some(("client.pem", "other-key.pem")))).await;
     let log = world.refused(2, &[]).await;
     assert_mentions(
         &log,
@@ -326,7 +103,7 @@ async fn a_key_that_does_not_match_its_certificate_is_a_config_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scram_sha_512_moves_every_record() {
-    let world = AuthWorld::new(scram("SCRAM-SHA-512")).await;
+    let world = AuthWorld::new(Listener::scram("SCRAM-SHA-512")).await;
     let password = stack_var("DOKA_TEST_SCRAM_PASSWORD");
     let log = world
         .deliver(500, &[("TEST_KAFKA_PASSWORD", &password)])
@@ -337,7 +114,7 @@ async fn scram_sha_512_moves_every_record() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scram_sha_256_moves_every_record() {
-    let world = AuthWorld::new(scram("SCRAM-SHA-256")).await;
+    let world = AuthWorld::new(Listener::scram("SCRAM-SHA-256")).await;
     let password = stack_var("DOKA_TEST_SCRAM_PASSWORD");
     world
         .deliver(200, &[("TEST_KAFKA_PASSWORD", &password)])
@@ -352,7 +129,7 @@ async fn scram_reads_its_password_from_a_mounted_file() {
     let file = dir.path().join("password");
     let password = stack_var("DOKA_TEST_SCRAM_PASSWORD");
     std::fs::write(&file, format!("{password}\n")).unwrap();
-    let mut listener = scram("SCRAM-SHA-512");
+    let mut listener = Listener::scram("SCRAM-SHA-512");
     listener.auth_yaml = listener.auth_yaml.replace(
         "password_env: TEST_KAFKA_PASSWORD",
         &format!("password_file: {}", file.display()),
@@ -366,7 +143,7 @@ async fn scram_reads_its_password_from_a_mounted_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_scram_password_is_refused_naming_kafka_auth() {
-    let world = AuthWorld::new(scram("SCRAM-SHA-512")).await;
+    let world = AuthWorld::new(Listener::scram("SCRAM-SHA-512")).await;
     let log = world
         .refused(7, &[("TEST_KAFKA_PASSWORD", "not-the-password")])
         .await;
@@ -398,7 +175,7 @@ fn read_token(token: &str, region: &str) -> TokenFacts {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iam_tokens_are_signed_by_the_source_identity_for_the_cluster_region() {
     // The cluster's region differs from the stream's (us-east-1) on purpose.
-    let world = AuthWorld::new(iam(Some("eu-central-1"))).await;
+    let world = AuthWorld::new(Listener::iam(Some("eu-central-1"))).await;
     let started = SystemTime::now();
     world.deliver(500, &[]).await;
     let tokens = recorded_tokens(&world.client_id);
@@ -436,7 +213,7 @@ async fn iam_tokens_are_signed_by_the_source_identity_for_the_cluster_region() {
 async fn an_iam_token_signed_with_the_wrong_secret_is_refused_naming_kafka_auth() {
     // The proxy knows account A's key and its secret, as MSK knows the cluster account's
     // identities: a token signed with another secret fails its signature check.
-    let world = AuthWorld::new(iam(Some(REGION))).await;
+    let world = AuthWorld::new(Listener::iam(Some(REGION))).await;
     let log = world
         .refused(7, &[("AWS_SECRET_ACCESS_KEY", "not-the-source-secret")])
         .await;
@@ -457,7 +234,7 @@ async fn an_iam_token_signed_with_the_wrong_secret_is_refused_naming_kafka_auth(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iam_tokens_are_renewed_at_80_percent_of_their_lifetime() {
-    let mut listener = iam(Some("us-east-1"));
+    let mut listener = Listener::iam(Some("us-east-1"));
     listener.auth_yaml += "      token_lifetime_secs: 10\n";
     let world = AuthWorld::new(listener).await;
     world.produce(&keyed_messages(0..50, 5));
@@ -505,7 +282,7 @@ fn log_seconds(line: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iam_without_a_region_it_can_tell_is_a_config_error() {
-    let world = AuthWorld::new(iam(None)).await;
+    let world = AuthWorld::new(Listener::iam(None)).await;
     let doka = Doka::start(&world.yaml(), &[]);
     let (status, log) = doka.wait_exit(Duration::from_secs(60));
     assert_eq!(status.code(), Some(2), "{log}");
@@ -521,7 +298,7 @@ const ROLE_A: &str = "arn:aws:iam::123456789012:role/doka-pod";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_irsa_chain_runs_as_in_a_pod_and_signs_msk_tokens_with_role_a() {
     // As EKS sets it up: a projected token file, the role to exchange it for, the region; no keys.
-    let world = AuthWorld::new(iam(None)).await;
+    let world = AuthWorld::new(Listener::iam(None)).await;
     let dir = tempfile::tempdir().unwrap();
     let token = irsa_token(&dir);
     let env = irsa_env(&token, "doka-pod-session");
@@ -596,7 +373,7 @@ async fn an_msk_token_that_cannot_be_signed_is_retried_until_it_can() {
         },
     )
     .await;
-    let mut listener = iam(None);
+    let mut listener = Listener::iam(None);
     listener.auth_yaml += "    iam:\n      token_lifetime_secs: 10\n";
     let world = AuthWorld::new(listener).await;
     let yaml = world.yaml().replace(&world.ep.sts, &sts.url);
@@ -625,8 +402,7 @@ async fn an_msk_token_that_cannot_be_signed_is_retried_until_it_can() {
     );
     world.produce(&keyed_messages(50..100, 5));
     let records = wait_for_all(&world.b, &world.stream, 100, Duration::from_secs(60)).await;
-    let (missing, _) = tally(100, &records);
-    assert!(missing.is_empty(), "lost {missing:?}");
+    assert_every_record(100, &records, Copies::AtLeastOnce);
     let log = doka.stop();
     let failure = log
         .lines()
@@ -644,16 +420,16 @@ async fn doka_check_walks_mutual_tls_scram_and_iam_listeners() {
     let password = stack_var("DOKA_TEST_SCRAM_PASSWORD");
     let cases = [
         (
-            mutual_tls(Some(("client.pem", "client-key.pem"))),
+            Listener::mutual_tls(Some(("client.pem", "client-key.pem"))),
             "client certificate accepted (mutual TLS)",
             None,
         ),
         (
-            scram("SCRAM-SHA-256"),
+            Listener::scram("SCRAM-SHA-256"),
             "",
             Some("SCRAM-SHA-256 as user doka-test"),
         ),
-        (iam(Some(REGION)), "", Some("MSK IAM")),
+        (Listener::iam(Some(REGION)), "", Some("MSK IAM")),
     ];
     for (listener, tls_detail, auth_detail) in cases {
         let world = AuthWorld::new(listener).await;
@@ -687,7 +463,7 @@ async fn doka_check_walks_mutual_tls_scram_and_iam_listeners() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doka_check_names_a_failed_tls_handshake() {
-    let world = AuthWorld::new(tls_trusting_another_ca()).await;
+    let world = AuthWorld::new(Listener::tls_trusting_another_ca()).await;
     let checked = check(&world.yaml(), &[], &[]);
     assert_eq!(checked.code, Some(1), "{}", checked.stdout);
     let (hop, detail, fix) = checked.failure();
@@ -704,7 +480,7 @@ async fn doka_check_names_a_failed_tls_handshake() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doka_check_names_a_refused_iam_token() {
-    let world = AuthWorld::new(iam(Some(REGION))).await;
+    let world = AuthWorld::new(Listener::iam(Some(REGION))).await;
     let checked = check(
         &world.yaml(),
         &[],
@@ -724,7 +500,7 @@ async fn doka_check_names_a_refused_iam_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doka_check_shows_the_pods_identity_chain() {
-    let world = AuthWorld::new(iam(None)).await;
+    let world = AuthWorld::new(Listener::iam(None)).await;
     world.produce(&keyed_messages(0..5, 1));
     let dir = tempfile::tempdir().unwrap();
     let token = irsa_token(&dir);

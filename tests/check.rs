@@ -158,12 +158,7 @@ async fn the_stream_hop_shows_encryption_and_compares_record_sizes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_output_is_one_line_per_hop_and_writes_nothing_by_default() {
     let world = World::new(1, 1).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("doka.yaml");
-    std::fs::write(&file, world.yaml(None)).unwrap();
-    let out = doka_command(&["check", "--config", file.to_str().unwrap()], &[])
-        .output()
-        .unwrap();
+    let out = run_doka("check", &world.yaml(None), &[], &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     for line in [

@@ -6,10 +6,9 @@
 
 mod support;
 
-use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
+use support::auth::{AuthWorld, Listener};
 use support::checked::check;
 use support::msk_token::{self, TokenFacts};
 use support::pod_identity::PodIdentityAgent;
@@ -33,8 +32,7 @@ async fn pod_identity_alone_delivers_every_record_through_role_b() {
         .wait_for_committed(&end_offsets(&placements), Duration::from_secs(30))
         .await;
     let log = doka.stop();
-    let (missing, _duplicates) = tally(400, &records);
-    assert!(missing.is_empty(), "lost {missing:?}");
+    world.assert_delivered(&records, &placements, Copies::AtLeastOnce);
 
     // Source: role A as the agent handed it out; target: role B, assumed with A's credentials.
     assert_mentions(
@@ -69,7 +67,7 @@ async fn pod_identity_alone_delivers_every_record_through_role_b() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_identity_signs_msk_iam_tokens_with_role_a() {
-    let world = IamWorld::new().await;
+    let world = AuthWorld::new(Listener::iam(None)).await;
     let agent = PodIdentityAgent::start(&world.ep.sts, SESSION);
     world.deliver(300, &agent.pod_env()).await;
 
@@ -103,8 +101,9 @@ async fn pod_identity_signs_msk_iam_tokens_with_role_a() {
 async fn pod_identity_credentials_are_fetched_again_for_each_msk_token_near_their_expiry() {
     // Role A's credentials last 40 s here, MSK tokens 10 s: too close to expiry to reuse, so each
     // token is signed with credentials fetched anew from the agent.
-    let mut world = IamWorld::new().await;
-    world.auth_yaml += "    iam:\n      token_lifetime_secs: 10\n";
+    let mut listener = Listener::iam(None);
+    listener.auth_yaml += "    iam:\n      token_lifetime_secs: 10\n";
+    let world = AuthWorld::new(listener).await;
     let agent = PodIdentityAgent::start_with_lifetime(
         &world.ep.sts,
         SESSION,
@@ -120,8 +119,7 @@ async fn pod_identity_credentials_are_fetched_again_for_each_msk_token_near_thei
     world.produce(&keyed_messages(50..100, 5));
     let records = wait_for_all(&world.b, &world.stream, 100, Duration::from_secs(60)).await;
     doka.stop();
-    let (missing, _) = tally(100, &records);
-    assert!(missing.is_empty(), "lost {missing:?}");
+    assert_every_record(100, &records, Copies::AtLeastOnce);
 
     assert!(
         asked_after >= asked_before + 2,
@@ -235,114 +233,6 @@ fn line_with(log: &str, needle: &str) -> String {
         .unwrap_or_else(|| panic!("no line with `{needle}` in:\n{log}"))
         .to_owned()
 }
-fn ca_file() -> String {
-    PathBuf::from(stack_var("DOKA_TEST_TLS_DIR"))
-        .join("ca.pem")
-        .display()
-        .to_string()
-}
-
-/// A topic on the stack's MSK IAM listener (TLS + SASL/OAUTHBEARER, tokens verified and
-/// recorded by the SASL proxy) and a stream in account B.
-struct IamWorld {
-    ep: Endpoints,
-    bootstrap: String,
-    auth_yaml: String,
-    topic: String,
-    group: String,
-    stream: String,
-    /// The `client.id` doka uses, to find its tokens in the proxy's record.
-    client_id: String,
-    b: aws_sdk_kinesis::Client,
-}
-
-impl IamWorld {
-    async fn new() -> Self {
-        let ep = endpoints();
-        let b = account_b_kinesis(&ep).await;
-        let stream = unique("doka-pod-identity");
-        create_stream(&b, &stream, 2).await;
-        Self {
-            ep,
-            bootstrap: stack_var("DOKA_TEST_KAFKA_IAM"),
-            // No region: doka takes the cluster's from AWS_REGION, as in a pod.
-            auth_yaml: format!(
-                "  auth:\n    mode: iam\n    tls:\n      ca_file: {}\n",
-                ca_file()
-            ),
-            topic: unique("orders"),
-            group: unique("doka-group"),
-            stream,
-            client_id: unique("doka-pod-identity-test"),
-            b,
-        }
-    }
-
-    /// The test's own clients: TLS and librdkafka's unsigned token (the proxy verifies only the
-    /// tokens of keys it knows).
-    fn client(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("security.protocol", "SASL_SSL".into()),
-            ("ssl.ca.location", ca_file()),
-            ("sasl.mechanism", "OAUTHBEARER".into()),
-            ("enable.sasl.oauthbearer.unsecure.jwt", "true".into()),
-            (
-                "sasl.oauthbearer.config",
-                "principal=doka-test-client".into(),
-            ),
-        ]
-    }
-
-    fn yaml(&self) -> String {
-        let yaml = DokaSetup {
-            bootstrap: &self.bootstrap,
-            group: &self.group,
-            topic: &self.topic,
-            stream: &self.stream,
-            sts: &self.ep.sts,
-            kinesis: &self.ep.kinesis,
-        }
-        .yaml()
-        .replacen("kafka:\n", &format!("kafka:\n{}", self.auth_yaml), 1)
-        .replacen(
-            "  properties:\n",
-            &format!("  properties:\n    client.id: {}\n", self.client_id),
-            1,
-        );
-        assert!(yaml.contains(&self.client_id) && yaml.contains("mode: iam"));
-        yaml
-    }
-
-    fn produce(&self, messages: &[(Vec<u8>, Vec<u8>)]) -> Vec<Placement> {
-        produce_with(&self.bootstrap, &self.client(), &self.topic, messages)
-    }
-
-    fn committed(&self) -> HashMap<i32, i64> {
-        committed_with(&self.bootstrap, &self.client(), &self.group, &self.topic, 4)
-    }
-
-    /// Runs doka until every record is in the stream, stops it, and checks the count and the
-    /// commits. Returns doka's log.
-    async fn deliver(&self, n: usize, env: &[(&str, &str)]) -> String {
-        let placements = self.produce(&keyed_messages(0..n, 40));
-        let doka = Doka::start(&self.yaml(), env);
-        let records = wait_for_all(&self.b, &self.stream, n, Duration::from_secs(120)).await;
-        let log = doka.stop();
-        let (missing, _duplicates) = tally(n, &records);
-        assert!(missing.is_empty(), "lost {missing:?}");
-        assert_eq!(
-            self.committed(),
-            end_offsets(&placements),
-            "every partition committed to its end"
-        );
-        log
-    }
-
-    async fn finish(self) {
-        delete_stream(&self.b, &self.stream).await;
-    }
-}
-
 /// Decodes an MSK IAM token signed for the region the pod's AWS_REGION names.
 fn read_token(token: &str) -> TokenFacts {
     let facts =

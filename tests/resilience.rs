@@ -4,7 +4,7 @@
 mod support;
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::*;
 
@@ -56,9 +56,7 @@ async fn two_members_share_the_partitions_and_survive_rebalances() {
 
     let records = world.wait_for_all(N, Duration::from_secs(240)).await;
     let second_log = second.stop();
-    let (missing, duplicates) = tally(N, &records);
-    assert!(missing.is_empty());
-    assert_eq!(world.committed(6), end_offsets(&placements));
+    let duplicates = world.assert_delivered(&records, &placements, Copies::AtLeastOnce);
     let consumed = summary_count(&first_log, "consumed") + summary_count(&second_log, "consumed");
     assert_eq!(
         consumed as usize,
@@ -101,14 +99,14 @@ async fn an_outage_pauses_fetching_at_the_bound_and_commits_nothing_undelivered(
     );
     // Let it retry for a while: at least 40 more (fully throttled) requests.
     let after_pause = proxy.counters.put_records_requests.load(Ordering::Relaxed);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while proxy.counters.put_records_requests.load(Ordering::Relaxed) < after_pause + 40 {
-        assert!(
-            Instant::now() < deadline,
-            "doka stopped retrying during the outage"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "doka to retry 40 times in the outage",
+        Duration::from_secs(60),
+        || {
+            let requests = proxy.counters.put_records_requests.load(Ordering::Relaxed);
+            (requests >= after_pause + 40).then_some(())
+        },
+    );
     let peak_rss_kib = peak_rss_kib(doka.pid());
     let (status, log) = doka.terminate();
     assert_eq!(
@@ -131,8 +129,7 @@ async fn an_outage_pauses_fetching_at_the_bound_and_commits_nothing_undelivered(
     let doka = Doka::start(&world.yaml(Some(&proxy.url)), &[]);
     let records = world.wait_for_all(N, Duration::from_secs(120)).await;
     doka.stop();
-    assert_eq!(world.committed(4), end_offsets(&placements));
-    let (_, duplicates) = tally(N, &records);
+    let duplicates = world.assert_delivered(&records, &placements, Copies::AtLeastOnce);
     println!(
         "outage: fetched {consumed} of {N} with a bound of {BOUND}, peak RSS {peak_rss_kib} KiB, exit 3, nothing committed; \
          after recovery sent {N} received {} duplicated {duplicates} lost 0",
@@ -210,8 +207,7 @@ async fn a_missing_stream_is_reported_and_everything_arrives_once_it_exists() {
     create_stream(&world.b, &world.stream, 1).await;
     let records = world.wait_for_all(N, Duration::from_secs(120)).await;
     doka.stop();
-    assert!(tally(N, &records).0.is_empty());
-    assert_eq!(world.committed(2), end_offsets(&placements));
+    world.assert_delivered(&records, &placements, Copies::AtLeastOnce);
     world.finish().await;
 }
 
@@ -236,18 +232,18 @@ async fn an_oversized_record_goes_to_the_dead_letter_topic_and_the_rest_flows() 
         ],
     );
     // Everything but the oversized record reaches the stream.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let records = loop {
+    let what = "every record but the oversized one in the stream";
+    let every = Duration::from_millis(300);
+    let records = eventually_async(what, Duration::from_secs(120), every, async || {
         let records = read_stream(&world.b, &world.stream).await;
-        if tally(N, &records).0 == vec![200] {
-            break records;
+        let missing = tally(N, &records).0;
+        if missing == vec![200] {
+            Ok(records)
+        } else {
+            Err(format!("missing {missing:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "records other than the oversized one are missing"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+    })
+    .await;
     let log = doka.stop();
     assert!(log.contains("dead_lettered=1"), "{log}");
     assert!(records.iter().all(|r| message_id(&r.data) != 200));
@@ -303,28 +299,23 @@ async fn assumed_role_credentials_are_renewed_while_records_flow() {
     doka.wait_for_log("partitions assigned", 1, Duration::from_secs(60));
     let mut sent = 0;
     let mut placements = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
     // Keep records flowing in rounds until the role was assumed three more times after start-up.
-    while doka
-        .log_text()
-        .matches("assumed role: new credentials")
-        .count()
-        < 4
-    {
-        assert!(
-            Instant::now() < deadline,
-            "credentials were not renewed:\n{}",
-            doka.log_text()
-        );
+    let what = "the credentials to be renewed three times";
+    eventually_async(what, Duration::from_secs(120), Duration::ZERO, async || {
+        let log = doka.log_text();
+        if log.matches("assumed role: new credentials").count() >= 4 {
+            return Ok(());
+        }
         placements.extend(world.produce(&keyed_messages(sent..sent + 100, 10)));
         sent += 100;
         wait_for_records(&world.b, &world.stream, sent, Duration::from_secs(60)).await;
-    }
+        Err(format!("the log:\n{log}"))
+    })
+    .await;
     let log = doka.stop();
     let records = read_stream(&world.b, &world.stream).await;
-    let (missing, duplicates) = tally(sent, &records);
-    assert!(missing.is_empty());
-    assert_eq!(world.committed(2), end_offsets(&placements));
+    assert_eq!(placements.len(), sent);
+    let duplicates = world.assert_delivered(&records, &placements, Copies::AtLeastOnce);
     assert!(
         !log.contains("credentials problem"),
         "no request may fail for lack of credentials:\n{log}"
@@ -374,9 +365,7 @@ async fn a_kafka_outage_mid_run_loses_nothing() {
         .await;
     doka.stop();
     assert!(during < N, "the outage must come mid-run");
-    let (missing, duplicates) = tally(N, &records);
-    assert!(missing.is_empty());
-    assert_eq!(world.committed(4), end_offsets(&placements));
+    let duplicates = world.assert_delivered(&records, &placements, Copies::AtLeastOnce);
     println!(
         "kafka outage: sent {N} received {} duplicated {duplicates} lost 0",
         records.len()

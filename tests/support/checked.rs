@@ -1,10 +1,8 @@
 //! `doka check --output json` run as a user runs it, and its report read hop by hop.
 
-use std::process::Output;
-
 use serde_json::Value;
 
-use super::doka_command;
+use super::run_doka;
 
 /// A finished `doka check --output json`.
 pub struct Checked {
@@ -59,20 +57,11 @@ impl Checked {
 
 /// Runs `doka check` on `yaml` with `args` and `env` (brokers get 5 s to answer).
 pub fn check(yaml: &str, args: &[&str], env: &[(&str, &str)]) -> Checked {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("doka.yaml");
-    std::fs::write(&file, yaml).unwrap();
-    let mut all = vec![
-        "check",
-        "--config",
-        file.to_str().unwrap(),
-        "--output",
-        "json",
-    ];
+    let mut all = vec!["--output", "json"];
     all.extend_from_slice(args);
     let mut env = env.to_vec();
     env.push(("DOKA_KAFKA__CONNECT_TIMEOUT_MS", "5000"));
-    let out: Output = doka_command(&all, &env).output().unwrap();
+    let out = run_doka("check", yaml, &all, &env);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let report = serde_json::from_str(&stdout).unwrap_or_else(|e| {
         panic!(

@@ -8,7 +8,7 @@
 //! `<prefix>/YYYY/MM/DD/HH/<stream>-1-YYYY-MM-DD-HH-MM-SS-<uuid>`: no buffering, no delay. Keys
 //! made in the same second sort by their random suffix, not by when they were written.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_firehose::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_firehose::types::{
@@ -16,7 +16,10 @@ use aws_sdk_firehose::types::{
     ExtendedS3DestinationConfiguration,
 };
 
-use super::{ACCOUNT_B, Endpoints, REGION, ROLE_B, assume_role_credentials, source_credentials};
+use super::{
+    ACCOUNT_B, Endpoints, REGION, ROLE_B, assume_role_credentials, eventually_async,
+    source_credentials,
+};
 
 /// Where moto serves Firehose and S3: the STS endpoint, unless `DOKA_TEST_FIREHOSE_ENDPOINT` says
 /// otherwise.
@@ -139,8 +142,9 @@ pub async fn create_delivery_stream(
             }
             panic!("CreateDeliveryStream {name}: {e:?}")
         });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let what = format!("delivery stream {name} to become ACTIVE");
+    let every = Duration::from_millis(50);
+    eventually_async(&what, Duration::from_secs(30), every, async || {
         let d = firehose
             .describe_delivery_stream()
             .delivery_stream_name(name)
@@ -151,15 +155,11 @@ pub async fn create_delivery_stream(
             .delivery_stream_description()
             .expect("a description")
             .delivery_stream_status();
-        if *status == DeliveryStreamStatus::Active {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "delivery stream {name} is {status:?}, not ACTIVE, after 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (*status == DeliveryStreamStatus::Active)
+            .then_some(())
+            .ok_or(format!("{status:?}"))
+    })
+    .await
 }
 
 /// Keys of every object in `bucket` under `prefix`, sorted.
@@ -238,18 +238,16 @@ pub async fn wait_for_lines(
     n: usize,
     timeout: Duration,
 ) -> Vec<Vec<u8>> {
-    let deadline = Instant::now() + timeout;
-    loop {
+    let what = format!("{bucket}/{prefix} to hold at least {n} lines");
+    eventually_async(&what, timeout, Duration::from_millis(200), async || {
         let (lines, terminated) = lines(&read_objects(s3, bucket, prefix).await);
         if terminated >= n {
-            return lines;
+            Ok(lines)
+        } else {
+            Err(format!("{terminated} lines"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{bucket}/{prefix} holds {terminated} lines after {timeout:?}, expected at least {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await
 }
 
 /// Deletes the delivery stream, then empties and deletes its bucket.

@@ -5,7 +5,9 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::eventually;
 
 /// A tool installed by `scripts/tools.sh`, named by the environment variable it prints.
 pub fn tool(var: &str) -> PathBuf {
@@ -81,22 +83,19 @@ impl Prometheus {
             .spawn()
             .expect("start prometheus");
         let mut prometheus = Self { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+        let what = format!("prometheus to get ready on port {port}");
+        eventually(&what, Duration::from_secs(60), || {
             if let Some((200, _)) = http_get(port, "/-/ready") {
-                return prometheus;
+                return Some(());
             }
             if let Ok(Some(status)) = prometheus.child.try_wait() {
                 let log = std::fs::read_to_string(prometheus.dir.path().join("prometheus.log"))
                     .unwrap_or_default();
                 panic!("prometheus exited ({status}):\n{log}");
             }
-            assert!(
-                Instant::now() < deadline,
-                "prometheus did not get ready on port {port} within 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+            None
+        });
+        prometheus
     }
 
     /// The API's answer to an instant query.
@@ -117,18 +116,13 @@ impl Prometheus {
 
     /// Waits until `promql` gives `want`.
     pub fn wait_for(&self, promql: &str, want: f64, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let what = format!("Prometheus to give {promql} = {want}");
+        eventually(&what, timeout, || {
             let seen = self.scalar(promql);
-            if seen == Some(want) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "Prometheus: {promql} = {seen:?} after {timeout:?}, expected {want}"
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
+            (seen == Some(want))
+                .then_some(())
+                .ok_or(format!("{seen:?}"))
+        })
     }
 }
 
