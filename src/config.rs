@@ -11,8 +11,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
-use figment::providers::{Env, Format, Yaml};
+use figment::providers::{Env, Format};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+mod yaml;
+use yaml::Yaml;
 
 /// Kinesis' PutRecords entry limit.
 pub const MAX_PUT_RECORDS_ENTRIES: u32 = 500;
@@ -64,7 +67,7 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Named overlays; read when the file is loaded, not part of the effective config.
     #[serde(default, skip_serializing)]
-    pub profiles: BTreeMap<String, serde_yaml::Value>,
+    pub profiles: BTreeMap<String, figment::value::Value>,
 }
 
 /// One way from Kafka topics to one destination, with everything that may differ per route.
@@ -150,7 +153,11 @@ pub struct KafkaConfig {
     pub start_from: StartFrom,
     /// Extra librdkafka properties, e.g. `security.protocol: SSL`. Values whose name suggests a
     /// secret are redacted when the config is printed.
-    #[serde(default, deserialize_with = "flat_properties")]
+    #[serde(
+        default,
+        deserialize_with = "flat_properties",
+        serialize_with = "yaml::single_quoted_values"
+    )]
     pub properties: BTreeMap<String, String>,
     /// At start-up, how long doka waits for the brokers to answer before it exits (code 6). Once
     /// running, a broker outage is waited out instead.
@@ -885,12 +892,9 @@ fn load_with_env(file: &Path, profile: Option<&str>, env: Env) -> Result<Config,
         ))
     })?;
     // Parse once up front so that a YAML syntax error is reported with its line and column.
-    let document: serde_yaml::Value = serde_yaml::from_str(&text)
+    let document: yaml::Node = yaml::parse(&text)
         .map_err(|e| ConfigError::new(format!("{} is not valid YAML: {e}", file.display())))?;
-    if !matches!(
-        document,
-        serde_yaml::Value::Mapping(_) | serde_yaml::Value::Null
-    ) {
+    if !matches!(document, yaml::Node::Mapping(_) | yaml::Node::Null) {
         return Err(ConfigError::new(format!(
             "{}: the top level must be a mapping of sections (kafka, aws, kinesis, ...)",
             file.display()
@@ -900,14 +904,9 @@ fn load_with_env(file: &Path, profile: Option<&str>, env: Env) -> Result<Config,
     let file_layer = Figment::from(Yaml::file_exact(file));
     let mut figment = Figment::new().merge(file_layer.clone());
     if let Some(name) = profile {
-        let available: Vec<String> = document
+        let available = document
             .get("profiles")
-            .and_then(|p| p.as_mapping())
-            .map(|m| {
-                m.keys()
-                    .filter_map(|k| k.as_str().map(str::to_owned))
-                    .collect()
-            })
+            .map(yaml::Node::keys)
             .unwrap_or_default();
         if !available.iter().any(|p| p == name) {
             return Err(ConfigError::new(format!(
@@ -1335,7 +1334,7 @@ impl Config {
                 *value = "<redacted>".into();
             }
         }
-        serde_yaml::to_string(&shown).expect("config serialises")
+        yaml::to_string(&shown).expect("config serialises")
     }
 
     /// Every topic name and pattern the consumer subscribes to, patterns as librdkafka regexes.
@@ -2200,19 +2199,13 @@ fn flat_properties<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, S
     use serde::de::Error;
     fn flatten<E: Error>(
         prefix: &str,
-        value: serde_yaml::Value,
+        value: serde_json::Value,
         out: &mut BTreeMap<String, String>,
     ) -> Result<(), E> {
-        use serde_yaml::Value;
+        use serde_json::Value;
         match value {
-            Value::Mapping(map) => {
+            Value::Object(map) => {
                 for (k, v) in map {
-                    let k = match k {
-                        Value::String(s) => s,
-                        Value::Number(n) => n.to_string(),
-                        Value::Bool(b) => b.to_string(),
-                        _ => return Err(E::custom("property names must be strings")),
-                    };
                     let name = if prefix.is_empty() {
                         k
                     } else {
@@ -2230,7 +2223,7 @@ fn flat_properties<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, S
             Value::Bool(b) => {
                 out.insert(prefix.to_owned(), b.to_string());
             }
-            Value::Null | Value::Sequence(_) | Value::Tagged(_) => {
+            Value::Null | Value::Array(_) => {
                 return Err(E::custom(format!(
                     "property `{prefix}` must be a string, number or boolean"
                 )));
@@ -2238,7 +2231,7 @@ fn flat_properties<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, S
         }
         Ok(())
     }
-    let value = serde_yaml::Value::deserialize(d)?;
+    let value = serde_json::Value::deserialize(d)?;
     let mut out = BTreeMap::new();
     flatten::<D::Error>("", value, &mut out)?;
     Ok(out)
