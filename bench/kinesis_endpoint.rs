@@ -57,8 +57,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
+use base64_simd::STANDARD as BASE64;
 use bytes::Bytes;
 use clap::Parser;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -564,7 +563,7 @@ fn prepare<'a>(
     }
     buffer.clear();
     BASE64
-        .decode_vec(entry.data.as_bytes(), buffer)
+        .decode_append(entry.data.as_bytes(), buffer)
         .map_err(|e| ApiError::serialization(format!("Data is not valid base64: {e}")))?;
     let size = buffer.len() + key.len();
     if size > app.args.max_record_bytes {

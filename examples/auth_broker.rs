@@ -24,8 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail, ensure};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
+use base64_simd::STANDARD as B64;
 use clap::Parser;
 use hmac::{Hmac, KeyInit, Mac};
 use rdkafka::ClientConfig;
@@ -675,7 +674,10 @@ impl ScramServer {
             let nonce = attribute(bare, "r").context("no nonce in SCRAM client-first message")?;
             let credential = store.lookup(self.hash, &user)?;
             let nonce = format!("{nonce}{}", self.server_nonce);
-            let (salt, i) = (B64.encode(&credential.salt), credential.iterations);
+            let (salt, i) = (
+                B64.encode_to_string(&credential.salt),
+                credential.iterations,
+            );
             let server_first = format!("r={nonce},s={salt},i={i}");
             let reply = server_first.clone().into_bytes();
             let (gs2_header, bare) = (format!("{flag},{authzid},"), bare.to_string());
@@ -692,7 +694,7 @@ impl ScramServer {
         let (without_proof, proof) = message
             .rsplit_once(",p=")
             .context("no proof in SCRAM client-final")?;
-        let channel_binding = B64.encode(&first.gs2_header);
+        let channel_binding = B64.encode_to_string(&first.gs2_header);
         ensure!(
             attribute(without_proof, "c") == Some(&channel_binding),
             "SCRAM channel binding mismatch"
@@ -706,7 +708,7 @@ impl ScramServer {
         let client_signature = self
             .hash
             .hmac(&credential.stored_key, auth_message.as_bytes());
-        let proof = B64.decode(proof).unwrap_or_default();
+        let proof = B64.decode_to_vec(proof).unwrap_or_default();
         let client_key: Vec<u8> = proof
             .iter()
             .zip(&client_signature)
@@ -723,7 +725,7 @@ impl ScramServer {
             .hash
             .hmac(&credential.server_key, auth_message.as_bytes());
         Ok((
-            format!("v={}", B64.encode(server_signature)).into_bytes(),
+            format!("v={}", B64.encode_to_string(server_signature)).into_bytes(),
             true,
         ))
     }
@@ -743,7 +745,7 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 }
 
 fn random_nonce() -> String {
-    B64.encode(random_bytes::<24>()) // base64 has no ',' (which SCRAM nonces must not contain)
+    B64.encode_to_string(random_bytes::<24>()) // base64 has no ',' (which SCRAM nonces must not contain)
 }
 
 /// Reads one size-prefixed Kafka frame; None when the stream ends before it.
@@ -877,7 +879,7 @@ mod tests {
                                 p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
 
     fn rfc7677_store() -> ScramStore {
-        let salt = B64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
+        let salt = B64.decode_to_vec("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
         let sha256 = ScramCredential::new(Hash::Sha256, "pencil", salt, 4096);
         let sha512 = ScramCredential::new(Hash::Sha512, "pencil", vec![0], 1);
         ScramStore {

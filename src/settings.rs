@@ -4,6 +4,7 @@
 //! A leaf: each part of doka defines and validates its own section with these, and `config`
 //! assembles the sections; nothing here knows any section.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -135,4 +136,35 @@ pub fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Er
             .collect(),
         OneOrMany::Many(v) => v,
     })
+}
+
+/// The config as YAML: block style, long lines kept on one line, text with line breaks as
+/// literal blocks.
+pub fn to_yaml<T: Serialize>(value: &T) -> Result<String, serde_saphyr::SerializeError> {
+    let options = serde_saphyr::ser_options! { folded_wrap_chars: usize::MAX };
+    serde_saphyr::to_string_with_options(value, options)
+}
+
+/// A map of strings whose values print single-quoted where YAML needs quotes (`'50'`), as
+/// serde_yaml printed them (serde-saphyr's own choice is double quotes).
+pub fn single_quoted_values<S: Serializer>(
+    map: &BTreeMap<String, String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(map.iter().map(|(k, v)| (k, QuotedIfNeeded(v))))
+}
+
+struct QuotedIfNeeded<'a>(&'a str);
+
+impl Serialize for QuotedIfNeeded<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let needs_quotes =
+            crate::settings::to_yaml(&self.0).map_or(true, |plain| plain.starts_with('"'));
+        // Control characters (line breaks among them) have no single-quoted form.
+        if needs_quotes && !self.0.chars().any(char::is_control) {
+            serde_saphyr::SingleQuoted(self.0).serialize(s)
+        } else {
+            self.0.serialize(s)
+        }
+    }
 }

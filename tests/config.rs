@@ -661,8 +661,8 @@ routes:
 fn routes_inherit_key_by_key_and_print_resolved() {
     let run = run_with(ROUTES, &[], &[]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    let shown: serde_yaml::Value = serde_yaml::from_str(&run.stdout).unwrap();
-    let routes = shown["routes"].as_sequence().expect("routes printed");
+    let shown: serde_json::Value = serde_saphyr::from_str(&run.stdout).unwrap();
+    let routes = shown["routes"].as_array().expect("routes printed");
     assert_eq!(routes.len(), 2);
     let (orders, audit) = (&routes[0], &routes[1]);
     assert_eq!(orders["name"], "orders");

@@ -25,7 +25,7 @@ use manifests::*;
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use serde_yaml::Value as Yaml;
+use serde_json::Value as Yaml;
 // ---------------------------------------------------------------------------------------------
 // Dockerfile
 
@@ -181,10 +181,10 @@ fn every_overlay_lines_up_with_dokas_config() {
             .env_var("DOKA_PROFILE")
             .unwrap_or_else(|| panic!("{what}: the container sets no DOKA_PROFILE value"));
         let yaml = r.mounted_config();
-        let raw: Yaml = serde_yaml::from_str(&yaml).expect("the shipped doka.yaml parses");
+        let raw: Yaml = serde_saphyr::from_str(&yaml).expect("the shipped doka.yaml parses");
         let profiles: BTreeSet<&str> = get(&raw, "profiles")
-            .and_then(Yaml::as_mapping)
-            .map(|m| m.keys().filter_map(Yaml::as_str).collect())
+            .and_then(Yaml::as_object)
+            .map(|m| m.keys().map(String::as_str).collect())
             .unwrap_or_default();
         assert!(
             profiles.contains(profile),

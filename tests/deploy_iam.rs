@@ -8,7 +8,7 @@ mod support;
 use manifests::*;
 
 use serde_json::Value as Json;
-use serde_yaml::Value as Yaml;
+use serde_json::Value as Yaml;
 
 // ---------------------------------------------------------------------------------------------
 // IAM
@@ -85,7 +85,7 @@ fn iam_examples_are_policy_documents_for_the_shipped_deployment() {
     let role_a = get(sa, "metadata.annotations")
         .and_then(|a| key_str(a, "eks.amazonaws.com/role-arn"))
         .expect("prod's role A");
-    let raw: Yaml = serde_yaml::from_str(&r.mounted_config()).unwrap();
+    let raw: Yaml = serde_saphyr::from_str(&r.mounted_config()).unwrap();
     let prod = merged(&raw, get(&raw, "profiles.prod").unwrap_or(&Yaml::Null));
 
     let mut files: Vec<String> = std::fs::read_dir(root().join("deploy/iam"))

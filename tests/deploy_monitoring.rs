@@ -12,13 +12,13 @@ use std::collections::BTreeSet;
 use std::process::Command;
 
 use serde_json::Value as Json;
-use serde_yaml::Value as Yaml;
+use serde_json::Value as Yaml;
 
 // ---------------------------------------------------------------------------------------------
 // Monitoring
 
 fn alert_rules() -> Vec<Yaml> {
-    let rules: Yaml = serde_yaml::from_str(&read("deploy/monitoring/alerts.yaml")).unwrap();
+    let rules: Yaml = serde_saphyr::from_str(&read("deploy/monitoring/alerts.yaml")).unwrap();
     let groups = seq(&rules, "groups");
     let doka = groups
         .iter()
@@ -112,7 +112,7 @@ fn alert_rules_pass_promtool_and_tell_what_to_do() {
     }
 
     // The unit tests cover the alerts that matter most, firing and, where it counts, quiet.
-    let tests: Yaml = serde_yaml::from_str(&read("deploy/monitoring/alerts.test.yaml")).unwrap();
+    let tests: Yaml = serde_saphyr::from_str(&read("deploy/monitoring/alerts.test.yaml")).unwrap();
     let mut firing = BTreeSet::new();
     let mut quiet = BTreeSet::new();
     for group in seq(&tests, "tests") {

@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 
 use serde_json::Value as Json;
-use serde_yaml::Value as Yaml;
+use serde_json::Value as Yaml;
 
 const COMPONENT: &str = "../../components/prometheus-operator";
 
@@ -34,7 +34,7 @@ fn with_the_component() -> Vec<Rendered> {
 }
 
 fn alerts_yaml() -> Yaml {
-    serde_yaml::from_str(&read("deploy/monitoring/alerts.yaml")).expect("alerts.yaml parses")
+    serde_saphyr::from_str(&read("deploy/monitoring/alerts.yaml")).expect("alerts.yaml parses")
 }
 
 #[test]
@@ -136,7 +136,7 @@ fn the_prometheus_rule_carries_alerts_yaml_and_passes_promtool() {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(
             dir.path().join("alerts.yaml"),
-            serde_yaml::to_string(spec).expect("YAML"),
+            serde_saphyr::to_string(spec).expect("YAML"),
         )
         .unwrap();
         std::fs::write(
@@ -185,7 +185,7 @@ fn the_prometheus_rule_file_is_generated_from_alerts_yaml() {
         generated == read("deploy/monitoring/prometheusrule.yaml"),
         "deploy/monitoring/prometheusrule.yaml is stale: run deploy/monitoring/prometheusrule.sh"
     );
-    let parsed: Yaml = serde_yaml::from_str(&generated).expect("the PrometheusRule parses");
+    let parsed: Yaml = serde_saphyr::from_str(&generated).expect("the PrometheusRule parses");
     assert_eq!(get_str(&parsed, "kind"), Some("PrometheusRule"));
     assert_eq!(get(&parsed, "spec.groups"), get(&alerts_yaml(), "groups"));
 }

@@ -13,7 +13,7 @@ use support::prometheus::Prometheus;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde_yaml::Value as Yaml;
+use serde_json::Value as Yaml;
 
 /// The ports doka connects to: DNS, the MSK listeners (plaintext, TLS, SASL/SCRAM, IAM), HTTPS
 /// for STS, Kinesis and Firehose.
@@ -73,7 +73,7 @@ fn each_environment_has_its_own_config_and_namespace() {
             "{what}: the pod must read the overlay's own doka.yaml"
         );
         let profile = r.env_var("DOKA_PROFILE").expect("DOKA_PROFILE");
-        let raw: Yaml = serde_yaml::from_str(&own).expect("doka.yaml parses");
+        let raw: Yaml = serde_saphyr::from_str(&own).expect("doka.yaml parses");
         assert!(
             get(&raw, &format!("profiles.{profile}")).is_some(),
             "{what}: its doka.yaml has no profile {profile}"
@@ -138,7 +138,7 @@ fn editing_one_environments_config_rolls_only_that_environment() {
             "{}\n    batch:\n      linger_ms: 25\n",
             original.trim_end_matches('\n')
         );
-        let changed_yaml: Yaml = serde_yaml::from_str(&changed).expect("the edit parses");
+        let changed_yaml: Yaml = serde_saphyr::from_str(&changed).expect("the edit parses");
         assert_eq!(
             get(&changed_yaml, &format!("profiles.{edited}.batch.linger_ms"))
                 .and_then(Yaml::as_u64),

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use serde_yaml::Value;
+use serde_json::Value;
 use support::*;
 
 const ROLE_A: &str = "arn:aws:iam::123456789012:role/doka-pod";
@@ -34,19 +34,19 @@ fn pod_spec() -> PodSpec {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/base/deployment.yaml"),
     )
     .unwrap();
-    let deployment: Value = serde_yaml::from_str(&text).unwrap();
+    let deployment: Value = serde_saphyr::from_str(&text).unwrap();
     let pod = &deployment["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
     let security = &pod["securityContext"];
     let mount = container["volumeMounts"]
-        .as_sequence()
+        .as_array()
         .unwrap()
         .iter()
         .find(|m| m["name"] == "config")
         .expect("a config volume mount");
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
     let config_file = container["env"]
-        .as_sequence()
+        .as_array()
         .unwrap()
         .iter()
         .find(|e| e["name"] == "DOKA_CONFIG")

@@ -17,7 +17,6 @@ use aws_sigv4::http_request::{
     SignableBody, SignableRequest, SignatureLocation, SigningSettings, sign,
 };
 use aws_sigv4::sign::v4;
-use base64::Engine;
 
 /// How long MSK accepts a token (the signers' fixed `X-Amz-Expires`).
 pub const TOKEN_VALIDITY: Duration = Duration::from_secs(900);
@@ -113,7 +112,7 @@ pub fn presign(
     instructions.apply_to_request_http1x(&mut signed);
     let presigned = format!("{}&User-Agent={USER_AGENT}", signed.uri());
     Ok(MskToken {
-        token: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(presigned),
+        token: base64_simd::URL_SAFE_NO_PAD.encode_to_string(presigned),
         expires_at: credentials
             .expiry()
             .map_or(now + TOKEN_VALIDITY, |e| e.min(now + TOKEN_VALIDITY)),
@@ -125,8 +124,8 @@ mod tests {
     use super::*;
 
     fn decode(token: &str) -> String {
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(token)
+        let bytes = base64_simd::URL_SAFE_NO_PAD
+            .decode_to_vec(token)
             .expect("base64url without padding");
         String::from_utf8(bytes).unwrap()
     }

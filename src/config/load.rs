@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
-use figment::providers::{Env, Format, Yaml};
+use figment::providers::{Env, Format};
+
+use super::yaml::{self, Yaml};
 
 use super::Config;
 use crate::settings::Invalid;
@@ -59,12 +61,9 @@ fn load_with_env(file: &Path, profile: Option<&str>, env: Env) -> Result<Config,
         ))
     })?;
     // Parse once up front so that a YAML syntax error is reported with its line and column.
-    let document: serde_yaml::Value = serde_yaml::from_str(&text)
+    let document: yaml::Node = yaml::parse(&text)
         .map_err(|e| ConfigError::new(format!("{} is not valid YAML: {e}", file.display())))?;
-    if !matches!(
-        document,
-        serde_yaml::Value::Mapping(_) | serde_yaml::Value::Null
-    ) {
+    if !matches!(document, yaml::Node::Mapping(_) | yaml::Node::Null) {
         return Err(ConfigError::new(format!(
             "{}: the top level must be a mapping of sections (kafka, aws, kinesis, ...)",
             file.display()
@@ -74,14 +73,9 @@ fn load_with_env(file: &Path, profile: Option<&str>, env: Env) -> Result<Config,
     let file_layer = Figment::from(Yaml::file_exact(file));
     let mut figment = Figment::new().merge(file_layer.clone());
     if let Some(name) = profile {
-        let available: Vec<String> = document
+        let available = document
             .get("profiles")
-            .and_then(|p| p.as_mapping())
-            .map(|m| {
-                m.keys()
-                    .filter_map(|k| k.as_str().map(str::to_owned))
-                    .collect()
-            })
+            .map(yaml::Node::keys)
             .unwrap_or_default();
         if !available.iter().any(|p| p == name) {
             return Err(ConfigError::new(format!(

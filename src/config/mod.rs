@@ -12,6 +12,7 @@
 
 mod load;
 mod routes;
+mod yaml;
 
 use std::collections::BTreeMap;
 
@@ -72,7 +73,7 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Named overlays; read when the file is loaded, not part of the effective config.
     #[serde(default, skip_serializing)]
-    pub profiles: BTreeMap<String, serde_yaml::Value>,
+    pub profiles: BTreeMap<String, figment::value::Value>,
 }
 
 impl Config {
@@ -89,7 +90,7 @@ impl Config {
     pub fn to_redacted_yaml(&self) -> String {
         let mut shown = self.clone();
         shown.kafka.redact_properties();
-        serde_yaml::to_string(&shown).expect("config serialises")
+        yaml::to_string(&shown).expect("config serialises")
     }
 
     /// Every topic name and pattern the consumer subscribes to, patterns as librdkafka regexes.

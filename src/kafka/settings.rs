@@ -27,7 +27,11 @@ pub struct KafkaConfig {
     pub start_from: StartFrom,
     /// Extra librdkafka properties, e.g. `security.protocol: SSL`. Values whose name suggests a
     /// secret are redacted when the config is printed.
-    #[serde(default, deserialize_with = "flat_properties")]
+    #[serde(
+        default,
+        deserialize_with = "flat_properties",
+        serialize_with = "crate::settings::single_quoted_values"
+    )]
     pub properties: BTreeMap<String, String>,
     /// At start-up, how long doka waits for the brokers to answer before it exits (code 6). Once
     /// running, a broker outage is waited out instead.
@@ -474,19 +478,13 @@ fn flat_properties<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, S
     use serde::de::Error;
     fn flatten<E: Error>(
         prefix: &str,
-        value: serde_yaml::Value,
+        value: serde_json::Value,
         out: &mut BTreeMap<String, String>,
     ) -> Result<(), E> {
-        use serde_yaml::Value;
+        use serde_json::Value;
         match value {
-            Value::Mapping(map) => {
+            Value::Object(map) => {
                 for (k, v) in map {
-                    let k = match k {
-                        Value::String(s) => s,
-                        Value::Number(n) => n.to_string(),
-                        Value::Bool(b) => b.to_string(),
-                        _ => return Err(E::custom("property names must be strings")),
-                    };
                     let name = if prefix.is_empty() {
                         k
                     } else {
@@ -504,7 +502,7 @@ fn flat_properties<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, S
             Value::Bool(b) => {
                 out.insert(prefix.to_owned(), b.to_string());
             }
-            Value::Null | Value::Sequence(_) | Value::Tagged(_) => {
+            Value::Null | Value::Array(_) => {
                 return Err(E::custom(format!(
                     "property `{prefix}` must be a string, number or boolean"
                 )));
@@ -512,7 +510,7 @@ fn flat_properties<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, S
         }
         Ok(())
     }
-    let value = serde_yaml::Value::deserialize(d)?;
+    let value = serde_json::Value::deserialize(d)?;
     let mut out = BTreeMap::new();
     flatten::<D::Error>("", value, &mut out)?;
     Ok(out)

@@ -26,8 +26,6 @@
 //! `docs/ENVELOPE.md` and `docs/envelope.schema.json`: fields are only ever added, never renamed
 //! or removed.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use serde::de::IgnoredAny;
 
 use super::{Fetched, Timestamp};
@@ -120,13 +118,8 @@ fn push_i64(out: &mut Vec<u8>, n: i64) {
 }
 
 fn push_base64(out: &mut Vec<u8>, bytes: &[u8]) {
-    let len = base64::encoded_len(bytes.len(), true).expect("base64 length overflows usize");
     out.push(b'"');
-    let start = out.len();
-    out.resize(start + len, 0);
-    STANDARD
-        .encode_slice(bytes, &mut out[start..])
-        .expect("the slice was sized by encoded_len");
+    base64_simd::STANDARD.encode_append(bytes, out);
     out.push(b'"');
 }
 
@@ -316,7 +309,9 @@ mod tests {
     }
 
     fn b64(v: &Value) -> Vec<u8> {
-        STANDARD.decode(v.as_str().unwrap()).unwrap()
+        base64_simd::STANDARD
+            .decode_to_vec(v.as_str().unwrap())
+            .unwrap()
     }
 
     #[test]

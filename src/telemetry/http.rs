@@ -9,15 +9,13 @@
 //! never waiting on the pipeline. Responses carry counters and states only: no config values, no
 //! secrets.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
 use tokio::sync::Semaphore;
 
 use super::health::Health;
@@ -104,12 +102,7 @@ pub fn start(
                         return;
                     }
                 };
-                let app = Router::new()
-                    .route("/metrics", get(metrics_page))
-                    .route("/healthz", get(healthz))
-                    .route("/readyz", get(readyz))
-                    .with_state(shared);
-                serve(listener, app, stopped).await;
+                serve(listener, shared, stopped).await;
             });
         })
         .map_err(|e| format!("{key}: cannot start the HTTP thread: {e}"))?;
@@ -124,7 +117,7 @@ pub fn start(
 /// are dropped with the runtime.
 async fn serve(
     listener: tokio::net::TcpListener,
-    app: Router,
+    shared: Arc<Shared>,
     mut stopped: tokio::sync::oneshot::Receiver<()>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -137,7 +130,11 @@ async fn serve(
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             continue; // over the cap: the connection is closed at once
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let shared = shared.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let answer = answer(&shared, &request);
+            async move { Ok::<_, Infallible>(answer) }
+        });
         tokio::spawn(async move {
             let _slot = slot;
             let connection = hyper::server::conn::http1::Builder::new()
@@ -150,29 +147,56 @@ async fn serve(
     }
 }
 
-async fn metrics_page(State(shared): State<Arc<Shared>>) -> Response {
-    (shared.before_scrape)();
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        shared.metrics.encode(),
-    )
-        .into_response()
-}
-
-fn verdict(result: Result<(), String>) -> Response {
-    match result {
-        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
+/// GET (or HEAD: hyper then sends the headers, the length included, without the body) on one of
+/// the three paths; 405 naming GET and HEAD for another method there; 404 for any other path.
+fn answer(shared: &Shared, request: &Request<Incoming>) -> Response<String> {
+    let page: fn(&Shared) -> Response<String> = match request.uri().path() {
+        "/metrics" => metrics_page,
+        "/healthz" => |shared| verdict(shared.health.alive()),
+        "/readyz" => |shared| verdict(shared.health.ready()),
+        _ => return empty(StatusCode::NOT_FOUND),
+    };
+    match *request.method() {
+        Method::GET | Method::HEAD => page(shared),
+        _ => {
+            let mut refused = empty(StatusCode::METHOD_NOT_ALLOWED);
+            refused
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET,HEAD"));
+            refused
+        }
     }
 }
 
-async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
-    verdict(shared.health.alive())
+fn metrics_page(shared: &Shared) -> Response<String> {
+    (shared.before_scrape)();
+    text(
+        StatusCode::OK,
+        "text/plain; version=0.0.4; charset=utf-8",
+        shared.metrics.encode(),
+    )
 }
 
-async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    verdict(shared.health.ready())
+fn verdict(result: Result<(), String>) -> Response<String> {
+    let plain = "text/plain; charset=utf-8";
+    match result {
+        Ok(()) => text(StatusCode::OK, plain, "ok\n".to_owned()),
+        Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, plain, format!("{why}\n")),
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<String> {
+    let length = HeaderValue::from(body.len());
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CONTENT_LENGTH, length);
+    response
+}
+
+fn empty(status: StatusCode) -> Response<String> {
+    let mut response = Response::new(String::new());
+    *response.status_mut() = status;
+    response
 }

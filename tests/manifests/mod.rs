@@ -13,8 +13,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use serde::Deserialize;
-use serde_yaml::Value as Yaml;
+use serde_json::Value as Yaml;
 
 /// The Kubernetes version whose schemas the rendered manifests are validated against.
 pub const KUBERNETES_VERSION: &str = "1.29.0";
@@ -107,7 +106,7 @@ pub fn must<'a>(v: &'a Yaml, path: &str, what: &str) -> &'a Yaml {
 
 pub fn seq<'a>(v: &'a Yaml, path: &str) -> &'a [Yaml] {
     get(v, path)
-        .and_then(Yaml::as_sequence)
+        .and_then(Yaml::as_array)
         .map(Vec::as_slice)
         .unwrap_or_default()
 }
@@ -123,7 +122,7 @@ pub fn list<'a>(v: &'a Yaml, path: &str) -> Vec<&'a str> {
 /// `profile` merged over `base`, key by key, as doka merges `profiles.<name>` over the file.
 pub fn merged(base: &Yaml, profile: &Yaml) -> Yaml {
     match (base, profile) {
-        (Yaml::Mapping(b), Yaml::Mapping(p)) => {
+        (Yaml::Object(b), Yaml::Object(p)) => {
             let mut out = b.clone();
             for (k, v) in p {
                 let m = match b.get(k) {
@@ -132,7 +131,7 @@ pub fn merged(base: &Yaml, profile: &Yaml) -> Yaml {
                 };
                 out.insert(k.clone(), m);
             }
-            Yaml::Mapping(out)
+            Yaml::Object(out)
         }
         (_, p) => p.clone(),
     }
@@ -272,7 +271,7 @@ pub fn validate_strictly(what: &str, rendered: &Rendered) -> usize {
         .collect();
     let text = core
         .iter()
-        .map(|o| serde_yaml::to_string(o).expect("YAML"))
+        .map(|o| serde_saphyr::to_string(o).expect("YAML"))
         .collect::<Vec<_>>()
         .join("---\n");
     let validate = tool("DOKA_TEST_KUBERNETES_VALIDATE");
@@ -328,8 +327,9 @@ impl Rendered {
     }
 
     pub fn parse(env: &str, text: &str) -> Self {
-        let objects = serde_yaml::Deserializer::from_str(text)
-            .map(|doc| Yaml::deserialize(doc).expect("rendered YAML parses"))
+        let objects = serde_saphyr::from_multiple::<Yaml>(text)
+            .expect("rendered YAML parses")
+            .into_iter()
             .filter(|v| !v.is_null())
             .collect();
         Rendered {
@@ -500,7 +500,7 @@ impl Rendered {
     /// The pod's labels match `selector.matchLabels` of `obj`.
     pub fn selects_pods(&self, obj: &Yaml, path: &str) -> bool {
         let labels = must(self.pod(), "metadata.labels", "the pod template");
-        let selector = get(obj, path).and_then(Yaml::as_mapping);
+        let selector = get(obj, path).and_then(Yaml::as_object);
         match selector {
             Some(sel) if !sel.is_empty() => sel.iter().all(|(k, v)| labels.get(k) == Some(v)),
             _ => false,
@@ -529,10 +529,10 @@ pub fn effective_config(yaml: &str, profile: &str, what: &str) -> Effective {
         text(&out.stdout),
         text(&out.stderr)
     );
-    let config: Yaml = serde_yaml::from_slice(&out.stdout)
+    let config: Yaml = serde_saphyr::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{what}: `doka config` printed no YAML ({e})"));
     Effective {
-        raw: serde_yaml::from_str(yaml).expect("the shipped config parses"),
+        raw: serde_saphyr::from_str(yaml).expect("the shipped config parses"),
         config,
     }
 }

@@ -6,8 +6,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
+use base64_simd::STANDARD as BASE64;
 use md5::{Digest, Md5};
 use serde_json::{Value, json};
 
@@ -117,7 +116,7 @@ pub fn deaggregate(shards: &[Shard]) -> Vec<UserRecord> {
                 "end": shard.end.to_string(),
                 "sequence": r.sequence,
                 "partition_key": r.partition_key,
-                "data": BASE64.encode(&r.data),
+                "data": BASE64.encode_to_string(&r.data),
             }));
         }
     }
@@ -167,7 +166,7 @@ pub fn deaggregate(shards: &[Shard]) -> Vec<UserRecord> {
                         .unwrap_or_else(|e| panic!("explicit hash key {h:?}: {e}"))
                 }),
                 data: BASE64
-                    .decode(u["data"].as_str().unwrap())
+                    .decode_to_vec(u["data"].as_str().unwrap())
                     .expect("base64 data"),
             }
         })

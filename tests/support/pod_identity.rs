@@ -17,7 +17,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use base64::Engine;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -295,7 +294,7 @@ fn sts_client(sts: &str) -> aws_sdk_sts::Client {
 /// A JWT-shaped projected service account token for audience `pods.eks.amazonaws.com`, unique to
 /// this agent (its signature is not checked: the agent only parses it, EKS Auth validates it).
 fn service_account_token() -> String {
-    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let b64 = |s: &str| base64_simd::URL_SAFE_NO_PAD.encode_to_string(s);
     let header = b64(r#"{"alg":"RS256","kid":"doka-test"}"#);
     let claims = b64(&format!(
         r#"{{"aud":["pods.eks.amazonaws.com"],"sub":"system:serviceaccount:doka:doka","jti":"{:016x}"}}"#,
