@@ -743,3 +743,38 @@ fn route_mistakes_name_the_route_key() {
     );
     assert_mentions(&run, &["kafka.topics", "with `routes`"]);
 }
+
+#[test]
+fn a_stdout_destination_needs_no_aws_and_checks_its_own_keys() {
+    // The shorthand, without any aws section: valid, and printed as written.
+    let local =
+        "kafka: { brokers: \"localhost:9092\", group_id: doka, topics: [orders] }\nstdout: {}\n";
+    let run = run_with(local, &[], &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let shown: serde_json::Value = serde_saphyr::from_str(&run.stdout).unwrap();
+    assert_eq!(shown["routes"][0]["stdout"]["max_record_bytes"], 1048576);
+    assert!(
+        shown["routes"][0].get("kinesis").is_none(),
+        "{}",
+        run.stdout
+    );
+
+    let with_stdout = format!("{ROUTES}  - name: local\n    topics: [local]\n    stdout: {{}}\n");
+    let run = run_with(&with_stdout, &[], &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let run = broken(
+        &with_stdout.replace("stdout: {}", "stdout: { max_record_bytes: 10 }"),
+        &[],
+    );
+    assert_mentions(&run, &["routes[2].stdout.max_record_bytes", "10"]);
+    let run = broken(
+        &with_stdout.replace("stdout: {}", "stdout: { stream: x }"),
+        &[],
+    );
+    assert_mentions(&run, &["unknown config key `routes[2].stdout.stream`"]);
+    let run = broken(
+        &with_stdout.replace("stdout: {}", "stdout: {}\n    kinesis: { stream: local }"),
+        &[],
+    );
+    assert_mentions(&run, &["routes[2]", "one destination"]);
+}

@@ -10,6 +10,8 @@ use super::{ACCOUNT_A_KEY, REGION, ROLE_B, eventually};
 pub struct Doka {
     child: Child,
     pub log: PathBuf,
+    /// Where standard output went, when it was kept ([`Doka::start_keeping_stdout`]).
+    out: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -127,20 +129,53 @@ impl Doka {
         Self::spawn(&args, env, dir)
     }
 
+    /// [`Doka::start`], with standard output kept in a file ([`Doka::stdout_text`]): for the
+    /// `stdout` destination, whose records are that output.
+    pub fn start_keeping_stdout(yaml: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let args = with_config(dir.path(), "run", yaml, &[]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = dir.path().join("doka.out");
+        Self::spawn_with_stdout(&args, env, dir, Some(out))
+    }
+
     /// Starts doka with these arguments; its log goes to a file in `dir`.
     pub fn spawn(args: &[&str], env: &[(&str, &str)], dir: tempfile::TempDir) -> Self {
+        Self::spawn_with_stdout(args, env, dir, None)
+    }
+
+    fn spawn_with_stdout(
+        args: &[&str],
+        env: &[(&str, &str)],
+        dir: tempfile::TempDir,
+        out: Option<PathBuf>,
+    ) -> Self {
         let log = dir.path().join("doka.log");
         let log_file = std::fs::File::create(&log).unwrap();
+        let stdout = match &out {
+            Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+            None => Stdio::null(),
+        };
         let child = doka_command(args, env)
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(log_file)
             .spawn()
             .expect("start doka");
         Self {
             child,
             log,
+            out,
             _dir: dir,
         }
+    }
+
+    /// What doka wrote to standard output so far (started with [`Doka::start_keeping_stdout`]).
+    pub fn stdout_text(&self) -> String {
+        let path = self
+            .out
+            .as_ref()
+            .expect("started with start_keeping_stdout");
+        std::fs::read_to_string(path).expect("doka's standard output")
     }
 
     pub fn log_text(&self) -> String {
@@ -221,16 +256,18 @@ impl Doka {
     /// failure names the status first and shows the end of the log, where the reason is.
     pub fn stop(self) -> String {
         let (status, log) = self.terminate();
-        if status.code() != Some(0) {
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = lines[lines.len().saturating_sub(60)..].join("\n");
-            panic!(
-                "doka exited with {status} after SIGTERM, expected 0; the last {} of {} log lines:\n{tail}",
-                lines.len().min(60),
-                lines.len()
-            );
-        }
+        expect_clean_exit(status, &log);
         log
+    }
+
+    /// [`Doka::stop`] for a doka started with [`Doka::start_keeping_stdout`]: the log and all it
+    /// wrote to standard output.
+    pub fn stop_keeping_stdout(mut self) -> (String, String) {
+        self.signal_stop();
+        let status = wait_with_timeout(&mut self.child, Duration::from_secs(60));
+        let log = self.log_text();
+        expect_clean_exit(status, &log);
+        (log, self.stdout_text())
     }
 
     /// SIGKILL: no chance to commit or leave the group.
@@ -252,6 +289,18 @@ impl Doka {
 
     pub fn log_path(&self) -> &Path {
         &self.log
+    }
+}
+
+fn expect_clean_exit(status: ExitStatus, log: &str) {
+    if status.code() != Some(0) {
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+        panic!(
+            "doka exited with {status} after SIGTERM, expected 0; the last {} of {} log lines:\n{tail}",
+            lines.len().min(60),
+            lines.len()
+        );
     }
 }
 
