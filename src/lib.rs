@@ -1,18 +1,30 @@
 //! doka: a Kafka → Amazon Kinesis connector that commits a Kafka offset only after every record
-//! below it is in the stream.
+//! below it is at its destination.
 //!
 //! A record's way: [`source`] (Kafka only) → [`pipeline::intake`] (route, policies, partition
 //! key, format, budget, lane) → [`pipeline::lane`] (batches, retries, order) → [`sink`] (one
 //! attempt) → acknowledgement → commit.
 //!
-//! - [`config`]: YAML + profiles + environment, resolved into routes, validated with errors a user
-//!   can act on.
-//! - [`source`]: the Kafka consumer-group member and its offset commits.
-//! - [`pipeline`]: intake, partition keys, envelopes, lanes, batching, retries, in-flight bound,
-//!   offset watermarks.
-//! - [`sink`]: destinations (Kinesis PutRecords, Firehose PutRecordBatch).
-//! - [`aws`]: source credentials and AssumeRole into each route's account.
-//! - [`dead_letter`]: the Kafka topic for records Kinesis would refuse.
+//! Imports point one way: `telemetry` and `settings` are leaves; `aws`, `kafka` and `sink` use
+//! only them (and `kafka` uses `aws` for MSK IAM tokens); `pipeline` uses `sink`'s entry types;
+//! `source` and `dead_letter` use `kafka` and `pipeline`; `config` assembles every part's
+//! settings; only the entry points (`main`, [`app`], [`check`]) read the whole [`config`].
+//!
+//! - [`app`]: `doka run` as named steps (`exit` codes, `signals`, `routes` starting each route).
+//! - [`check`]: `doka check`, hop by hop (`kafka`, `aws`; each destination's hops in its folder).
+//! - [`config`]: the file, profiles and environment (`load`, `yaml`), routes resolved (`routes`).
+//! - [`settings`]: what every settings section shares: secrets, checks, their errors.
+//! - [`kafka`]: broker access (auth, MSK IAM tokens) and its settings.
+//! - [`source`]: the consumer-group member (`context` for rebalances and commits, `fetch`,
+//!   `pause`, `gauges`, `leave`).
+//! - [`pipeline`]: `intake`, `partition_key`, `json_field`, `envelope`, `lane`, `batch`, `pace`,
+//!   `offsets`, `freshness`, and its `settings` (keys, formats, batches, retries, policies).
+//! - [`sink`]: the `Sink` trait and the `Destination` enum; one folder per destination:
+//!   `kinesis` (settings, client, put_records, aggregate, shards, check), `firehose` (settings,
+//!   client, check), `stdout`.
+//! - [`aws`]: source credentials, AssumeRole into each route's account, MSK IAM signing, settings.
+//! - [`dead_letter`]: the Kafka topic for records a destination would refuse.
+//! - [`telemetry`]: logs, `metrics`, `health`, the `http` endpoint, `topic_labels`, settings.
 
 pub mod app;
 pub mod aws;

@@ -1,6 +1,6 @@
 //! `doka run`: the wiring, as a short list of steps — telemetry, the source identity, each route
 //! (its identity, its destination and lanes), the dead-letter topic, then the consumer until it
-//! stops — and the exit code, decided in [`exit_code`] alone.
+//! stops — and the exit code, decided in `exit_code` alone.
 //!
 //! One way to stop: the first SIGTERM/SIGINT cancels the `stop` token, which the consumer loop
 //! watches; once the consumer is done (drained, or its shutdown timed out) the `finished` token

@@ -2,8 +2,8 @@
 //! failed and what to change.
 //!
 //! Two chains, independent of each other: Kafka (brokers reachable → TLS → authentication →
-//! topics → group coordinator and lag: [`kafka`]) and, per route, AWS (source identity →
-//! AssumeRole: [`aws`]) then the destination's own hops (stream → optional test write, in the
+//! topics → group coordinator and lag: `kafka`) and, per route, AWS (source identity →
+//! AssumeRole: `aws`) then the destination's own hops (stream → optional test write, in the
 //! destination's folder under `sink/`). A failure ends its own chain — later hops of it depend on it — but not the other,
 //! so one run shows a broken IAM chain and a broken broker address alike.
 

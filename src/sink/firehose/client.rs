@@ -28,7 +28,7 @@ pub fn connect(
     aws_sdk_firehose::Client::from_conf(builder.build())
 }
 
-/// [`crate::sink::watch`] for a delivery stream (DescribeDeliveryStream).
+/// `sink::watch` for a delivery stream (DescribeDeliveryStream).
 pub async fn watch_delivery_stream(
     client: aws_sdk_firehose::Client,
     name: String,

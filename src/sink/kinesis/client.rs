@@ -99,7 +99,7 @@ async fn kinesis_url(
     Ok(endpoint.url().to_owned())
 }
 
-/// [`crate::sink::watch`] for a Kinesis stream (DescribeStreamSummary).
+/// `sink::watch` for a Kinesis stream (DescribeStreamSummary).
 pub async fn watch_stream(
     client: aws_sdk_kinesis::Client,
     kinesis: KinesisConfig,
