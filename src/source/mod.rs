@@ -81,6 +81,18 @@ const ROUND: usize = 2048;
 /// outage, a throttled stream) pauses as before, so rebalances wait at most this long.
 const HOLD_BEFORE_PAUSE: Duration = Duration::from_millis(500);
 
+/// What the loop and the shutdown share, once the intake and the routing are taken out of
+/// [`SourceParts`].
+struct Controls {
+    shares: Vec<Arc<Share>>,
+    budget: Arc<Budget>,
+    halt: Arc<Halt>,
+    health: Arc<Health>,
+    commit_interval: Duration,
+    shutdown_timeout: Duration,
+    stop: CancellationToken,
+}
+
 /// Runs the consumer until shutdown or halt. Blocks the calling thread.
 pub fn run(
     kafka: &KafkaConfig,
@@ -104,9 +116,19 @@ pub fn run(
         closing: AtomicBool::new(false),
         commit_now: AtomicBool::new(false),
         access,
-        metrics: parts.metrics.clone(),
+        metrics: parts.metrics,
         health: parts.health.clone(),
     };
+    let controls = Controls {
+        shares: parts.shares,
+        budget: parts.budget,
+        halt: parts.halt,
+        health: parts.health,
+        commit_interval: parts.commit_interval,
+        shutdown_timeout: parts.shutdown_timeout,
+        stop: parts.stop,
+    };
+    let mut intake = parts.intake;
     let consumer: BaseConsumer<SourceContext> = kafka::consumer_config(kafka)?
         .create_with_context(context)
         .map_err(|e| {
@@ -118,8 +140,26 @@ pub fn run(
         let _ = consumer.poll(timeout);
     });
     let topics: Vec<&str> = subscription.iter().map(String::as_str).collect();
-    // Fail fast at start-up: a broker list that reaches nothing is a set-up problem, best shown
-    // by exiting (Kubernetes shows the crash loop). Outages later on are waited out.
+    if let Some(exit) = first_look(&consumer, kafka, &topics) {
+        return Ok(exit);
+    }
+    consumer
+        .subscribe(&topics)
+        .map_err(|e| anyhow::anyhow!("cannot subscribe to {topics:?}: {e}"))?;
+    info!(brokers = %kafka.brokers.join(","), group = %kafka.group_id, topics = ?subscription, "joining consumer group");
+
+    consume(&consumer, &mut intake, &controls);
+    Ok(shut_down(consumer, intake, &controls))
+}
+
+/// Fails fast at start-up: a broker list that reaches nothing, brokers that refuse doka, or two
+/// routes' patterns matching one existing topic are set-up problems, best shown by exiting
+/// (Kubernetes shows the crash loop). Outages later on are waited out.
+fn first_look(
+    consumer: &BaseConsumer<SourceContext>,
+    kafka: &KafkaConfig,
+    topics: &[&str],
+) -> Option<SourceExit> {
     let connect_timeout = Duration::from_millis(kafka.connect_timeout_ms);
     match consumer.fetch_metadata(None, connect_timeout) {
         Ok(metadata) => {
@@ -145,8 +185,9 @@ pub fn run(
                 .find_map(|t| routing.overlap(t.name()))
             {
                 error!("invalid config: {problem}");
-                return Ok(SourceExit::RoutesOverlap);
+                return Some(SourceExit::RoutesOverlap);
             }
+            None
         }
         Err(e) => {
             let explained = consumer.context().access.explain_failure(|timeout| {
@@ -154,7 +195,7 @@ pub fn run(
             });
             if let Some(failure) = explained {
                 report_refused(kafka, &failure);
-                return Ok(SourceExit::AuthFailed);
+                return Some(SourceExit::AuthFailed);
             }
             error!(
                 "cannot reach the Kafka brokers {} within kafka.connect_timeout_ms ({} ms): {e}. Check \
@@ -164,31 +205,38 @@ pub fn run(
                 kafka.connect_timeout_ms,
                 kafka.auth.mode.name()
             );
-            return Ok(SourceExit::BrokersUnreachable);
+            Some(SourceExit::BrokersUnreachable)
         }
     }
-    consumer
-        .subscribe(&topics)
-        .map_err(|e| anyhow::anyhow!("cannot subscribe to {topics:?}: {e}"))?;
-    info!(brokers = %kafka.brokers.join(","), group = %kafka.group_id, topics = ?subscription, "joining consumer group");
+}
 
+/// The loop: rounds of polling handed to the lanes, pausing by the in-flight bound, periodic
+/// commits and gauges, until a stop is requested or the pipeline halts.
+fn consume(consumer: &BaseConsumer<SourceContext>, intake: &mut Intake, controls: &Controls) {
+    let Controls {
+        shares,
+        budget,
+        halt,
+        health,
+        commit_interval,
+        stop,
+        ..
+    } = controls;
     let mut last_commit = Instant::now();
     let mut last_gauges = Instant::now();
     let mut paused_ends = PausedEnds::default();
     let mut last_poll_error: Option<Instant> = None;
-    let mut intake = parts.intake;
-    'rounds: while !parts.stop.is_cancelled() && !parts.halt.is_halted() {
-        parts.health.consumer_turned();
-        if should_hold(consumer.context(), &parts.budget, &parts.shares) {
-            parts.budget.wait_until(HOLD_BEFORE_PAUSE, |_| {
-                has_room_again(consumer.context(), &parts.budget, &parts.shares)
-                    || parts.stop.is_cancelled()
+    'rounds: while !stop.is_cancelled() && !halt.is_halted() {
+        health.consumer_turned();
+        if should_hold(consumer.context(), budget, shares) {
+            budget.wait_until(HOLD_BEFORE_PAUSE, |_| {
+                has_room_again(consumer.context(), budget, shares) || stop.is_cancelled()
             });
         }
-        manage_pause(&consumer, &parts.budget, &parts.shares);
+        manage_pause(consumer, budget, shares);
         // One round: what librdkafka has ready, waiting only for the first record, up to ROUND
         // records and never past the in-flight bound (one record at least: a poll must run).
-        let room = parts.budget.room();
+        let room = budget.room();
         let round = (room.records as usize).clamp(1, ROUND);
         let mut wait = POLL_WAIT;
         intake.start_round();
@@ -206,7 +254,7 @@ pub fn run(
             wait = Duration::ZERO;
             match polled {
                 Ok(msg) => {
-                    if !take(&msg, consumer.context(), &mut intake) {
+                    if !take(&msg, consumer.context(), intake) {
                         break 'rounds;
                     }
                 }
@@ -222,45 +270,51 @@ pub fn run(
         }
         intake.hand_over();
         let context = consumer.context();
-        if last_commit.elapsed() >= parts.commit_interval
+        if last_commit.elapsed() >= *commit_interval
             || context.commit_now.swap(false, AtomicOrdering::SeqCst)
         {
-            context.commit(&consumer, &context.all(), CommitMode::Async);
+            context.commit(consumer, &context.all(), CommitMode::Async);
             last_commit = Instant::now();
         }
         if last_gauges.elapsed() >= PARTITION_GAUGES_EVERY {
-            partition_gauges(&consumer, &mut paused_ends);
+            partition_gauges(consumer, &mut paused_ends);
             last_gauges = Instant::now();
         }
     }
-    // Records prepared before a halt or a stop request go out like the rest: what is delivered
-    // before the shutdown timeout is committed, the rest is read again after a restart.
-    intake.hand_over();
-    parts.health.stopping();
+}
 
-    // Stop fetching, let the lanes finish, commit what was delivered, leave the group.
+/// Stops fetching, lets the lanes finish within the shutdown timeout, commits what was
+/// delivered and leaves the group. Records prepared before a halt or a stop request go out like
+/// the rest: what is delivered in time is committed, the rest is read again after a restart.
+fn shut_down(
+    consumer: BaseConsumer<SourceContext>,
+    mut intake: Intake,
+    controls: &Controls,
+) -> SourceExit {
+    intake.hand_over();
+    controls.health.stopping();
     if let Ok(assignment) = consumer.assignment() {
         let _ = consumer.pause(&assignment);
     }
     intake.close_lanes();
-    let halted = parts.halt.is_halted();
+    let halted = controls.halt.is_halted();
     info!(
-        in_flight = parts.budget.usage().records,
-        "stopping: waiting for records in flight (up to {:?})", parts.shutdown_timeout
+        in_flight = controls.budget.usage().records,
+        "stopping: waiting for records in flight (up to {:?})", controls.shutdown_timeout
     );
-    let drained = parts
+    let drained = controls
         .budget
-        .wait_until(parts.shutdown_timeout, |u| u.records == 0);
+        .wait_until(controls.shutdown_timeout, |u| u.records == 0);
     let context = consumer.context();
     context.closing.store(true, AtomicOrdering::SeqCst);
     context.all_paused.store(true, AtomicOrdering::SeqCst);
     context.commit(&consumer, &context.all(), CommitMode::Sync);
-    let undelivered = parts.budget.usage().records;
+    let undelivered = controls.budget.usage().records;
     leave_group(&consumer);
     close(consumer);
-    Ok(if halted {
+    if halted {
         SourceExit::Halted(
-            parts
+            controls
                 .halt
                 .reason()
                 .unwrap_or_else(|| "unknown reason".into()),
@@ -273,7 +327,7 @@ pub fn run(
             "shutdown timed out with records undelivered; they were not committed and will be sent again"
         );
         SourceExit::Undelivered(undelivered)
-    })
+    }
 }
 
 fn report_refused(kafka: &KafkaConfig, failure: &ConnectFailure) {
