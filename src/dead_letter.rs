@@ -1,5 +1,6 @@
-//! The dead-letter topic: where a record goes that Kinesis would refuse (today: one over the
-//! stream's maximum record size), so that it is neither dropped nor allowed to stop the flow.
+//! The dead-letter topic: where a record goes that its destination would refuse (one over its
+//! maximum record size) or that a policy withholds (a key it cannot use), so that it is neither
+//! dropped nor allowed to stop the flow.
 //!
 //! The record keeps its key, value and headers byte for byte; doka adds headers saying why and
 //! where it came from. Its offset is acknowledged only once the dead-letter write is confirmed.
@@ -22,11 +23,11 @@ use crate::pipeline::{Budget, Halt};
 use crate::settings::{Checked, bad};
 use crate::telemetry::metrics::Metrics;
 
-/// Records Kinesis would refuse, and where they go.
+/// Records a destination would refuse or a policy withholds, and where they go.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeadLetterConfig {
-    /// A Kafka topic on the same cluster for records that cannot be sent to Kinesis.
+    /// A Kafka topic on the same cluster for records that cannot be sent to their destination.
     #[serde(default)]
     pub topic: Option<String>,
     /// What to do with a record over `kinesis.max_record_bytes`. Default: `dead_letter` when a

@@ -5,10 +5,11 @@
 //! key, format, budget, lane) → [`pipeline::lane`] (batches, retries, order) → [`sink`] (one
 //! attempt) → acknowledgement → commit.
 //!
-//! Imports point one way: `telemetry` and `settings` are leaves; `aws`, `kafka` and `sink` use
-//! only them (and `kafka` uses `aws` for MSK IAM tokens); `pipeline` uses `sink`'s entry types;
-//! `source` and `dead_letter` use `kafka` and `pipeline`; `config` assembles every part's
-//! settings; only the entry points (`main`, [`app`], [`check`]) read the whole [`config`].
+//! Imports point one way: `telemetry` and `settings` are leaves; `aws` uses only them; `kafka` and
+//! `sink` use them and `aws` (MSK IAM tokens; each destination's client and identity); `pipeline`
+//! uses `sink`'s entry types; `source` and `dead_letter` use `kafka` and `pipeline`; `config`
+//! assembles every part's settings; only the entry points (`main`, [`app`], [`check`]) read the
+//! whole [`config`].
 //!
 //! - [`app`]: `doka run` as named steps (`exit` codes, `signals`, `routes` starting each route).
 //! - [`check`]: `doka check`, hop by hop (`kafka`, `aws`; each destination's hops in its folder).

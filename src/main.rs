@@ -57,7 +57,8 @@ enum Output {
 struct CheckArgs {
     #[command(flatten)]
     config: ConfigArgs,
-    /// Also write one test record (partition key `doka-check`) to the stream.
+    /// Also write one test record (partition key `doka-check`) to each route's stream or
+    /// delivery stream.
     #[arg(long)]
     write_test: bool,
     /// `json` prints one JSON document for automation instead of a line per hop.
@@ -67,7 +68,7 @@ struct CheckArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Consume the configured topics and deliver every record to its route's destination (Kinesis or Firehose).
+    /// Consume the configured topics and deliver every record to its route's destination (Kinesis, Firehose or standard output).
     Run(ConfigArgs),
     /// Print the effective configuration (file + profile + environment) with secrets redacted.
     Config(ConfigArgs),

@@ -777,4 +777,21 @@ fn a_stdout_destination_needs_no_aws_and_checks_its_own_keys() {
         &[],
     );
     assert_mentions(&run, &["routes[2]", "one destination"]);
+    // An incomplete second section is refused too: its settings would be ignored.
+    let run = broken(
+        &with_stdout.replace(
+            "stdout: {}",
+            "stdout: {}\n    kinesis: { request_timeout_ms: 1000 }",
+        ),
+        &[],
+    );
+    assert_mentions(&run, &["routes[2].stdout", "one destination"]);
+    let run = broken(
+        &ROUTES.replace(
+            "kinesis: { stream: orders }",
+            "kinesis: { stream: orders }\n    firehose: {}",
+        ),
+        &[],
+    );
+    assert_mentions(&run, &["routes[0].firehose", "one destination"]);
 }

@@ -87,3 +87,20 @@ async fn a_stream_looked_for_in_the_wrong_region_is_reported_with_the_region() {
     assert!(world.committed(1).values().all(|&o| o <= 0));
     world.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_start_up_ends_it_cleanly() {
+    let world = World::new(1, 1).await;
+    // An STS endpoint that takes connections and never answers: AssumeRole hangs at start-up.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let sts = format!("http://{}", silent.local_addr().unwrap());
+    let yaml = world.yaml(None).replace(&world.ep.sts, &sts);
+    let mut doka = Doka::start(&yaml, &[]);
+    doka.endpoint_port();
+    doka.signal_stop();
+    let (status, log) = doka.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert_mentions(&log, &["stopped during start-up: nothing was fetched"]);
+    assert!(!log.contains("joining consumer group"), "{log}");
+    world.finish().await;
+}

@@ -110,10 +110,20 @@ async fn run_steps(
     let Some(_endpoint) = serve_telemetry(config, &wiring) else {
         return Ok(Outcome::InvalidConfig);
     };
-    let base = aws::base_config(&config.aws).await;
-    let signer = match kafka::msk_token_signer(&config.kafka, &base).await {
-        Ok(signer) => signer,
-        Err(problem) => {
+    // A stop during start-up ends it: nothing has been fetched, so nothing waits to be committed.
+    let Some(base) = stop
+        .run_until_cancelled(aws::base_config(&config.aws))
+        .await
+    else {
+        return Ok(stopped_while_starting());
+    };
+    let signer = match stop
+        .run_until_cancelled(kafka::msk_token_signer(&config.kafka, &base))
+        .await
+    {
+        None => return Ok(stopped_while_starting()),
+        Some(Ok(signer)) => signer,
+        Some(Err(problem)) => {
             error!("{problem}");
             return Ok(Outcome::InvalidConfig);
         }
@@ -127,7 +137,13 @@ async fn run_steps(
             profile: profile.as_deref(),
             wiring: &wiring,
         };
-        if let Err(outcome) = routes::start(route, context, &mut started).await? {
+        let Some(route_started) = stop
+            .run_until_cancelled(routes::start(route, context, &mut started))
+            .await
+        else {
+            return Ok(stopped_while_starting());
+        };
+        if let Err(outcome) = route_started? {
             return Ok(outcome);
         }
     }
@@ -174,6 +190,12 @@ async fn run_steps(
     }
     info!("summary: {}", wiring.metrics.summary());
     Ok(Outcome::Stopped(source_exit))
+}
+
+/// A stop requested before the consumer joined the group: a clean exit.
+fn stopped_while_starting() -> Outcome {
+    info!("stopped during start-up: nothing was fetched");
+    Outcome::Stopped(SourceExit::Clean)
 }
 
 /// The metrics, health state, in-flight bound and halt every part shares.

@@ -99,6 +99,7 @@ pub(super) async fn start(
         delimiter: route.delimiter(),
         max_record_bytes: route.destination.max_record_bytes() as usize,
         key_counts: route.destination.has_shards(),
+        record_limit: route.destination.record_limit(),
         on_tombstone: route.records.on_tombstone,
         on_headers: route.records.on_headers,
         lanes: senders,

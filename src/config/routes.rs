@@ -91,6 +91,20 @@ struct DestinationSections {
 const DESTINATION_SECTIONS: [&str; 3] = ["kinesis", "firehose", "stdout"];
 
 impl DestinationSections {
+    /// Every section written, complete or not.
+    fn present(&self) -> Vec<&'static str> {
+        let written = [
+            self.kinesis.is_some(),
+            self.firehose.is_some(),
+            self.stdout.is_some(),
+        ];
+        DESTINATION_SECTIONS
+            .into_iter()
+            .zip(written)
+            .filter_map(|(section, written)| written.then_some(section))
+            .collect()
+    }
+
     /// Every section that names a destination (a `kinesis` section without `stream` only holds
     /// defaults).
     fn named(self) -> Vec<Destination> {
@@ -256,12 +270,21 @@ impl Config {
             let spec: RouteSpec = merged
                 .extract()
                 .map_err(|e| ConfigError::new(describe_figment_error_at(e, source, &prefix)))?;
-            let mut named = DestinationSections {
+            let sections = DestinationSections {
                 kinesis: spec.kinesis,
                 firehose: spec.firehose,
                 stdout: spec.stdout,
+            };
+            // A route's own destination sections (the top-level ones are inherited only by a
+            // route that writes the same section): two of them are a mistake even when one is
+            // incomplete, or the other's settings would be ignored without a word.
+            if let [_, second, ..] = sections.present()[..] {
+                return Err(invalid(
+                    &format!("{prefix}{second}"),
+                    "a route writes to one destination: keep kinesis or firehose (or stdout)",
+                ));
             }
-            .named();
+            let mut named = sections.named();
             let destination = match named.len() {
                 0 => {
                     return Err(invalid(

@@ -30,6 +30,8 @@ pub struct RouteIntake {
     pub max_record_bytes: usize,
     /// Kinesis counts the partition key against the record limit; Firehose sends no key.
     pub key_counts: bool,
+    /// What the limit is and how to raise it, for the oversized record's reason and fix.
+    pub record_limit: (&'static str, &'static str),
     pub on_tombstone: TombstonePolicy,
     pub on_headers: HeadersPolicy,
     pub lanes: Vec<UnboundedSender<Vec<Record>>>,
@@ -178,10 +180,10 @@ impl Intake {
                 });
                 true
             }
-            Err(refusal) => {
+            Err(withheld) => {
                 // Offsets are registered in fetch order: the held records first.
                 self.hand_over();
-                self.refuse(msg, refusal, progress)
+                self.fall_back(msg, withheld, progress)
             }
         }
     }
@@ -214,26 +216,16 @@ impl Intake {
         let partition_key = r
             .keys
             .key_for(msg.key(), value, msg.topic(), msg.partition())
-            .map_err(|refused| Withheld {
-                action: refused.action,
-                reason: format!("{} has {}", at(), refused.problem),
-                setting: refused.setting,
+            .map_err(|withheld| Withheld {
+                action: withheld.action,
+                reason: format!("{} has {}", at(), withheld.problem),
+                setting: withheld.setting,
                 fix: "Set the policy to hash (the key's MD5 becomes the partition key)",
             })?;
         let data = encode(msg, r.format, r.delimiter);
         let size = data.len() + if r.key_counts { partition_key.len() } else { 0 };
         if size > r.max_record_bytes {
-            let (limit, fix) = if r.key_counts {
-                (
-                    "value + partition key), over the stream's maximum record size",
-                    "Raise the stream's limit and kinesis.max_record_bytes, or set dead_letter.topic",
-                )
-            } else {
-                (
-                    "value), over Firehose's maximum record size",
-                    "Set dead_letter.topic to keep such records (Firehose's limit is fixed)",
-                )
-            };
+            let (limit, fix) = r.record_limit;
             return Err(Withheld {
                 action: self.on_oversized,
                 reason: format!(
@@ -286,11 +278,11 @@ impl Intake {
         }
     }
 
-    /// Carries out a refusal. False when doka must stop.
-    fn refuse(
+    /// Carries out the fallback of a withheld record. False when doka must stop.
+    fn fall_back(
         &mut self,
         msg: &impl Fetched,
-        refusal: Withheld,
+        withheld: Withheld,
         progress: Arc<PartitionProgress>,
     ) -> bool {
         let Withheld {
@@ -298,7 +290,7 @@ impl Intake {
             reason,
             setting,
             fix,
-        } = refusal;
+        } = withheld;
         if action == Fallback::Stop {
             self.halt.halt(format!(
                 "{reason}. {setting} is stop: doka stops rather than drop it and commits nothing \

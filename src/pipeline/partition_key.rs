@@ -18,7 +18,7 @@ pub struct KeyWithheld {
     pub action: Fallback,
     /// What is wrong with the key (never the key itself: it may be sensitive).
     pub problem: String,
-    /// The config key of the policy that refused it.
+    /// The config key of the policy that withheld it.
     pub setting: &'static str,
 }
 
@@ -161,7 +161,7 @@ impl PartitionKeys {
         if chars <= MAX_PARTITION_KEY_CHARS {
             return Ok(text);
         }
-        let refused = |action| KeyWithheld {
+        let withheld = |action| KeyWithheld {
             action,
             problem: format!(
                 "a key of {chars} characters, over Kinesis' {MAX_PARTITION_KEY_CHARS}"
@@ -171,22 +171,22 @@ impl PartitionKeys {
         match self.on_long_key {
             LongKeyPolicy::Hash => Ok(md5_hex(text.as_bytes())),
             LongKeyPolicy::Truncate => Ok(text.chars().take(MAX_PARTITION_KEY_CHARS).collect()),
-            LongKeyPolicy::DeadLetter => Err(refused(Fallback::DeadLetter)),
-            LongKeyPolicy::Stop => Err(refused(Fallback::Stop)),
+            LongKeyPolicy::DeadLetter => Err(withheld(Fallback::DeadLetter)),
+            LongKeyPolicy::Stop => Err(withheld(Fallback::Stop)),
         }
     }
 
     /// A key that is not UTF-8, by `on_binary_key`.
     fn binary(&self, bytes: &[u8]) -> Result<String, KeyWithheld> {
-        let refused = |action| KeyWithheld {
+        let withheld = |action| KeyWithheld {
             action,
             problem: format!("a binary key ({} bytes, not UTF-8)", bytes.len()),
             setting: "partition_key.on_binary_key",
         };
         match self.on_binary_key {
             BinaryKeyPolicy::Hash => Ok(md5_hex(bytes)),
-            BinaryKeyPolicy::DeadLetter => Err(refused(Fallback::DeadLetter)),
-            BinaryKeyPolicy::Stop => Err(refused(Fallback::Stop)),
+            BinaryKeyPolicy::DeadLetter => Err(withheld(Fallback::DeadLetter)),
+            BinaryKeyPolicy::Stop => Err(withheld(Fallback::Stop)),
         }
     }
 }
@@ -340,26 +340,28 @@ mod tests {
             key(&truncate, Some(long.as_bytes()), "t", 0),
             "é".repeat(256)
         );
-        let refuse = PartitionKeys::new(
+        let withholding = PartitionKeys::new(
             KeyRule::KafkaKey,
             None,
             LongKeyPolicy::DeadLetter,
             BinaryKeyPolicy::Stop,
         );
-        let long_refused = refuse
+        let long_withheld = withholding
             .key_for(Some(long.as_bytes()), None, "t", 0)
             .unwrap_err();
-        assert_eq!(long_refused.action, Fallback::DeadLetter);
-        assert_eq!(long_refused.setting, "partition_key.on_long_key");
+        assert_eq!(long_withheld.action, Fallback::DeadLetter);
+        assert_eq!(long_withheld.setting, "partition_key.on_long_key");
         assert!(
-            long_refused.problem.contains("300 characters"),
-            "{long_refused:?}"
+            long_withheld.problem.contains("300 characters"),
+            "{long_withheld:?}"
         );
-        let binary_refused = refuse.key_for(Some(&binary), None, "t", 0).unwrap_err();
-        assert_eq!(binary_refused.action, Fallback::Stop);
-        assert_eq!(binary_refused.setting, "partition_key.on_binary_key");
+        let binary_withheld = withholding
+            .key_for(Some(&binary), None, "t", 0)
+            .unwrap_err();
+        assert_eq!(binary_withheld.action, Fallback::Stop);
+        assert_eq!(binary_withheld.setting, "partition_key.on_binary_key");
         // Keys within the rules are untouched by the policies.
-        assert_eq!(key(&refuse, Some(b"fine"), "t", 0), "fine");
+        assert_eq!(key(&withholding, Some(b"fine"), "t", 0), "fine");
     }
 
     #[test]

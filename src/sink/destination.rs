@@ -97,6 +97,25 @@ impl Destination {
         }
     }
 
+    /// For an oversized record: what the limit is (completing "value + partition key), …") and
+    /// how to raise it.
+    pub fn record_limit(&self) -> (&'static str, &'static str) {
+        match self {
+            Self::Kinesis(_) => (
+                "value + partition key), over the stream's maximum record size",
+                "Raise the stream's limit and kinesis.max_record_bytes, or set dead_letter.topic",
+            ),
+            Self::Firehose(_) => (
+                "value), over Firehose's maximum record size",
+                "Set dead_letter.topic to keep such records (Firehose's limit is fixed)",
+            ),
+            Self::Stdout(_) => (
+                "value + partition key), over stdout.max_record_bytes",
+                "Raise stdout.max_record_bytes, or set dead_letter.topic",
+            ),
+        }
+    }
+
     /// The largest request: `batch.max_bytes`, within Firehose's 4 MiB for Firehose.
     pub fn max_request_bytes(&self, batch_max_bytes: u64) -> u64 {
         match self {

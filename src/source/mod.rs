@@ -143,6 +143,11 @@ pub fn run(
     if let Some(exit) = first_look(&consumer, kafka, &topics) {
         return Ok(exit);
     }
+    if controls.stop.is_cancelled() {
+        // Stopped while starting: nothing fetched, no group joined.
+        close(consumer);
+        return Ok(SourceExit::Clean);
+    }
     consumer
         .subscribe(&topics)
         .map_err(|e| anyhow::anyhow!("cannot subscribe to {topics:?}: {e}"))?;

@@ -7,13 +7,14 @@
 //!   helps only then.
 //! - **Ready** (`/readyz`): a member of the consumer group — the group handed it an assignment,
 //!   with partitions or (more members than partitions) none; rebalances keep it a member, a lost
-//!   assignment (session expired) does not until the next one — credentials for the stream obtained, and the stream reachable:
-//!   it answered once since start (a request, or the DescribeStreamSummary doka sends every
-//!   30 s), and not ready once whole requests have failed for [`UNREACHABLE_AFTER`] without one
-//!   accepted in between (an outage, a missing stream, denied access), ready again at the first
-//!   accepted request. Throttling is not unreachability. Nothing routes traffic to doka, so readiness is a
-//!   signal: a rollout whose new pods cannot reach the stream stops instead of replacing working
-//!   ones, and dashboards see it. At shutdown doka is not ready from the first signal on.
+//!   assignment (session expired) does not until the next one — credentials for each destination
+//!   obtained, and each destination reachable: it answered once since start (a request, or the
+//!   DescribeStreamSummary or DescribeDeliveryStream doka sends every 30 s), and not ready once
+//!   whole requests have failed for [`UNREACHABLE_AFTER`] without one accepted in between (an
+//!   outage, a missing stream, denied access), ready again at the first accepted request.
+//!   Throttling is not unreachability. Nothing routes traffic to doka, so readiness is a signal: a
+//!   rollout whose new pods cannot reach their destination stops instead of replacing working ones,
+//!   and dashboards see it. At shutdown doka is not ready from the first signal on.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -118,7 +119,7 @@ impl Health {
         self.stopping.store(true, Ordering::SeqCst);
     }
 
-    /// Credentials for the stream were obtained, valid until `expiry` (`None`: they do not
+    /// Credentials for the destination were obtained, valid until `expiry` (`None`: they do not
     /// expire). A failed renewal changes nothing: the old ones are good until they expire.
     pub fn credentials_obtained(&self, destination: usize, expiry: Option<SystemTime>) {
         let until = expiry.map_or(u64::MAX, |e| {
@@ -130,14 +131,14 @@ impl Health {
             .store(until, Ordering::SeqCst);
     }
 
-    /// The stream accepted a request (throttled entries included: it answered).
+    /// The destination accepted a request (throttled entries included: it answered).
     pub fn destination_answered(&self, destination: usize) {
         let d = &self.destinations[destination];
         d.failing_since.store(0, Ordering::Relaxed);
         d.seen.store(true, Ordering::Relaxed);
     }
 
-    /// A whole request failed (connection, timeout, server error, missing stream, denied).
+    /// A whole request failed (connection, timeout, server error, missing stream or delivery stream, denied).
     pub fn destination_failed(&self, destination: usize) {
         let now = self.now();
         let _ = self.destinations[destination]
@@ -186,7 +187,7 @@ impl Health {
             let which = if named {
                 format!("`{}`", d.name)
             } else {
-                "the stream".to_owned()
+                "the destination".to_owned()
             };
             if d.credentials_until.load(Ordering::SeqCst) <= now {
                 return Err(format!(
