@@ -94,6 +94,12 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+impl From<String> for Secret {
+    fn from(text: String) -> Self {
+        Self(text)
+    }
+}
+
 impl Secret {
     pub fn expose(&self) -> &str {
         &self.0

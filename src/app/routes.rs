@@ -14,12 +14,15 @@ use super::{Outcome, Wiring};
 use crate::aws::{self, RouteIdentity, default_session_name};
 use crate::config::{Config, Route};
 use crate::pipeline::batch::{BatchLimits, Batcher, PerKey};
+use crate::pipeline::decoded::RouteDecoding;
 use crate::pipeline::intake::RouteIntake;
 use crate::pipeline::lane::{Backoff, Lane};
 use crate::pipeline::pace::Pace;
 use crate::pipeline::partition_key::{PartitionKeys, Spread};
 use crate::pipeline::settings::{ExplicitHashKey, Ordering};
 use crate::pipeline::{Halt, Record, Share};
+use crate::schema::registry::{ConfluentClient, GlueClient, Registry};
+use crate::schema::{Decoder, Side};
 use crate::sink::{Opening, Sink, StartLanes};
 use crate::telemetry::health::Health;
 use crate::telemetry::metrics::DestinationMetrics;
@@ -87,6 +90,7 @@ pub(super) async fn start(
         route_name: &route.name,
         finished: wiring.finished.clone(),
     };
+    let decoding = decoding(route, &context).await?;
     let (senders, handles) = route.destination.start(opening, lanes).await?;
     started.lanes.extend(handles);
     info!(route = %route.name, "delivering {} to {target}", describe_topics(route));
@@ -105,9 +109,76 @@ pub(super) async fn start(
         lanes: senders,
         share: share.clone(),
         headers_noted: AtomicBool::new(false),
+        decoding,
     });
     started.shares.push(share);
     Ok(Ok(()))
+}
+
+/// The route's decoders (`decode:`), each side with its registry client.
+async fn decoding(
+    route: &Route,
+    context: &RouteContext<'_>,
+) -> anyhow::Result<Option<RouteDecoding>> {
+    if route.decode.is_empty() {
+        return Ok(None);
+    }
+    let metrics = &context.wiring.metrics;
+    let name: Arc<str> = route.name.as_str().into();
+    let mut decoders = [None, None];
+    for (slot, side, config) in [
+        (0, Side::Value, &route.decode.value),
+        (1, Side::Key, &route.decode.key),
+    ] {
+        let Some(config) = config else { continue };
+        let registry = if let Some(confluent) = &config.confluent {
+            Registry::Confluent(
+                ConfluentClient::new(confluent)
+                    .map_err(|e| anyhow::anyhow!("decode.{}.confluent: {e}", side.name()))?,
+            )
+        } else if let Some(glue) = &config.glue {
+            let region = match &glue.region {
+                Some(region) => region.clone(),
+                None => aws::environment_region()
+                    .await
+                    .or_else(|| context.base.region().map(|r| r.to_string()))
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "no AWS region for the Glue schema registry: set decode.{}.glue.region",
+                            side.name()
+                        )
+                    })?,
+            };
+            let settings = GlueClient::aws_settings(&route.aws, glue, region);
+            let session_name = default_session_name(context.profile);
+            let identity = aws::route_identity(context.base, &settings, session_name, None).await?;
+            Registry::Glue(GlueClient::new(&identity, glue))
+        } else {
+            unreachable!("validated: a side names its registry")
+        };
+        info!(route = %route.name, side = side.name(), "decoding records with the {}", registry.describe());
+        decoders[slot] = Some(Decoder::new(
+            name.clone(),
+            side,
+            config,
+            registry,
+            tokio::runtime::Handle::current(),
+            metrics
+                .schemas
+                .resolve(&route.name, side.name(), config.max_cached_schemas),
+        ));
+    }
+    let [value, key] = decoders;
+    let waiting = value
+        .as_ref()
+        .or(key.as_ref())
+        .map(|d| d.metrics.waiting.clone())
+        .expect("a side decodes");
+    Ok(Some(RouteDecoding {
+        value,
+        key,
+        waiting,
+    }))
 }
 
 /// The route's identity, its credentials obtained once to report a broken chain now.

@@ -24,6 +24,7 @@ use crate::kafka::KafkaConfig;
 use crate::pipeline::settings::{
     BatchConfig, PartitionKeyConfig, PipelineConfig, RecordsConfig, RetryConfig,
 };
+use crate::schema::DecodeConfig;
 use crate::settings::{Checked, null_as_default};
 use crate::sink::firehose::FirehoseConfig;
 use crate::sink::kinesis::KinesisConfig;
@@ -61,6 +62,9 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default, deserialize_with = "null_as_default")]
     pub records: RecordsConfig,
+    /// Schema-registry decoding (per route; this is what routes inherit).
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing)]
+    pub decode: DecodeConfig,
     #[serde(default, deserialize_with = "null_as_default")]
     pub dead_letter: DeadLetterConfig,
     #[serde(default, deserialize_with = "null_as_default")]

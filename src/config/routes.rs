@@ -11,6 +11,7 @@ use crate::pipeline::settings::{
     BatchConfig, BinaryKeyPolicy, Delimiter, ExplicitHashKey, HeadersPolicy, LongKeyPolicy,
     Ordering, PartitionKeyConfig, RecordFormat, RecordsConfig, RetryConfig, TombstonePolicy,
 };
+use crate::schema::DecodeConfig;
 use crate::settings::{Checked, Invalid, bad, null_as_default, range, string_list};
 use crate::sink::Destination;
 use crate::sink::firehose::FirehoseConfig;
@@ -34,6 +35,8 @@ pub struct Route {
     pub partition_key: PartitionKeyConfig,
     pub batch: BatchConfig,
     pub records: RecordsConfig,
+    #[serde(skip_serializing_if = "DecodeConfig::is_empty")]
+    pub decode: DecodeConfig,
     pub retry: RetryConfig,
     pub lanes: u32,
     pub ordering: Ordering,
@@ -65,6 +68,8 @@ struct RouteSpec {
     batch: BatchConfig,
     #[serde(default, deserialize_with = "null_as_default")]
     records: RecordsConfig,
+    #[serde(default, deserialize_with = "null_as_default")]
+    decode: DecodeConfig,
     #[serde(default, deserialize_with = "null_as_default")]
     retry: RetryConfig,
     #[serde(default)]
@@ -123,7 +128,14 @@ impl DestinationSections {
 }
 
 /// The sections a route inherits from the top level, key by key.
-const SHARED_SECTIONS: [&str; 5] = ["aws", "partition_key", "batch", "records", "retry"];
+const SHARED_SECTIONS: [&str; 6] = [
+    "aws",
+    "partition_key",
+    "batch",
+    "records",
+    "decode",
+    "retry",
+];
 
 impl Config {
     /// The one-route shorthand: `kafka.topics` to the one destination section.
@@ -137,6 +149,7 @@ impl Config {
             partition_key: self.partition_key.clone(),
             batch: self.batch.clone(),
             records: self.records.clone(),
+            decode: self.decode.clone(),
             retry: self.retry.clone(),
             lanes: self.pipeline.lanes,
             ordering: self.pipeline.ordering,
@@ -263,6 +276,9 @@ impl Config {
                             dict.remove(*key);
                         }
                     }
+                    if section == "decode" {
+                        drop_replaced_registries(own.get("decode"), &mut shared);
+                    }
                     merged = merged.merge(figment::providers::Serialized::default(section, shared));
                 }
             }
@@ -310,6 +326,7 @@ impl Config {
                 partition_key: spec.partition_key,
                 batch: spec.batch,
                 records: spec.records,
+                decode: spec.decode,
                 retry: spec.retry,
                 lanes: spec.lanes.unwrap_or(self.pipeline.lanes),
                 ordering: spec.ordering.unwrap_or(self.pipeline.ordering),
@@ -327,6 +344,31 @@ impl Config {
         // whose secrets print redacted, are kept.
         self.route_specs.clear();
         Ok(())
+    }
+}
+
+/// A route side naming its registry (`confluent` or `glue`) replaces the inherited one: it does
+/// not inherit the other's section.
+fn drop_replaced_registries(
+    own: Option<&figment::value::Value>,
+    shared: &mut figment::value::Value,
+) {
+    let (Some(own), figment::value::Value::Dict(_, shared)) =
+        (own.and_then(|v| v.as_dict()), shared)
+    else {
+        return;
+    };
+    for side in ["value", "key"] {
+        let names_registry = own
+            .get(side)
+            .and_then(|v| v.as_dict())
+            .is_some_and(|d| d.contains_key("confluent") || d.contains_key("glue"));
+        if names_registry
+            && let Some(figment::value::Value::Dict(_, inherited)) = shared.get_mut(side)
+        {
+            inherited.remove("confluent");
+            inherited.remove("glue");
+        }
     }
 }
 
@@ -519,7 +561,15 @@ impl Route {
         }
 
         self.retry.validate(prefix)?;
+        self.decode.validate(prefix)?;
         if config.dead_letter.topic.is_none() {
+            if let Some(setting) = self.decode.wanting_dead_letters() {
+                return bad(
+                    &key(setting),
+                    "dead_letter (the default) needs dead_letter.topic: set a topic, or choose \
+                     stop or pass_through",
+                );
+            }
             let headers_matter = self.records.format == RecordFormat::Raw;
             let wanting_a_topic = [
                 (

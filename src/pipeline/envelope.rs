@@ -26,13 +26,35 @@
 //! `docs/ENVELOPE.md` and `docs/envelope.schema.json`: fields are only ever added, never renamed
 //! or removed.
 
-use serde::de::IgnoredAny;
-
 use super::{Fetched, Timestamp};
+use crate::json_text::push_compact_json;
 
 /// Appends `record` as one compact envelope JSON object to `out`, without any delimiter (the
 /// caller adds it).
 pub fn encode(record: &impl Fetched, out: &mut Vec<u8>) {
+    encode_with(
+        record,
+        Side::Bytes(record.key()),
+        Side::Bytes(record.value()),
+        out,
+    );
+}
+
+/// One side (key or value) of a record as the envelope writes it.
+#[derive(Debug, Clone, Copy)]
+pub enum Side<'a> {
+    /// The bytes, written the most readable way (the route does not decode this side).
+    Bytes(Option<&'a [u8]>),
+    /// Decoded with a registry schema: its JSON, and the schema's identity object (written as
+    /// `…_schema` after `…_encoding`, which is `json`).
+    Decoded { json: &'a [u8], schema: &'a [u8] },
+    /// The route decodes this side, this record's was not (absent, or passed through undecoded):
+    /// the bytes, and `"…_schema":null`.
+    Undecoded(Option<&'a [u8]>),
+}
+
+/// [`encode`] with the key and value as decoding left them.
+pub fn encode_with(record: &impl Fetched, key: Side<'_>, value: Side<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"topic\":");
     push_json_str(out, record.topic());
     out.extend_from_slice(b",\"partition\":");
@@ -53,9 +75,9 @@ pub fn encode(record: &impl Fetched, out: &mut Vec<u8>) {
         }
     }
     out.extend_from_slice(b",\"key\":");
-    push_bytes(out, record.key(), b",\"key_encoding\":");
+    push_side(out, key, b",\"key_encoding\":", b",\"key_schema\":");
     out.extend_from_slice(b",\"value\":");
-    push_bytes(out, record.value(), b",\"value_encoding\":");
+    push_side(out, value, b",\"value_encoding\":", b",\"value_schema\":");
     out.extend_from_slice(b",\"headers\":[");
     for (i, header) in record.headers().iter().enumerate() {
         if i > 0 {
@@ -68,6 +90,24 @@ pub fn encode(record: &impl Fetched, out: &mut Vec<u8>) {
         out.push(b'}');
     }
     out.extend_from_slice(b"]}");
+}
+
+fn push_side(out: &mut Vec<u8>, side: Side<'_>, encoding_field: &[u8], schema_field: &[u8]) {
+    match side {
+        Side::Bytes(bytes) => push_bytes(out, bytes, encoding_field),
+        Side::Decoded { json, schema } => {
+            out.extend_from_slice(json);
+            out.extend_from_slice(encoding_field);
+            out.extend_from_slice(b"\"json\"");
+            out.extend_from_slice(schema_field);
+            out.extend_from_slice(schema);
+        }
+        Side::Undecoded(bytes) => {
+            push_bytes(out, bytes, encoding_field);
+            out.extend_from_slice(schema_field);
+            out.extend_from_slice(b"null");
+        }
+    }
 }
 
 /// Writes `bytes` as the value of a field, then `encoding_field` (`,"…_encoding":`) and the
@@ -123,101 +163,10 @@ fn push_base64(out: &mut Vec<u8>, bytes: &[u8]) {
     out.push(b'"');
 }
 
-/// The deepest nesting of arrays and objects embedded as JSON; deeper values are written as
-/// strings. With the envelope's own levels (at most 3, for a header value) the whole object stays
-/// within the default limits of common readers (serde_json 127, Jackson 1000, Python 1000).
-const MAX_JSON_DEPTH: usize = 100;
-
-/// If `text` is one JSON value, appends it without the JSON whitespace outside its strings and
-/// returns true; otherwise appends nothing and returns false.
-///
-/// serde_json decides what is JSON. Two things it accepts when only validating are refused here,
-/// because readers of the envelope (serde_json's own `Value` among them) would reject the whole
-/// line: nesting deeper than [`MAX_JSON_DEPTH`], and a `\u` escape that is a lone UTF-16
-/// surrogate (the grammar allows it, but it decodes to no Unicode text). Such a value is written
-/// as a string instead.
-fn push_compact_json(out: &mut Vec<u8>, text: &str) -> bool {
-    if serde_json::from_str::<IgnoredAny>(text).is_err() {
-        return false;
-    }
-    let bytes = text.as_bytes();
-    let mark = out.len();
-    // Copies runs of significant bytes; `run` is where the current one starts.
-    let mut run = 0;
-    let mut i = 0;
-    let mut depth = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b' ' | b'\t' | b'\n' | b'\r' => {
-                out.extend_from_slice(&bytes[run..i]);
-                i += 1;
-                run = i;
-            }
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > MAX_JSON_DEPTH {
-                    out.truncate(mark);
-                    return false;
-                }
-                i += 1;
-            }
-            b']' | b'}' => {
-                depth -= 1;
-                i += 1;
-            }
-            b'"' => match string_end(bytes, i + 1) {
-                Some(end) => i = end,
-                None => {
-                    out.truncate(mark);
-                    return false;
-                }
-            },
-            _ => i += 1,
-        }
-    }
-    out.extend_from_slice(&bytes[run..]);
-    true
-}
-
-/// From just after a string's opening quote, the index just past its closing quote; `None` for a
-/// lone surrogate escape (or, defensively, a string that does not end).
-fn string_end(bytes: &[u8], mut i: usize) -> Option<usize> {
-    loop {
-        match *bytes.get(i)? {
-            b'"' => return Some(i + 1),
-            b'\\' if bytes.get(i + 1) == Some(&b'u') => {
-                let unit = hex4(bytes, i + 2)?;
-                i += 6;
-                match unit {
-                    0xD800..=0xDBFF => {
-                        let low = if bytes.get(i..i + 2) == Some(b"\\u") {
-                            hex4(bytes, i + 2)?
-                        } else {
-                            return None;
-                        };
-                        if !(0xDC00..=0xDFFF).contains(&low) {
-                            return None;
-                        }
-                        i += 6;
-                    }
-                    0xDC00..=0xDFFF => return None,
-                    _ => {}
-                }
-            }
-            b'\\' => i += 2,
-            _ => i += 1,
-        }
-    }
-}
-
-fn hex4(bytes: &[u8], at: usize) -> Option<u16> {
-    let digits = std::str::from_utf8(bytes.get(at..at + 4)?).ok()?;
-    u16::from_str_radix(digits, 16).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::json_text::MAX_JSON_DEPTH;
     use crate::pipeline::Header;
     use serde_json::{Value, json};
 

@@ -12,9 +12,11 @@ use bytes::Bytes;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::info;
 
+use super::decoded::{Outcome, RouteDecoding, SideOut};
 use super::offsets::PartitionProgress;
 use super::partition_key::{PartitionKeys, Spread};
 use super::settings::{Delimiter, HeadersPolicy, RecordFormat, TombstonePolicy};
+use super::waiting::{OwnedRecord, Waiting};
 use super::{Budget, Fallback, Fetched, Halt, Record, Share, Usage, envelope, lane_of};
 use crate::telemetry::metrics::Metrics;
 
@@ -39,6 +41,8 @@ pub struct RouteIntake {
     pub share: Arc<Share>,
     /// Set once a record's headers were left out (logged the first time only).
     pub headers_noted: AtomicBool,
+    /// `decode:`: schema-registry values and keys sent as JSON.
+    pub decoding: Option<RouteDecoding>,
 }
 
 /// A withheld record on its way to the dead-letter topic, with what the writer needs.
@@ -92,6 +96,14 @@ pub struct Intake {
     /// A route's share is full with what it holds: the round ends, so a route whose destination
     /// is stuck cannot take more than its share in one round.
     share_reached: bool,
+    /// Partitions whose records wait for a schema (few, and only with `decode:`).
+    waiting: Vec<Waiting>,
+}
+
+/// A record ready for its lane, or one that waits for its schema.
+enum Prepared {
+    Send(String, Bytes),
+    Wait,
 }
 
 struct Held {
@@ -123,6 +135,7 @@ impl Intake {
             held: Vec::new(),
             round_bytes: 0,
             share_reached: false,
+            waiting: Vec::new(),
         }
     }
 
@@ -152,8 +165,43 @@ impl Intake {
         progress: Arc<PartitionProgress>,
         route: usize,
     ) -> bool {
-        match self.prepare(msg, route) {
-            Ok((partition_key, data)) => {
+        if !self.waiting.is_empty()
+            && let Some(at) = self
+                .waiting
+                .iter()
+                .position(|w| Arc::ptr_eq(&w.progress, &progress))
+        {
+            // Behind a record that waits for its schema: it waits too, in order.
+            self.park(at, OwnedRecord::of(msg, progress.topic.clone()));
+            return true;
+        }
+        let prepared = self.prepare(msg, route);
+        if let Ok(Prepared::Wait) = prepared {
+            self.waiting.push(Waiting {
+                route,
+                progress: progress.clone(),
+                records: Default::default(),
+            });
+            self.park(
+                self.waiting.len() - 1,
+                OwnedRecord::of(msg, progress.topic.clone()),
+            );
+            return true;
+        }
+        self.accept(msg, prepared, progress, route)
+    }
+
+    /// Holds a prepared record for its lane, or carries out its fallback. False when doka must
+    /// stop.
+    fn accept(
+        &mut self,
+        msg: &impl Fetched,
+        prepared: Result<Prepared, Withheld>,
+        progress: Arc<PartitionProgress>,
+        route: usize,
+    ) -> bool {
+        match prepared {
+            Ok(Prepared::Send(partition_key, data)) => {
                 let r = &self.routes[route];
                 let lane = lane_of(&partition_key, r.lanes.len());
                 let record = Record {
@@ -180,6 +228,7 @@ impl Intake {
                 });
                 true
             }
+            Ok(Prepared::Wait) => unreachable!("a waiting record is parked, not accepted"),
             Err(withheld) => {
                 // Offsets are registered in fetch order: the held records first.
                 self.hand_over();
@@ -188,8 +237,75 @@ impl Intake {
         }
     }
 
-    /// The partition key and encoded data of a record that may be sent, or why it may not.
-    fn prepare(&self, msg: &impl Fetched, route: usize) -> Result<(String, Bytes), Withheld> {
+    /// Adds a record to a waiting partition's queue, counted in its route's share.
+    fn park(&mut self, at: usize, record: OwnedRecord) {
+        let waiting = &mut self.waiting[at];
+        let r = &self.routes[waiting.route];
+        r.share.take(1, record.size());
+        if let Some(decoding) = &r.decoding {
+            decoding.waiting.inc();
+        }
+        if r.share.full() {
+            self.share_reached = true;
+        }
+        waiting.records.push_back(record);
+    }
+
+    /// Takes the waiting records whose schemas are known now, in order; drops those of revoked
+    /// partitions (their new owner reads them from the committed offset, which never passed
+    /// them). Call at the start of a round. False when doka must stop.
+    pub fn retry_waiting(&mut self) -> bool {
+        let mut at = 0;
+        while at < self.waiting.len() {
+            if self.waiting[at].progress.is_revoked() {
+                let waiting = self.waiting.remove(at);
+                self.release_waiting(&waiting);
+                continue;
+            }
+            loop {
+                let Some(record) = self.waiting[at].records.pop_front() else {
+                    self.waiting.remove(at);
+                    break;
+                };
+                let (route, progress) = (self.waiting[at].route, self.waiting[at].progress.clone());
+                let prepared = self.prepare(&record, route);
+                if let Ok(Prepared::Wait) = prepared {
+                    self.waiting[at].records.push_front(record);
+                    at += 1;
+                    break;
+                }
+                let r = &self.routes[route];
+                r.share.release(1, record.size());
+                if let Some(decoding) = &r.decoding {
+                    decoding.waiting.dec();
+                }
+                if !self.accept(&record, prepared, progress, route) {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Lets go of every waiting record (shutdown): they stay uncommitted and are read again.
+    pub fn forget_waiting(&mut self) {
+        for waiting in std::mem::take(&mut self.waiting) {
+            self.release_waiting(&waiting);
+        }
+    }
+
+    fn release_waiting(&self, waiting: &Waiting) {
+        let r = &self.routes[waiting.route];
+        let bytes = waiting.records.iter().map(OwnedRecord::size).sum();
+        r.share.release(waiting.records.len() as u64, bytes);
+        if let Some(decoding) = &r.decoding {
+            decoding.waiting.sub(waiting.records.len() as i64);
+        }
+    }
+
+    /// The partition key and encoded data of a record that may be sent, that it waits for its
+    /// schema, or why it may not be sent.
+    fn prepare(&self, msg: &impl Fetched, route: usize) -> Result<Prepared, Withheld> {
         let r = &self.routes[route];
         let at = || {
             format!(
@@ -213,6 +329,27 @@ impl Intake {
         if r.format == RecordFormat::Raw {
             self.check_headers(msg, r, &at)?;
         }
+        let (key_out, value_out) = match r.decoding.as_ref().map(|d| d.decode(msg)) {
+            None => (SideOut::Plain, SideOut::Plain),
+            Some(Outcome::Ready { key, value }) => (key, value),
+            Some(Outcome::Wait) => return Ok(Prepared::Wait),
+            Some(Outcome::Withhold {
+                action,
+                reason,
+                setting,
+            }) => {
+                return Err(Withheld {
+                    action,
+                    reason: format!("{} (route `{}`): {reason}", at(), r.name),
+                    setting,
+                    fix: "Set it to pass_through to send such records as their bytes, or fix \
+                          the producer or the registry",
+                });
+            }
+        };
+        let value = value_out.bytes(value);
+        // The key rules read the Kafka key's bytes (a decoded key keeps its records' order by
+        // them) and, for `field`, the value as sent (decoded JSON included).
         let partition_key = r
             .keys
             .key_for(msg.key(), value, msg.topic(), msg.partition())
@@ -222,7 +359,7 @@ impl Intake {
                 setting: withheld.setting,
                 fix: "Set the policy to hash (the key's MD5 becomes the partition key)",
             })?;
-        let data = encode(msg, r.format, r.delimiter);
+        let data = encode(msg, r.format, r.delimiter, &key_out, &value_out);
         let size = data.len() + if r.key_counts { partition_key.len() } else { 0 };
         if size > r.max_record_bytes {
             let (limit, fix) = r.record_limit;
@@ -238,7 +375,7 @@ impl Intake {
                 fix,
             });
         }
-        Ok((partition_key, data))
+        Ok(Prepared::Send(partition_key, data))
     }
 
     /// `records.on_headers` for a raw record (an envelope carries the headers).
@@ -419,23 +556,35 @@ impl Intake {
     }
 }
 
-/// The record's data as the route sends it.
-fn encode(msg: &impl Fetched, format: RecordFormat, delimiter: Delimiter) -> Bytes {
+/// The record's data as the route sends it: the value (decoded or not), or the envelope.
+fn encode(
+    msg: &impl Fetched,
+    format: RecordFormat,
+    delimiter: Delimiter,
+    key: &SideOut,
+    value: &SideOut,
+) -> Bytes {
     let newline = delimiter == Delimiter::Newline;
     match format {
-        RecordFormat::Raw if !newline => Bytes::copy_from_slice(msg.value().unwrap_or_default()),
         RecordFormat::Raw => {
-            let value = msg.value().unwrap_or_default();
+            let value = value.bytes(msg.value()).unwrap_or_default();
+            if !newline {
+                return Bytes::copy_from_slice(value);
+            }
             let mut data = Vec::with_capacity(value.len() + 1);
             data.extend_from_slice(value);
             data.push(b'\n');
             data.into()
         }
         RecordFormat::Envelope => {
-            let mut data = Vec::with_capacity(
-                192 + msg.value().map_or(0, <[u8]>::len) + msg.key().map_or(0, <[u8]>::len),
+            let value_len = value.bytes(msg.value()).map_or(0, <[u8]>::len);
+            let mut data = Vec::with_capacity(256 + value_len + msg.key().map_or(0, <[u8]>::len));
+            envelope::encode_with(
+                msg,
+                key.envelope(msg.key()),
+                value.envelope(msg.value()),
+                &mut data,
             );
-            envelope::encode(msg, &mut data);
             if newline {
                 data.push(b'\n');
             }

@@ -7,6 +7,7 @@
 //! record is acknowledged to its partition only when Kinesis has accepted it.
 
 pub mod batch;
+pub mod decoded;
 pub mod envelope;
 pub mod freshness;
 pub mod intake;
@@ -16,6 +17,7 @@ pub mod offsets;
 pub mod pace;
 pub mod partition_key;
 pub mod settings;
+pub mod waiting;
 
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

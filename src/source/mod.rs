@@ -245,6 +245,9 @@ fn consume(consumer: &BaseConsumer<SourceContext>, intake: &mut Intake, controls
         let round = (room.records as usize).clamp(1, ROUND);
         let mut wait = POLL_WAIT;
         intake.start_round();
+        if !intake.retry_waiting() {
+            break 'rounds;
+        }
         for _ in 0..round {
             // Checked once something was taken: the first poll always runs (it also serves
             // rebalances and token refreshes while fetching is paused).
@@ -297,6 +300,8 @@ fn shut_down(
     controls: &Controls,
 ) -> SourceExit {
     intake.hand_over();
+    // Records waiting for a schema were never registered: they are read again after a restart.
+    intake.forget_waiting();
     controls.health.stopping();
     if let Ok(assignment) = consumer.assignment() {
         let _ = consumer.pause(&assignment);

@@ -12,6 +12,7 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use super::schema_metrics::SchemaMetricVecs;
 use super::topic_labels::TopicLabels;
 pub use super::topic_labels::{MAX_TOPIC_LABELS, OTHER_TOPICS};
 
@@ -98,6 +99,8 @@ pub struct Metrics {
     rebalances: IntCounterVec,
     record_age: HistogramVec,
     oldest_undelivered: GaugeVec,
+    /// Schema-registry decoding (telemetry/schema_metrics.rs).
+    pub schemas: SchemaMetricVecs,
     topics: TopicLabels,
 }
 
@@ -135,11 +138,21 @@ fn registered<T: prometheus::core::Collector + Clone + 'static>(
     metric
 }
 
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+pub(super) fn counter(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> IntCounterVec {
     registered(registry, IntCounterVec::new(Opts::new(name, help), labels))
 }
 
-fn int_gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+pub(super) fn int_gauge(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> IntGaugeVec {
     registered(registry, IntGaugeVec::new(Opts::new(name, help), labels))
 }
 
@@ -147,7 +160,7 @@ fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeV
     registered(registry, GaugeVec::new(Opts::new(name, help), labels))
 }
 
-fn histogram(
+pub(super) fn histogram(
     registry: &Registry,
     name: &str,
     help: &str,
@@ -347,6 +360,7 @@ impl Metrics {
                 "Age (from its Kafka timestamp) of the oldest record taken from Kafka and not yet acknowledged by the route's destination; 0 when none.",
                 &["route"],
             ),
+            schemas: SchemaMetricVecs::new(&r),
             topics: TopicLabels::default(),
             registry: r,
         }

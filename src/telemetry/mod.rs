@@ -4,6 +4,7 @@
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod schema_metrics;
 pub mod settings;
 mod topic_labels;
 
