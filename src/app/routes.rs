@@ -21,7 +21,7 @@ use crate::pipeline::pace::Pace;
 use crate::pipeline::partition_key::{PartitionKeys, Spread};
 use crate::pipeline::settings::{ExplicitHashKey, Ordering};
 use crate::pipeline::{Halt, Record, Share};
-use crate::schema::registry::{ConfluentClient, GlueClient, Registry};
+use crate::schema::registry::Registry;
 use crate::schema::{Decoder, Side};
 use crate::sink::{Opening, Sink, StartLanes};
 use crate::telemetry::health::Health;
@@ -131,31 +131,14 @@ async fn decoding(
         (1, Side::Key, &route.decode.key),
     ] {
         let Some(config) = config else { continue };
-        let registry = if let Some(confluent) = &config.confluent {
-            Registry::Confluent(
-                ConfluentClient::new(confluent)
-                    .map_err(|e| anyhow::anyhow!("decode.{}.confluent: {e}", side.name()))?,
-            )
-        } else if let Some(glue) = &config.glue {
-            let region = match &glue.region {
-                Some(region) => region.clone(),
-                None => aws::environment_region()
-                    .await
-                    .or_else(|| context.base.region().map(|r| r.to_string()))
-                    .ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "no AWS region for the Glue schema registry: set decode.{}.glue.region",
-                            side.name()
-                        )
-                    })?,
-            };
-            let settings = GlueClient::aws_settings(&route.aws, glue, region);
-            let session_name = default_session_name(context.profile);
-            let identity = aws::route_identity(context.base, &settings, session_name, None).await?;
-            Registry::Glue(GlueClient::new(&identity, glue))
-        } else {
-            unreachable!("validated: a side names its registry")
-        };
+        let registry = Registry::connect(
+            config,
+            side,
+            &route.aws,
+            context.base,
+            default_session_name(context.profile),
+        )
+        .await?;
         info!(route = %route.name, side = side.name(), "decoding records with the {}", registry.describe());
         decoders[slot] = Some(Decoder::new(
             name.clone(),

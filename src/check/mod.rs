@@ -103,9 +103,44 @@ pub async fn run(config: &Config, options: &CheckOptions) -> Report {
             );
         }
         aws::chain(&mut walk, route, &base).await;
+        registries(&mut walk, route, &base, options.profile.as_deref()).await;
     }
     walk.report.ok = walk.report.hops.iter().all(|h| h.status != Status::Fail);
     walk.report
+}
+
+/// Each schema registry a route decodes with: reachable, and taking doka's credentials.
+async fn registries(
+    walk: &mut Walk<'_>,
+    route: &crate::config::Route,
+    base: &aws_types::SdkConfig,
+    profile: Option<&str>,
+) {
+    use crate::schema::Side;
+    use crate::schema::registry::Registry;
+    for (side, config) in [
+        (Side::Value, &route.decode.value),
+        (Side::Key, &route.decode.key),
+    ] {
+        let Some(config) = config else { continue };
+        let hop = format!("schema.{}", side.name());
+        let session = crate::aws::default_session_name(profile);
+        let registry = match Registry::connect(config, side, &route.aws, base, session).await {
+            Ok(registry) => registry,
+            Err(e) => {
+                walk.fail(
+                    &hop,
+                    format!("cannot set up the schema registry client: {e:#}"),
+                    format!("Check decode.{} of route `{}`", side.name(), route.name),
+                );
+                continue;
+            }
+        };
+        match registry.probe().await {
+            Ok(detail) => walk.ok(&hop, detail),
+            Err((detail, fix)) => walk.fail(&hop, detail, fix.replace("<side>", side.name())),
+        };
+    }
 }
 
 /// Text output: one line per hop.

@@ -68,6 +68,57 @@ impl GlueClient {
         self.registry_name.as_deref()
     }
 
+    /// GetRegistry when the registry is named; otherwise a GetSchemaVersion for an id no
+    /// registry holds, which proves reachability and permission (EntityNotFound is the answer
+    /// hoped for) with the one permission doka needs anyway.
+    pub(super) async fn probe(&self) -> Result<String, (String, String)> {
+        let fix_denied = "Grant the identity glue:GetSchemaVersion (and glue:GetRegistry) on the \
+                          registry and its schemas (deploy/iam/role-a-policy.json)";
+        if let Some(name) = &self.registry_name {
+            return match self
+                .client
+                .get_registry()
+                .registry_id(
+                    aws_sdk_glue::types::RegistryId::builder()
+                        .registry_name(name)
+                        .build(),
+                )
+                .send()
+                .await
+            {
+                Ok(_) => Ok(format!("{} answers", self.describe())),
+                Err(e) => {
+                    let text = DisplayErrorContext(&e).to_string();
+                    let fix = match &e {
+                        SdkError::ServiceError(s) if s.err().is_entity_not_found_exception() => {
+                            "Check decode.<side>.glue.registry_name and region".to_owned()
+                        }
+                        SdkError::ServiceError(s) if s.err().is_access_denied_exception() => {
+                            fix_denied.to_owned()
+                        }
+                        _ => "Check the network path to Glue (a VPC endpoint in private \
+                              subnets) and decode.<side>.glue.endpoint"
+                            .to_owned(),
+                    };
+                    Err((format!("GetRegistry failed: {text}"), fix))
+                }
+            };
+        }
+        match self.fetch([0; 16]).await {
+            Ok(_) | Err(FetchError::NotFound(_)) => Ok(format!(
+                "{} answers GetSchemaVersion with doka's credentials",
+                self.describe()
+            )),
+            Err(FetchError::Refused(problem)) => Err((problem, fix_denied.to_owned())),
+            Err(FetchError::Unavailable(problem)) => Err((
+                problem,
+                "Check the network path to Glue (a VPC endpoint in private subnets), the region \
+                 and decode.<side>.glue.endpoint"
+                    .to_owned(),
+            )),
+        }
+    }
+
     pub(super) async fn fetch(&self, uuid: [u8; 16]) -> Result<RegistrySchema, FetchError> {
         let version_id = uuid_text(&uuid);
         let out = self

@@ -15,9 +15,10 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::SchemaFormat;
-use super::settings::{ConfluentRegistry, SecretSource};
+use super::settings::{ConfluentRegistry, SecretSource, SideConfig};
 use super::wire::{Framing, SchemaRef};
+use super::{SchemaFormat, Side};
+use crate::aws::AwsConfig;
 
 pub use super::glue::GlueClient;
 
@@ -45,6 +46,49 @@ pub enum Registry {
 }
 
 impl Registry {
+    /// The client of one side's registry: Confluent's over HTTPS, or Glue with the source
+    /// identity (or the role the side names), in the side's region or the source's.
+    pub async fn connect(
+        config: &SideConfig,
+        side: Side,
+        route_aws: &AwsConfig,
+        base: &aws_types::SdkConfig,
+        session_name: String,
+    ) -> anyhow::Result<Self> {
+        if let Some(confluent) = &config.confluent {
+            return ConfluentClient::new(confluent)
+                .map(Self::Confluent)
+                .map_err(|e| anyhow::anyhow!("decode.{}.confluent: {e}", side.name()));
+        }
+        let Some(glue) = &config.glue else {
+            anyhow::bail!("decode.{} names no registry", side.name());
+        };
+        let region = match &glue.region {
+            Some(region) => region.clone(),
+            None => crate::aws::environment_region()
+                .await
+                .or_else(|| base.region().map(|r| r.to_string()))
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "no AWS region for the Glue schema registry: set decode.{}.glue.region",
+                        side.name()
+                    )
+                })?,
+        };
+        let settings = GlueClient::aws_settings(route_aws, glue, region);
+        let identity = crate::aws::route_identity(base, &settings, session_name, None).await?;
+        Ok(Self::Glue(GlueClient::new(&identity, glue)))
+    }
+
+    /// Whether the registry answers and takes doka's credentials: what it said, or what failed
+    /// and what to change.
+    pub async fn probe(&self) -> Result<String, (String, String)> {
+        match self {
+            Self::Confluent(c) => c.probe().await,
+            Self::Glue(g) => g.probe().await,
+        }
+    }
+
     pub fn framing(&self) -> Framing {
         match self {
             Self::Confluent(_) => Framing::Confluent,
@@ -163,6 +207,28 @@ impl ConfluentClient {
             connector: builder.build(),
             timeout,
         })
+    }
+
+    async fn probe(&self) -> Result<String, (String, String)> {
+        match self.get_json::<Vec<String>>("/subjects").await {
+            Ok(subjects) => Ok(format!(
+                "{} answers and takes doka's credentials ({} subjects)",
+                self.url,
+                subjects.len()
+            )),
+            Err(FetchError::Refused(problem)) => Err((
+                problem,
+                "Check decode.<side>.confluent.basic_auth or bearer_auth (the secret file or \
+                 variable, and the registry's ACLs)"
+                    .into(),
+            )),
+            Err(FetchError::NotFound(problem) | FetchError::Unavailable(problem)) => Err((
+                problem,
+                "Check decode.<side>.confluent.url, the network path to the registry and, for \
+                 https, ca_file"
+                    .into(),
+            )),
+        }
     }
 
     async fn fetch(&self, id: u32) -> Result<RegistrySchema, FetchError> {
