@@ -3,6 +3,9 @@
 #   - moto server     : STS (AssumeRole, AssumeRoleWithWebIdentity) that keeps accounts apart
 #   - kinesis-mock    : Kinesis Data Streams; 12-digit access key ids select an account,
 #                       any other key (the ASIA... keys STS hands out) lands in account B.
+#   - moto also serves Firehose, S3 and the Glue Schema Registry on the same port.
+#   - schema_registry : rivven-schema, a Confluent Schema Registry REST API (in-memory), for the
+#                       schema-registry tests; the venv also gets the producers' serializers.
 # and, for the authenticated Kafka listeners MSK offers (TLS, mutual TLS, SASL/SCRAM, IAM):
 #   - auth_broker     : examples/auth_broker.rs, four librdkafka mock brokers, the SCRAM and
 #                       OAUTHBEARER ones behind a SASL-handling proxy (tokens are recorded)
@@ -20,6 +23,13 @@ STACK_DIR=${DOKA_STACK_DIR:-"$HOME/.cache/doka-stack"}
 MOTO_PORT=${DOKA_MOTO_PORT:-4599}
 KINESIS_PORT=${DOKA_KINESIS_PORT:-4568}
 KINESIS_TLS_PORT=${DOKA_KINESIS_TLS_PORT:-4569}
+SCHEMA_REGISTRY_PORT=${DOKA_SCHEMA_REGISTRY_PORT:-4631}
+# Pinned: it is young (0.0.x). Built once (minutes) and cached; its build directory is removed.
+RIVVEN_VERSION=0.0.22
+RIVVEN_BIN="$STACK_DIR/rivven/bin/rivven-schema"
+# What tests/support/schema_producer.py imports (producers' serializers, as real producers use).
+PRODUCER_PACKAGES=("confluent-kafka[avro,schemaregistry]>=2.6,<3" "fastavro>=1.9,<2" "jsonschema>=4,<5"
+  "aws-glue-schema-registry==1.1.3" "protobuf>=4.25,<8")
 ACCOUNT_B=222222222222
 MOTO_VERSION="moto[server]>=5.1,<6"
 KINESIS_MOCK_VERSION="kinesis-local@0.6.2"
@@ -40,7 +50,7 @@ TOKENS_FILE="$RUN_DIR/oauth-tokens.jsonl"
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 AUTH_BROKER_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/examples/auth_broker"
 # Stopped in this order (stunnel before the brokers behind it).
-SERVICES=(stunnel auth_broker moto kinesis)
+SERVICES=(stunnel auth_broker moto kinesis schema_registry)
 
 log() { echo "stack: $*" >&2; }
 
@@ -125,6 +135,16 @@ install() {
     log "installing kinesis-mock ($KINESIS_MOCK_VERSION) into $STACK_DIR/kinesis"
     npm install --silent --no-audit --no-fund --prefix "$STACK_DIR/kinesis" "$KINESIS_MOCK_VERSION"
   fi
+  if ! "$STACK_DIR/venv/bin/python" -c "import confluent_kafka.schema_registry.avro, fastavro, jsonschema, aws_schema_registry, google.protobuf" 2>/dev/null; then
+    log "installing the schema producers' packages into $STACK_DIR/venv"
+    "$STACK_DIR/venv/bin/pip" install --quiet --disable-pip-version-check "${PRODUCER_PACKAGES[@]}"
+  fi
+  if [ ! -x "$RIVVEN_BIN" ]; then
+    log "building rivven-schema $RIVVEN_VERSION (a Confluent Schema Registry API) into $STACK_DIR/rivven (once; minutes)"
+    local target="$STACK_DIR/rivven-build"
+    CARGO_TARGET_DIR="$target" cargo install --quiet --locked "rivven-schema@$RIVVEN_VERSION" --root "$STACK_DIR/rivven" >&2
+    rm -rf "$target"
+  fi
   install_stunnel
   make_certs
   build_auth_broker
@@ -184,6 +204,14 @@ up() {
       exec nohup node main.js) </dev/null >"$RUN_DIR/kinesis.log" 2>&1 &
     echo $! >"$RUN_DIR/kinesis.pid"
     wait_for kinesis "$KINESIS_PORT" /
+  fi
+  if running schema_registry && answers "$SCHEMA_REGISTRY_PORT" /subjects; then
+    log "rivven-schema already up on $SCHEMA_REGISTRY_PORT"
+  else
+    log "starting rivven-schema (Confluent Schema Registry API) on 127.0.0.1:$SCHEMA_REGISTRY_PORT"
+    nohup "$RIVVEN_BIN" serve --host 127.0.0.1 --port "$SCHEMA_REGISTRY_PORT" </dev/null >"$RUN_DIR/schema_registry.log" 2>&1 &
+    echo $! >"$RUN_DIR/schema_registry.pid"
+    wait_for schema_registry "$SCHEMA_REGISTRY_PORT" /subjects
   fi
   start_auth_broker
   start_stunnel
@@ -322,6 +350,9 @@ status() {
 env_lines() {
   echo "DOKA_TEST_STS_ENDPOINT=http://127.0.0.1:$MOTO_PORT"
   echo "DOKA_TEST_KINESIS_ENDPOINT=http://127.0.0.1:$KINESIS_PORT"
+  echo "DOKA_TEST_GLUE_ENDPOINT=http://127.0.0.1:$MOTO_PORT"
+  echo "DOKA_TEST_SCHEMA_REGISTRY=http://127.0.0.1:$SCHEMA_REGISTRY_PORT"
+  echo "DOKA_TEST_PYTHON=$STACK_DIR/venv/bin/python"
   echo "DOKA_TEST_KAFKA_TLS=$KAFKA_HOST:${KAFKA_PUBLIC_PORTS[0]}"
   echo "DOKA_TEST_KAFKA_MTLS=$KAFKA_HOST:${KAFKA_PUBLIC_PORTS[1]}"
   echo "DOKA_TEST_KAFKA_SCRAM=$KAFKA_HOST:${KAFKA_PUBLIC_PORTS[2]}"

@@ -1,13 +1,14 @@
 //! doka: a Kafka → Amazon Kinesis connector that commits a Kafka offset only after every record
 //! below it is at its destination.
 //!
-//! A record's way: [`source`] (Kafka only) → [`pipeline::intake`] (route, policies, partition
-//! key, format, budget, lane) → [`pipeline::lane`] (batches, retries, order) → [`sink`] (one
-//! attempt) → acknowledgement → commit.
+//! A record's way: [`source`] (Kafka only) → [`pipeline::intake`] (route, policies, schema
+//! decoding, partition key, format, budget, lane) → [`pipeline::lane`] (batches, retries,
+//! order) → [`sink`] (one attempt) → acknowledgement → commit.
 //!
-//! Imports point one way: `telemetry` and `settings` are leaves; `aws` uses only them; `kafka` and
-//! `sink` use them and `aws` (MSK IAM tokens; each destination's client and identity); `pipeline`
-//! uses `sink`'s entry types; `source` and `dead_letter` use `kafka` and `pipeline`; `config`
+//! Imports point one way: `telemetry`, `settings` and `json_text` are leaves; `aws` uses only
+//! them; `kafka`, `sink` and `schema` use them and `aws` (MSK IAM tokens; each destination's
+//! client and identity; the Glue registry's identity); `pipeline` uses `sink`'s entry types and
+//! `schema`'s decoders; `source` and `dead_letter` use `kafka` and `pipeline`; `config`
 //! assembles every part's settings; only the entry points (`main`, [`app`], [`check`]) read the
 //! whole [`config`].
 //!
@@ -18,11 +19,15 @@
 //! - [`kafka`]: broker access (auth, MSK IAM tokens) and its settings.
 //! - [`source`]: the consumer-group member (`context` for rebalances and commits, `fetch`,
 //!   `pause`, `gauges`, `leave`).
-//! - [`pipeline`]: `intake`, `partition_key`, `json_field`, `envelope`, `lane`, `batch`, `pace`,
-//!   `offsets`, `freshness`, and its `settings` (keys, formats, batches, retries, policies).
+//! - [`pipeline`]: `intake` (with `decoded`, and `waiting` for records held for their schema),
+//!   `partition_key`, `json_field`, `envelope`, `lane`, `batch`, `pace`, `offsets`,
+//!   `freshness`, and its `settings` (keys, formats, batches, retries, policies).
 //! - [`sink`]: the `Sink` trait and the `Destination` enum; one folder per destination:
 //!   `kinesis` (settings, client, put_records, aggregate, shards, check), `firehose` (settings,
 //!   client, check), `stdout`.
+//! - [`schema`]: schema-registry records to JSON: `wire` (Confluent and Glue framing), `cache`,
+//!   `registry` and `glue` (fetching schemas), `avro`, `protobuf`, and its `settings` (`decode:`).
+//! - [`json_text`]: embedding JSON text compactly (the envelope, JSON Schema payloads).
 //! - [`aws`]: source credentials, AssumeRole into each route's account, MSK IAM signing, settings.
 //! - [`dead_letter`]: the Kafka topic for records a destination would refuse.
 //! - [`telemetry`]: logs, `metrics`, `health`, the `http` endpoint, `topic_labels`, settings.

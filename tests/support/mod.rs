@@ -10,6 +10,7 @@ pub mod msk_token;
 pub mod pod_identity;
 pub mod prometheus;
 pub mod proxy;
+pub mod schemas;
 
 mod aws;
 mod eventually;
