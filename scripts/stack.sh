@@ -6,6 +6,8 @@
 #   - moto also serves Firehose, S3 and the Glue Schema Registry on the same port.
 #   - schema_registry : rivven-schema, a Confluent Schema Registry REST API (in-memory), for the
 #                       schema-registry tests; the venv also gets the producers' serializers.
+#   - registry_proxy  : nginx in front of it with HTTPS (the test CA) and basic authentication,
+#                       as registries are deployed; rivven-schema has no authentication itself.
 # and, for the authenticated Kafka listeners MSK offers (TLS, mutual TLS, SASL/SCRAM, IAM):
 #   - auth_broker     : examples/auth_broker.rs, four librdkafka mock brokers, the SCRAM and
 #                       OAUTHBEARER ones behind a SASL-handling proxy (tokens are recorded)
@@ -24,6 +26,9 @@ MOTO_PORT=${DOKA_MOTO_PORT:-4599}
 KINESIS_PORT=${DOKA_KINESIS_PORT:-4568}
 KINESIS_TLS_PORT=${DOKA_KINESIS_TLS_PORT:-4569}
 SCHEMA_REGISTRY_PORT=${DOKA_SCHEMA_REGISTRY_PORT:-4631}
+REGISTRY_PROXY_PORT=${DOKA_REGISTRY_PROXY_PORT:-4632}
+REGISTRY_USER=doka-registry
+REGISTRY_PASSWORD=doka-registry-secret
 # Pinned: it is young (0.0.x). Built once (minutes) and cached; its build directory is removed.
 RIVVEN_VERSION=0.0.22
 RIVVEN_BIN="$STACK_DIR/rivven/bin/rivven-schema"
@@ -50,7 +55,7 @@ TOKENS_FILE="$RUN_DIR/oauth-tokens.jsonl"
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 AUTH_BROKER_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/examples/auth_broker"
 # Stopped in this order (stunnel before the brokers behind it).
-SERVICES=(stunnel auth_broker moto kinesis schema_registry)
+SERVICES=(stunnel registry_proxy auth_broker moto kinesis schema_registry)
 
 log() { echo "stack: $*" >&2; }
 
@@ -64,14 +69,20 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 stunnel_bin() { command -v stunnel4 || command -v stunnel; }
 
-install_stunnel() {
-  stunnel_bin >/dev/null && return 0
-  log "installing stunnel4 (apt-get)"
-  if ! quiet as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q stunnel4; then
+apt_install() { # package
+  log "installing $1 (apt-get)"
+  if ! quiet as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$1"; then
     quiet as_root apt-get update -q
-    quiet as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q stunnel4
+    quiet as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$1"
   fi
 }
+
+install_stunnel() {
+  stunnel_bin >/dev/null && return 0
+  apt_install stunnel4
+}
+
+nginx_bin() { command -v nginx || echo /usr/sbin/nginx; }
 
 # A test CA, a server certificate for 127.0.0.1/localhost and a client certificate signed by it,
 # plus an unrelated CA and a key that matches no certificate, for the negative tests.
@@ -146,6 +157,7 @@ install() {
     rm -rf "$target"
   fi
   install_stunnel
+  [ -x "$(nginx_bin)" ] || apt_install nginx-light
   make_certs
   build_auth_broker
   # The deployment tools are not services: a failure to install them must not take the stack
@@ -213,9 +225,60 @@ up() {
     echo $! >"$RUN_DIR/schema_registry.pid"
     wait_for schema_registry "$SCHEMA_REGISTRY_PORT" /subjects
   fi
+  start_registry_proxy
   start_auth_broker
   start_stunnel
   env_lines
+}
+
+start_registry_proxy() {
+  if running registry_proxy && port_open "$REGISTRY_PROXY_PORT" && [ "$RUN_DIR/registry_proxy.pid" -nt "$TLS_DIR/ca.pem" ]; then
+    log "nginx (registry proxy) already up on $REGISTRY_PROXY_PORT"
+    return 0
+  fi
+  stop registry_proxy
+  local dir="$RUN_DIR/nginx"
+  mkdir -p "$dir"
+  printf '%s:%s\n' "$REGISTRY_USER" "$(openssl passwd -apr1 "$REGISTRY_PASSWORD")" >"$dir/htpasswd"
+  cat >"$dir/nginx.conf" <<EOF
+# written by scripts/stack.sh: HTTPS and basic authentication in front of rivven-schema
+daemon off;
+# Workers as this user: they read the password file under its home.
+user $(id -un);
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+worker_processes 1;
+events { worker_connections 64; }
+http {
+  access_log off;
+  client_body_temp_path $dir/body;
+  proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fastcgi;
+  uwsgi_temp_path $dir/uwsgi;
+  scgi_temp_path $dir/scgi;
+  server {
+    listen 127.0.0.1:$REGISTRY_PROXY_PORT ssl;
+    ssl_certificate $TLS_DIR/server.pem;
+    ssl_certificate_key $TLS_DIR/server-key.pem;
+    location / {
+      auth_basic "schema registry";
+      auth_basic_user_file $dir/htpasswd;
+      proxy_pass http://127.0.0.1:$SCHEMA_REGISTRY_PORT;
+    }
+  }
+}
+EOF
+  log "starting nginx (HTTPS + basic auth in front of rivven-schema) on 127.0.0.1:$REGISTRY_PROXY_PORT"
+  nohup "$(nginx_bin)" -c "$dir/nginx.conf" -p "$dir" </dev/null >"$RUN_DIR/registry_proxy.log" 2>&1 &
+  echo $! >"$RUN_DIR/registry_proxy.pid"
+  for _ in $(seq 1 60); do
+    if port_open "$REGISTRY_PROXY_PORT"; then return 0; fi
+    if ! running registry_proxy; then
+      log "nginx exited during start-up; its log:"; tail -n 30 "$RUN_DIR/registry_proxy.log" "$dir/error.log" >&2; return 1
+    fi
+    sleep 0.5
+  done
+  log "nginx did not listen on $REGISTRY_PROXY_PORT within 30 s"; return 1
 }
 
 start_auth_broker() {
@@ -327,6 +390,7 @@ down() { # [name...]: those services only (default: all)
   local ports=()
   [[ "$wanted" == *" stunnel "* ]] && ports+=("${KAFKA_PUBLIC_PORTS[@]}" "$KAFKA_WRONG_NAME_PORT")
   [[ "$wanted" == *" auth_broker "* ]] && ports+=("${KAFKA_INTERNAL_PORTS[@]}")
+  [[ "$wanted" == *" registry_proxy "* ]] && ports+=("$REGISTRY_PROXY_PORT")
   for p in "${ports[@]}"; do
     for _ in $(seq 1 50); do port_open "$p" || break; sleep 0.2; done
     if port_open "$p"; then log "port $p is still in use (by a process not started by this script?)"; fi
@@ -353,6 +417,9 @@ env_lines() {
   echo "DOKA_TEST_GLUE_ENDPOINT=http://127.0.0.1:$MOTO_PORT"
   echo "DOKA_TEST_SCHEMA_REGISTRY=http://127.0.0.1:$SCHEMA_REGISTRY_PORT"
   echo "DOKA_TEST_PYTHON=$STACK_DIR/venv/bin/python"
+  echo "DOKA_TEST_REGISTRY_HTTPS=https://127.0.0.1:$REGISTRY_PROXY_PORT"
+  echo "DOKA_TEST_REGISTRY_USER=$REGISTRY_USER"
+  echo "DOKA_TEST_REGISTRY_PASSWORD=$REGISTRY_PASSWORD"
   echo "DOKA_TEST_KAFKA_TLS=$KAFKA_HOST:${KAFKA_PUBLIC_PORTS[0]}"
   echo "DOKA_TEST_KAFKA_MTLS=$KAFKA_HOST:${KAFKA_PUBLIC_PORTS[1]}"
   echo "DOKA_TEST_KAFKA_SCRAM=$KAFKA_HOST:${KAFKA_PUBLIC_PORTS[2]}"
