@@ -341,3 +341,83 @@ async fn a_registry_outage_loses_nothing_and_commits_nothing_early() {
     assert_mentions(&log, &["cannot fetch schema id", "wait"]);
     world.finish().await;
 }
+
+/// Keys decoded too, with their own schema: the envelope carries the decoded key and its
+/// `key_schema`, while the partition key keeps using the key's bytes (same key, same shard).
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_and_values_decode_each_with_its_own_schema() {
+    let world = World::new(2, 1).await;
+    let url = registry_url();
+    let records = |format: &str, topic: &str| {
+        schema_records(&[
+            "--registry",
+            "confluent",
+            "--url",
+            &url,
+            "--format",
+            format,
+            "--topic",
+            topic,
+            "--count",
+            "24",
+        ])
+    };
+    let values = records("avro", &world.topic);
+    // JSON Schema records under another subject serve as keys; each key is used twice.
+    let keys = records("json", &format!("{}-keys", world.topic));
+    let produced: Vec<Produced> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Produced {
+            key: Some(keys[i / 2].value.clone()),
+            ..v.clone()
+        })
+        .collect();
+    let placements = produce_schema_records(&world.kafka.bootstrap(), &world.topic, &produced);
+    let key_section = format!("  key:\n    confluent:\n      url: {url}\n");
+    let doka = Doka::start(
+        &decoding_yaml(&world, &unique("dlq"), &url, &key_section),
+        &[],
+    );
+    let arrived = wait_for_records(&world.b, &world.stream, produced.len(), WAIT).await;
+    world
+        .wait_for_committed(&end_offsets(&placements), WAIT)
+        .await;
+    let envelopes = envelopes_by_position(&arrived);
+    let mut partition_keys: HashMap<Vec<u8>, String> = HashMap::new();
+    for (i, at) in placements.iter().enumerate() {
+        let envelope = &envelopes[&(at.partition, at.offset)];
+        assert_json_eq(&envelope["value"], &values[i].expected, "value");
+        assert_eq!(envelope["key_encoding"], "json", "{envelope}");
+        assert_json_eq(&envelope["key"], &keys[i / 2].expected, "key");
+        assert_eq!(
+            envelope["key_schema"]["id"],
+            keys[i / 2].schema["id"],
+            "{envelope}"
+        );
+        assert_eq!(
+            envelope["value_schema"]["id"], values[i].schema["id"],
+            "{envelope}"
+        );
+    }
+    for record in &arrived {
+        let envelope: Value = serde_json::from_slice(&record.data).unwrap();
+        let at = (
+            envelope["partition"].as_i64().unwrap() as i32,
+            envelope["offset"].as_i64().unwrap(),
+        );
+        let index = placements
+            .iter()
+            .position(|p| (p.partition, p.offset) == at)
+            .unwrap();
+        let key_bytes = produced[index].key.clone().unwrap();
+        let previous = partition_keys.insert(key_bytes, record.partition_key.clone());
+        assert!(
+            previous.is_none_or(|p| p == record.partition_key),
+            "one key's records share a partition key"
+        );
+    }
+    assert_eq!(partition_keys.len(), 12, "twelve keys");
+    doka.stop();
+    world.finish().await;
+}
