@@ -97,6 +97,7 @@ fn iam_examples_are_policy_documents_for_the_shipped_deployment() {
     assert_eq!(
         files,
         [
+            "role-a-glue-schema-registry-policy.json",
             "role-a-pod-identity-trust.json",
             "role-a-policy.json",
             "role-a-trust.json",
@@ -108,6 +109,23 @@ fn iam_examples_are_policy_documents_for_the_shipped_deployment() {
     for f in &files {
         policy(f);
     }
+    // Decoding with the Glue registry: GetSchemaVersion on its schemas, GetRegistry for the check.
+    let glue = policy("role-a-glue-schema-registry-policy.json");
+    for action in ["glue:GetSchemaVersion", "glue:GetRegistry"] {
+        let resources = resources_for(&glue, action);
+        assert!(
+            resources
+                .iter()
+                .any(|r| r.starts_with("arn:aws:glue:") && r.contains(":registry/")),
+            "{action}: {resources:?}"
+        );
+    }
+    assert!(
+        resources_for(&glue, "glue:GetSchemaVersion")
+            .iter()
+            .any(|r| r.contains(":schema/")),
+        "GetSchemaVersion needs the registry's schemas"
+    );
 
     // Role A's trust: the cluster's OIDC provider, for doka's service account only.
     let trust_a = policy("role-a-trust.json");
