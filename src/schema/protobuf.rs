@@ -86,9 +86,12 @@ impl ProtoSchema {
                     .cloned()
                     .ok_or_else(|| no_such(&path, self.messages.len()))?;
                 for &index in &path[1..] {
-                    let children = current.child_messages().len();
-                    let child = current.child_messages().nth(index);
-                    current = child.ok_or_else(|| no_such(&path, children))?;
+                    let children = declared_children(&current);
+                    let count = children.len();
+                    current = children
+                        .into_iter()
+                        .nth(index)
+                        .ok_or_else(|| no_such(&path, count))?;
                 }
                 Ok((current, message))
             }
@@ -117,6 +120,17 @@ impl ProtoSchema {
     }
 }
 
+/// The nested message types a `.proto` declares, in order: Confluent's serializer (the Java
+/// reference, reading the schema text) numbers these, so the entry types the compiler makes for
+/// `map<…>` fields do not count. (Its Python and Go clients number descriptors, entries
+/// included, and disagree with it for a map field declared before a nested message.)
+fn declared_children(message: &MessageDescriptor) -> Vec<MessageDescriptor> {
+    message
+        .child_messages()
+        .filter(|child| !child.is_map_entry())
+        .collect()
+}
+
 fn no_such(path: &[usize], count: usize) -> String {
     format!("the record names message {path:?}, which the schema lacks ({count} there)")
 }
@@ -134,6 +148,7 @@ mod tests {
           repeated string tags = 2;
           google.protobuf.Timestamp at = 3;
           Kind kind = 4;
+          map<string, int32> counts = 6;
           message Line { string sku = 1; uint32 quantity = 2; }
           repeated Line lines = 5;
         }
@@ -160,7 +175,7 @@ mod tests {
             String::from_utf8(out).unwrap(),
             r#"{"id":"9007199254740993","tags":["a"],"at":"1970-01-01T00:00:01Z","kind":"KIND_GIFT","lines":[{"sku":"x","quantity":2}]}"#
         );
-        // [0, 0]: Order.Line.
+        // [0, 0]: Order.Line (the map's entry type, declared first, does not count).
         let mut out = Vec::new();
         confluent
             .to_json(&[0x04, 0x00, 0x00, 0x0a, 0x01, b'y'], &mut out)
@@ -175,15 +190,16 @@ mod tests {
         assert!(confluent.to_json(&[0x02, 0x06], &mut out).is_err());
         assert!(confluent.to_json(&[0x00, 0x0a, 0x05], &mut out).is_err());
 
-        // Glue sorts by full name: shop.Order, shop.Order.Line, shop.Refund.
+        // Glue sorts every message type by full name, map entries included (AWS's serializer
+        // reads descriptors): shop.Order, shop.Order.CountsEntry, shop.Order.Line, shop.Refund.
         let glue = compile(PROTO, &[], Framing::Glue).expect("compiles");
         let mut out = Vec::new();
-        glue.to_json(&[0x01, 0x0a, 0x01, b'y'], &mut out).unwrap();
+        glue.to_json(&[0x02, 0x0a, 0x01, b'y'], &mut out).unwrap();
         assert_eq!(out, br#"{"sku":"y"}"#);
         let mut out = Vec::new();
-        glue.to_json(&[0x02, 0x0a, 0x01, b'z'], &mut out).unwrap();
+        glue.to_json(&[0x03, 0x0a, 0x01, b'z'], &mut out).unwrap();
         assert_eq!(out, br#"{"reason":"z"}"#);
-        assert!(glue.to_json(&[0x03], &mut out).is_err());
+        assert!(glue.to_json(&[0x04], &mut out).is_err());
     }
 
     #[test]

@@ -20,6 +20,7 @@ import base64
 import datetime as dt
 import decimal
 import json
+import math
 import struct
 import sys
 import uuid
@@ -61,13 +62,16 @@ AVRO_V1 = {
         {"name": "ts_ms", "type": {"type": "long", "logicalType": "timestamp-millis"}},
         {"name": "ts_us", "type": {"type": "long", "logicalType": "timestamp-micros"}},
         {"name": "lts_ms", "type": {"type": "long", "logicalType": "local-timestamp-millis"}},
+        {"name": "lts_us", "type": {"type": "long", "logicalType": "local-timestamp-micros"}},
+        {"name": "whole", "type": {"type": "bytes", "logicalType": "decimal", "precision": 6, "scale": 0}},
     ],
 }
 
 # Version 2 adds a field with a default: a backward-compatible evolution.
 AVRO_V2 = dict(AVRO_V1, fields=AVRO_V1["fields"] + [{"name": "channel", "type": "string", "default": "web"}])
 
-# The smaller schema of the Glue cases.
+# The smaller schema of the Glue cases. No float or double in it: the Firehose test compares its
+# values with exact JSON equality.
 GLUE_AVRO_V1 = {
     "type": "record",
     "name": "Payment",
@@ -95,7 +99,8 @@ def b64(data):
 
 
 def decimal_text(value, scale):
-    return str(value.quantize(decimal.Decimal(1).scaleb(-scale)))
+    """Exact, with exactly `scale` digits after the point (none for scale 0), never an exponent."""
+    return format(value.quantize(decimal.Decimal(1).scaleb(-scale)), "f")
 
 
 def ts_text(moment, digits, utc=True):
@@ -103,25 +108,45 @@ def ts_text(moment, digits, utc=True):
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{fraction:0{digits}d}" + ("Z" if utc else "")
 
 
+def float_json(x):
+    """A float as doka writes it: a number, or the string for NaN and the infinities."""
+    if math.isnan(x):
+        return "NaN"
+    if math.isinf(x):
+        return "Infinity" if x > 0 else "-Infinity"
+    return x
+
+
 def avro_order(i, version):
     """One Order value (as fastavro takes it) and the JSON doka must make of it."""
-    amount = decimal.Decimal(i * 137 - 500).scaleb(-2)  # negatives, zero, cents
-    amount_fixed = decimal.Decimal(i * 98765 + 1).scaleb(-4)
+    amount = decimal.Decimal(i * 137 - 500).scaleb(-2)  # negatives, cents
+    amount_fixed = decimal.Decimal((i * 98765 + 1) * (-1 if i % 3 == 1 else 1)).scaleb(-4)
+    whole = decimal.Decimal((i * 1001) % 60_001 - 30_000)  # scale 0: no point; within precision 6
     uid = uuid.UUID(int=(i * 0x9E3779B97F4A7C15) % (1 << 128))
     day = dt.date(2024, 1, 1) + dt.timedelta(days=i * 3)
     t_ms = dt.time(i % 24, (i * 7) % 60, (i * 13) % 60, ((i * 37) % 1000) * 1000)
     t_us = dt.time((i + 5) % 24, (i * 11) % 60, (i * 17) % 60, (i * 7919) % 1_000_000)
-    ts_ms = EPOCH + dt.timedelta(milliseconds=1_704_164_645_678 + i * 1_001)
+    if i % 4 == 3:  # before 1970: negative epoch milliseconds
+        ts_ms = EPOCH - dt.timedelta(milliseconds=34_560_000_123 + i * 1_001)
+    else:
+        ts_ms = EPOCH + dt.timedelta(milliseconds=1_704_164_645_678 + i * 1_001)
     ts_us = EPOCH + dt.timedelta(microseconds=1_704_164_645_678_901 + i * 999_983)
     lts_ms = dt.datetime(2023, 6, 30, 23, 59, 59, 999_000) + dt.timedelta(milliseconds=i * 86_400_123)
+    # Around the epoch: the first records before it, the later ones after.
+    lts_us = dt.datetime(1969, 12, 31, 23, 59, 59, 999_999) - dt.timedelta(hours=4) \
+        + dt.timedelta(microseconds=i * 3_600_000_123)
+    special = i % 10
+    ratio = {7: math.inf, 8: -math.inf}.get(special, i * 0.5 + 0.25)
+    price = math.nan if special == 9 else i * 1.1 + 0.001
+    count = {5: -(2 ** 31), 6: 2 ** 31 - 1}.get(special, -i * 1000)
     address = {"street": f"Rue {i} «é»", "zip": None if i % 3 == 0 else f"{75000 + i}"}
     value = {
         "id": i,
         "flag": i % 2 == 0,
-        "count": -i * 1000,
+        "count": count,
         "big": (2 ** 60 + i) if i % 2 else -(2 ** 55) - i,
-        "ratio": i * 0.5 + 0.25,
-        "price": i * 1.1 + 0.001,
+        "ratio": ratio,
+        "price": price,
         "name": f"order-{i} ☃",
         "raw": bytes([i % 256, 0, 255, (i * 7) % 256]),
         "four": bytes([1, 2, 3, i % 256]),
@@ -140,9 +165,13 @@ def avro_order(i, version):
         "ts_ms": ts_ms,
         "ts_us": ts_us,
         "lts_ms": lts_ms,
+        "lts_us": lts_us,
+        "whole": whole,
     }
     expected = dict(value)
     expected.update({
+        "ratio": float_json(ratio),
+        "price": float_json(price),
         "raw": b64(value["raw"]),
         "four": b64(value["four"]),
         "amount": decimal_text(amount, 2),
@@ -154,6 +183,8 @@ def avro_order(i, version):
         "ts_ms": ts_text(ts_ms, 3),
         "ts_us": ts_text(ts_us, 6),
         "lts_ms": ts_text(lts_ms, 3, utc=False),
+        "lts_us": ts_text(lts_us, 6, utc=False),
+        "whole": decimal_text(whole, 0),
     })
     if version == 2:
         value["channel"] = ["web", "app", "store"][i % 3]
@@ -193,6 +224,11 @@ JSON_V1 = {
         "tags": {"type": "array", "items": {"type": "string"}},
         "where": {"type": "object", "properties": {"lat": {"type": "number"}, "lon": {"type": "number"}}},
         "note": {"type": ["string", "null"]},
+        "ok": {"type": "boolean"},
+        "seq": {"type": "integer"},
+        "lines": {"type": "array", "items": {"type": "object", "properties": {
+            "sku": {"type": "string"}, "qty": {"type": "integer"}, "price": {"type": "number"},
+            "extra": {"type": ["object", "null"]}}}},
     },
     "required": ["id", "name"],
 }
@@ -203,10 +239,15 @@ JSON_V2["properties"]["level"] = {"type": "integer"}
 def json_event(i, version):
     value = {
         "id": i,
-        "name": f"event {i} ✓",
+        "name": f"event {i} ✓ \u00e9\t\\ {{}}",
         "tags": [f"t{j}" for j in range(i % 3)],
-        "where": {"lat": 48.5 + i / 8, "lon": -2.25 - i / 4},
+        "where": {"lat": 48.5 + i / 8, "lon": -2.25 - i / 3},
         "note": None if i % 2 else "a \"quoted\" note",
+        "ok": i % 3 == 0,
+        "seq": 2 ** 60 + i if i % 2 else -(2 ** 55) - i,  # beyond 2^53: kept exact
+        "lines": [{"sku": f"s{i}-{j}", "qty": -j, "price": j * 0.1 + 1e-7 * i,
+                   "extra": None if j % 2 else {"deep": {"list": [1, "two", None, True]}}}
+                  for j in range(i % 3)],
     }
     if version == 2:
         value["level"] = i % 5
@@ -251,6 +292,13 @@ enum Status {
 message Note {
   string text = 1;
   int32 priority = 2;
+  repeated Link links = 3;
+
+  message Link {
+    string url = 1;
+    sint64 clicks = 2;
+    Status status = 3;
+  }
 }
 """
 
@@ -305,27 +353,36 @@ def proto_classes(version):
     note = fdp.message_type.add(name="Note")
     field(note, "text", 1, F.TYPE_STRING)
     field(note, "priority", 2, F.TYPE_INT32)
+    field(note, "links", 3, F.TYPE_MESSAGE, F.LABEL_REPEATED, ".doka.test.Note.Link")
+    link = note.nested_type.add(name="Link")
+    field(link, "url", 1, F.TYPE_STRING)
+    field(link, "clicks", 2, F.TYPE_SINT64)
+    field(link, "status", 3, F.TYPE_ENUM, type_name=".doka.test.Status")
 
     pool = descriptor_pool.DescriptorPool()
     pool.AddSerializedFile(timestamp_pb2.DESCRIPTOR.serialized_pb)
     pool.Add(fdp)
     get = message_factory.GetMessageClass
-    return {
-        "doka.test.Order": get(pool.FindMessageTypeByName("doka.test.Order")),
-        "doka.test.Order.Item": get(pool.FindMessageTypeByName("doka.test.Order.Item")),
-        "doka.test.Note": get(pool.FindMessageTypeByName("doka.test.Note")),
-    }
+    names = ["doka.test.Order", "doka.test.Order.Item", "doka.test.Note", "doka.test.Note.Link"]
+    return {name: get(pool.FindMessageTypeByName(name)) for name in names}
 
 
 def proto_message(i, version, classes):
-    """(full name of the message type, the message) for record i: mostly Orders, some nested
-    Order.Item, some Note."""
-    if i % 5 == 3:
+    """(full name of the message type, the message) for record i: half Orders (Confluent path
+    [0]), the others a nested Order.Item ([0, 1]: the map's entry type comes first), a Note ([1])
+    or a nested Note.Link ([1, 0])."""
+    if i % 6 == 3:
         item = classes["doka.test.Order.Item"](sku=f"sku-{i}", quantity=i)
         item.parts.add(sku=f"part-{i}", quantity=1)
         return "doka.test.Order.Item", item
-    if i % 5 == 4:
-        return "doka.test.Note", classes["doka.test.Note"](text=f"note {i}", priority=i % 3)
+    if i % 6 == 4:
+        note = classes["doka.test.Note"](text=f"note {i}", priority=i % 3)
+        for j in range(i % 3):
+            note.links.add(url=f"https://example.com/{i}/{j}", clicks=-j, status=j % 3)
+        return "doka.test.Note", note
+    if i % 6 == 5:
+        link = classes["doka.test.Note.Link"](url=f"https://example.com/{i}", clicks=-(2 ** 40) - i, status=2)
+        return "doka.test.Note.Link", link
     order = classes["doka.test.Order"](
         id=(2 ** 60 + i) if i % 2 else -i,
         name=f"order {i} ✓",
@@ -373,18 +430,28 @@ def varint(n):
 
 
 def confluent_path(descriptor):
-    """The message indexes of a type: its index among the file's messages, then among each
-    enclosing message's nested types."""
+    """The message indexes of a type as Confluent's Java serializer (the reference) writes them:
+    its index among the file's messages, then among each enclosing message's *declared* nested
+    messages — it reads the .proto text, where a `map<>` field declares no entry type. (The
+    Python client counts descriptor entries too, and would write [0, 1] for Order.Item.)"""
     path = []
     while descriptor.containing_type is not None:
-        path.insert(0, list(descriptor.containing_type.nested_types).index(descriptor))
+        declared = [n for n in descriptor.containing_type.nested_types if not n.GetOptions().map_entry]
+        path.insert(0, declared.index(descriptor))
         descriptor = descriptor.containing_type
     path.insert(0, list(descriptor.file.message_types_by_name.values()).index(descriptor))
     return path
 
 
-# Glue: all message types of the schema, nested (map entries too) included, sorted by full name.
-GLUE_ORDER = sorted(["doka.test.Order", "doka.test.Order.Item", "doka.test.Order.CountsEntry", "doka.test.Note"])
+def glue_order(descriptor):
+    """Glue's list: all message types of the schema's file, nested ones (map entries too)
+    included, sorted by full name (AWS's MessageIndexFinder)."""
+    names, todo = [], list(descriptor.file.message_types_by_name.values())
+    while todo:
+        message = todo.pop()
+        names.append(message.full_name)
+        todo.extend(message.nested_types)
+    return sorted(names)
 
 
 def confluent_indexes(path):
@@ -500,7 +567,7 @@ def glue_records(args):
     classes = proto_classes(args.schema_version)
     for i in range(args.start, args.start + args.count):
         name, message = proto_message(i, args.schema_version, classes)
-        payload = varint(GLUE_ORDER.index(name)) + message.SerializeToString()
+        payload = varint(glue_order(message.DESCRIPTOR).index(name)) + message.SerializeToString()
         compression = 0
         if args.compression:
             payload, compression = zlib.compress(payload), 5
@@ -510,24 +577,46 @@ def glue_records(args):
 
 
 def bad_records(args):
-    """Records that must not decode: each with `expected` null."""
+    """Records that must not decode, each with `expected` null and, where it has one, the schema
+    identity its header names:
+      no-magic   : plain text, no framing (valid UTF-8, so pass-through can show it);
+      unknown-id : a well-formed header naming a schema id (Confluent) or version UUID (Glue)
+                   the registry does not have;
+      corrupt    : a real schema's header, then a body that does not decode with it: Avro and
+                   JSON Schema truncated after a few bytes, Protobuf a length-delimited field
+                   longer than what follows; with --compression (Glue) bytes that are not zlib."""
     out = []
     for i in range(args.count):
+        schema = {}
         if args.bad == "no-magic":
             data = f"plain text {i}, no registry framing".encode()
         elif args.registry == "confluent":
             if args.bad == "unknown-id":
-                data = b"\x00" + struct.pack(">I", 987_654_321 + i) + b"\x02\x04"
-            else:  # corrupt: a real schema id, then a truncated Avro body
-                good = confluent_records(argparse.Namespace(**dict(vars(args), count=1, start=i)))[0][1]
-                data = good[:12]
+                schema_id = 987_654_321 + i
+                data = b"\x00" + struct.pack(">I", schema_id) + b"\x02\x04"
+                schema = {"id": schema_id, "subject": f"{args.topic}-value"}
+            else:
+                _, good, _, schema = confluent_records(argparse.Namespace(**dict(vars(args), count=1, start=i)))[0]
+                if args.format == "protobuf":
+                    data = good[:5] + b"\x00" + b"\x0a\xff\x01x"
+                else:
+                    data = good[:12]
         else:
             if args.bad == "unknown-id":
-                data = bytes([3, 0]) + uuid.uuid4().bytes + b"\x02\x04"
+                version_id = uuid.uuid4()
+                data = bytes([3, 0]) + version_id.bytes + b"\x02\x04"
+                schema = {"version_id": str(version_id), "schema_name": args.schema_name or args.topic,
+                          "registry_name": args.registry_name}
             else:
-                good = glue_records(argparse.Namespace(**dict(vars(args), count=1, start=i, compression=False)))[0][1]
-                data = good[:22]
-        out.append((f"bad-{i}", data, None, {}))
+                plain = argparse.Namespace(**dict(vars(args), count=1, start=i, compression=False))
+                _, good, _, schema = glue_records(plain)[0]
+                if args.compression:
+                    data = bytes([3, 5]) + good[2:18] + b"this is not zlib data"
+                elif args.format == "protobuf":
+                    data = good[:19] + b"\x0a\xff\x01x"  # the record's own (one-byte) type index
+                else:
+                    data = good[:22]
+        out.append((f"bad-{i}", data, None, schema))
     return out
 
 
