@@ -592,6 +592,11 @@ pub fn known_metrics() -> BTreeSet<String> {
     metrics.partition("t", 0, Some(1), Some(1), Some(0));
     metrics.credentials_renewed(CredentialKind::AssumedRole, "default", Some(1.0));
     metrics.rebalance("assigned");
+    let schemas = metrics.schemas.resolve("default", "value", 10);
+    schemas.decoded.inc();
+    schemas.fetch_duration.observe(0.1);
+    schemas.waiting.set(0);
+    schemas.cached.set(0);
     let known: BTreeSet<String> = metrics
         .encode()
         .lines()
