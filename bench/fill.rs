@@ -6,6 +6,10 @@
 //! data every run). The partition ends come from the delivery reports, not from the broker's
 //! watermarks, which tansu reports wrong (../shared/reference/local-stack.md).
 //!
+//! With `--avro-schema-id N` the values are Confluent-framed Avro records of
+//! [`AVRO_SCHEMA`] (registered by the benchmark as schema N), about `--size` bytes each; their
+//! first field is the sequence, so the decoded JSON starts with `{"seq":42,` for the endpoint.
+//!
 //! `cargo run --release --example bench_fill -- --brokers 127.0.0.1:9092 --topic bench \
 //!      --partitions 4 --records 1000000 --size 200 --keys 1000`
 //! prints one JSON line: `{"topic":"bench","ends":{"0":250123,…},"records":1000000,"seconds":…}`.
@@ -41,6 +45,67 @@ struct Args {
     /// doka while the topic fills: a soak.
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
+    /// Write Confluent-framed Avro values with this schema id (the benchmark registers
+    /// `--print-avro-schema`'s schema and passes its id).
+    #[arg(long)]
+    avro_schema_id: Option<u32>,
+    /// Print the Avro schema of `--avro-schema-id` values and exit.
+    #[arg(long)]
+    print_avro_schema: bool,
+}
+
+/// The benchmark's Avro record: a sequence, the key, a decimal, a timestamp, an array, a union
+/// and filler text — the shapes a decoder meets in business records.
+const AVRO_SCHEMA: &str = r#"{"type":"record","name":"BenchOrder","namespace":"doka.bench","fields":[
+  {"name":"seq","type":"long"},
+  {"name":"key","type":"string"},
+  {"name":"amount","type":{"type":"bytes","logicalType":"decimal","precision":12,"scale":2}},
+  {"name":"at","type":{"type":"long","logicalType":"timestamp-millis"}},
+  {"name":"tags","type":{"type":"array","items":"string"}},
+  {"name":"note","type":["null","string"],"default":null},
+  {"name":"payload","type":"string"}]}"#;
+
+/// One Avro value, framed (`0x00`, the schema id, the datum), padded to about `size` bytes.
+fn avro_value(
+    writer: &apache_avro::writer::datum::GenericDatumWriter<'_>,
+    schema: &apache_avro::Schema,
+    id: u32,
+    seq: u64,
+    key: &str,
+    size: usize,
+) -> anyhow::Result<Vec<u8>> {
+    use apache_avro::types::{Record, Value};
+    let mut record = Record::new(schema).expect("a record schema");
+    record.put("seq", Value::Long(seq as i64));
+    record.put("key", Value::String(key.to_owned()));
+    let cents = (seq as i64 % 100_000) * 7 - 3_000;
+    record.put(
+        "amount",
+        Value::Decimal(apache_avro::Decimal::from(cents.to_be_bytes())),
+    );
+    record.put("at", Value::TimestampMillis(1_733_333_333_000 + seq as i64));
+    record.put(
+        "tags",
+        Value::Array(vec![
+            Value::String("bench".into()),
+            Value::String(key.into()),
+        ]),
+    );
+    let note = if seq.is_multiple_of(2) {
+        Value::Union(0, Box::new(Value::Null))
+    } else {
+        Value::Union(1, Box::new(Value::String("odd".into())))
+    };
+    record.put("note", note);
+    // ~60 bytes of the above, framing included; the rest is payload.
+    record.put(
+        "payload",
+        Value::String("x".repeat(size.saturating_sub(60))),
+    );
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&id.to_be_bytes());
+    framed.extend(writer.write_value_to_vec(record)?);
+    Ok(framed)
 }
 
 /// Highest delivered offset per partition, and delivery errors.
@@ -68,6 +133,13 @@ impl ProducerContext for Delivered {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.print_avro_schema {
+        println!("{}", AVRO_SCHEMA.replace('\n', ""));
+        return Ok(());
+    }
+    let avro_schema = apache_avro::Schema::parse_str(AVRO_SCHEMA)?;
+    let avro_writer =
+        apache_avro::writer::datum::GenericDatumWriter::builder(&avro_schema).build()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -115,9 +187,20 @@ fn main() -> anyhow::Result<()> {
         let k = (rng % args.keys) as usize;
         let key = format!("key-{k}");
         value.clear();
-        value.extend_from_slice(format!("{} ", sequences[k]).as_bytes());
+        if let Some(id) = args.avro_schema_id {
+            value = avro_value(
+                &avro_writer,
+                &avro_schema,
+                id,
+                sequences[k],
+                &key,
+                args.size,
+            )?;
+        } else {
+            value.extend_from_slice(format!("{} ", sequences[k]).as_bytes());
+            value.resize(args.size.max(value.len()), b'x');
+        }
         sequences[k] += 1;
-        value.resize(args.size.max(value.len()), b'x');
         let mut record = BaseRecord::to(&args.topic).key(&key).payload(&value);
         loop {
             match producer.send(record) {

