@@ -28,8 +28,14 @@ self_cell::self_cell!(
     }
 );
 
+/// The most one length field of a record may make the SDK allocate: a corrupt or hostile length
+/// must not take the memory (its default is 512 MiB). Above any record Kafka or Kinesis carries.
+const MAX_ALLOCATION_BYTES: usize = 64 * 1024 * 1024;
+
 /// Parses the writer schema (`text`) with the schemas it refers to (`references`, by name).
 pub fn compile(text: &str, references: &[(String, String)]) -> Result<AvroSchema, String> {
+    // The SDK keeps the first value it is given, process-wide: set before any record is decoded.
+    apache_avro::util::max_allocation_bytes(MAX_ALLOCATION_BYTES);
     let (main, mut schemata) = if references.is_empty() {
         (Schema::parse_str(text), Vec::new())
     } else {
@@ -73,8 +79,7 @@ pub fn to_json(schema: &AvroSchema, mut payload: &[u8], out: &mut Vec<u8>) -> Re
             payload.len()
         ));
     }
-    write(&value, readers.main, readers.names.get_names(), out);
-    Ok(())
+    write(&value, readers.main, readers.names.get_names(), out)
 }
 
 /// The schema a `Ref` stands for.
@@ -85,10 +90,23 @@ fn resolve<'a>(schema: &'a Schema, names: &'a NamesRef<'_>) -> &'a Schema {
     }
 }
 
-fn write(value: &Value, schema: &Schema, names: &NamesRef<'_>, out: &mut Vec<u8>) {
+/// Appends `value` (decoded with `schema`) as JSON. Err: the value does not fit its schema — the
+/// SDK (0.22) reads a string cut short by the end of the payload as a null, so a null is taken
+/// only where the schema says null.
+fn write(
+    value: &Value,
+    schema: &Schema,
+    names: &NamesRef<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
     let schema = resolve(schema, names);
     match value {
-        Value::Null => out.extend_from_slice(b"null"),
+        Value::Null if matches!(schema, Schema::Null) => out.extend_from_slice(b"null"),
+        Value::Null => {
+            return Err(
+                "the payload ends inside a value (a null where the schema has none)".into(),
+            );
+        }
         Value::Boolean(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
         Value::Int(n) => push_display(out, n),
         Value::Long(n) => push_display(out, n),
@@ -101,7 +119,7 @@ fn write(value: &Value, schema: &Schema, names: &NamesRef<'_>, out: &mut Vec<u8>
                 Schema::Union(union) => union.variants().get(*index as usize).unwrap_or(schema),
                 _ => schema,
             };
-            write(inner, branch, names, out);
+            write(inner, branch, names, out)?;
         }
         Value::Array(items) => {
             let item_schema = match schema {
@@ -113,7 +131,7 @@ fn write(value: &Value, schema: &Schema, names: &NamesRef<'_>, out: &mut Vec<u8>
                 if i > 0 {
                     out.push(b',');
                 }
-                write(item, item_schema, names, out);
+                write(item, item_schema, names, out)?;
             }
             out.push(b']');
         }
@@ -129,7 +147,7 @@ fn write(value: &Value, schema: &Schema, names: &NamesRef<'_>, out: &mut Vec<u8>
                 }
                 push_str(out, key);
                 out.push(b':');
-                write(item, value_schema, names, out);
+                write(item, value_schema, names, out)?;
             }
             out.push(b'}');
         }
@@ -147,8 +165,9 @@ fn write(value: &Value, schema: &Schema, names: &NamesRef<'_>, out: &mut Vec<u8>
                 out.push(b':');
                 let field_schema = field_schemas
                     .and_then(|f| f.get(i))
-                    .map_or(&Schema::Null, |f| &f.schema);
-                write(item, field_schema, names, out);
+                    .map(|f| &f.schema)
+                    .ok_or("a field the schema does not have")?;
+                write(item, field_schema, names, out)?;
             }
             out.push(b'}');
         }
@@ -189,6 +208,7 @@ fn write(value: &Value, schema: &Schema, names: &NamesRef<'_>, out: &mut Vec<u8>
         }
         Value::Uuid(uuid) => push_text(out, &uuid.to_string()),
     }
+    Ok(())
 }
 
 fn push_display(out: &mut Vec<u8>, n: &impl std::fmt::Display) {
@@ -415,5 +435,26 @@ mod tests {
                 .unwrap_err()
                 .contains("left after")
         );
+    }
+
+    #[test]
+    fn a_string_cut_short_is_an_error_not_a_null() {
+        let text = r#"{"type":"record","name":"R","fields":[
+            {"name":"a","type":"string"},{"name":"b","type":"string"},
+            {"name":"c","type":["null","string"]}]}"#;
+        let schema = compile(text, &[]).unwrap();
+        // a = "hi", b = a 5-character string of which 2 arrived.
+        let cut = [0x04, b'h', b'i', 0x0a, b'x', b'y'];
+        let mut out = Vec::new();
+        let err = to_json(&schema, &cut, &mut out).unwrap_err();
+        assert!(err.contains("ends inside"), "{err}");
+        // A null the schema allows is fine.
+        let mut out = Vec::new();
+        to_json(&schema, &[0x02, b'a', 0x02, b'b', 0x00], &mut out).unwrap();
+        assert_eq!(out, br#"{"a":"a","b":"b","c":null}"#);
+        // A length no record could have is refused before anything is allocated for it.
+        let mut out = Vec::new();
+        let huge = [0xfe, 0xff, 0xff, 0xff, 0x0f];
+        assert!(to_json(&schema, &huge, &mut out).is_err());
     }
 }
