@@ -161,6 +161,19 @@ fn broken_decode_sections_are_named_with_the_fix() {
             "not an http:// or https:// URL",
         ],
     );
+    // The password is not repeated in the error (a URL is logged; a secret must not be).
+    let url_with_secret =
+        with("  value:\n    confluent: { url: 'https://doka:url-hunter2@a:8081' }\n");
+    refused(
+        &url_with_secret,
+        &["decode.value.confluent.url", "basic_auth"],
+    );
+    let out = run(&url_with_secret, &[]);
+    assert!(!format!("{}{}", out.stdout, out.stderr).contains("url-hunter2"));
+    refused(
+        &with("  value:\n    glue: {}\n    unknown_schema_retry_ms: 7200000\n"),
+        &["decode.value.unknown_schema_retry_ms", "3600000"],
+    );
     refused(
         &with(
             "  value:\n    confluent:\n      url: http://a:8081\n      basic_auth: { username: doka }\n",

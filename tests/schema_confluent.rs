@@ -147,7 +147,10 @@ async fn undecodable_records_go_to_the_dead_letter_topic_with_their_reason() {
     }
     let placements = produce_schema_records(&world.kafka.bootstrap(), &world.topic, &produced);
     let dead_letter = unique("dlq");
-    let doka = Doka::start(&decoding_yaml(&world, &dead_letter, &url, ""), &[]);
+    // The unknown id is asked for again for a second (a registry follower may lag) before it
+    // counts as gone.
+    let retry = "    unknown_schema_retry_ms: 1000\n";
+    let doka = Doka::start(&decoding_yaml(&world, &dead_letter, &url, retry), &[]);
 
     let good_ones: Vec<(Produced, Placement)> = produced
         .iter()

@@ -19,7 +19,7 @@ const REGISTRY: &str = "doka-test-registry";
 
 fn glue_section(registry: &str) -> String {
     format!(
-        "decode:\n  value:\n    glue:\n      region: {REGION}\n      endpoint: {}\n      registry_name: {registry}\n",
+        "decode:\n  value:\n    glue:\n      region: {REGION}\n      endpoint: {}\n      registry_name: {registry}\n    unknown_schema_retry_ms: 1000\n",
         glue_endpoint()
     )
 }

@@ -50,7 +50,16 @@ impl RouteDecoding {
             Err(withhold) => return withhold,
         };
         match side(self.key.as_ref(), msg.key()) {
-            Ok(Some(key)) => Outcome::Ready { key, value },
+            Ok(Some(key)) => {
+                // Counted now, once per record: a side decoded while the other waited is decoded
+                // again next round.
+                for (decoder, out) in [(&self.value, &value), (&self.key, &key)] {
+                    if let (Some(decoder), SideOut::Decoded(..)) = (decoder, out) {
+                        decoder.metrics.decoded.inc();
+                    }
+                }
+                Outcome::Ready { key, value }
+            }
             Ok(None) => Outcome::Wait,
             Err(withhold) => withhold,
         }

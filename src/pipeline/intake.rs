@@ -143,6 +143,8 @@ impl Intake {
     pub fn start_round(&mut self) {
         self.round_bytes = 0;
         self.share_reached = false;
+        // Handed over at the end of every round; parked records are in the shares by now.
+        self.held_counts.fill((0, 0));
         for (room, r) in self.rooms.iter_mut().zip(&self.routes) {
             *room = r.share.room();
         }
@@ -237,18 +239,26 @@ impl Intake {
         }
     }
 
-    /// Adds a record to a waiting partition's queue, counted in its route's share.
+    /// Adds a record to a waiting partition's queue, counted in its route's share and in the
+    /// round (a round of parked records ends at the share, as one of records for the lanes does).
     fn park(&mut self, at: usize, record: OwnedRecord) {
         let waiting = &mut self.waiting[at];
-        let r = &self.routes[waiting.route];
-        r.share.take(1, record.size());
+        let route = waiting.route;
+        let r = &self.routes[route];
+        let size = record.size();
+        r.share.take(1, size);
         if let Some(decoding) = &r.decoding {
             decoding.waiting.inc();
         }
-        if r.share.full() {
+        waiting.records.push_back(record);
+        self.round_bytes += size;
+        let held = &mut self.held_counts[route];
+        held.0 += 1;
+        held.1 += size;
+        let room = self.rooms[route];
+        if held.0 >= room.records || held.1 >= room.bytes || r.share.full() {
             self.share_reached = true;
         }
-        waiting.records.push_back(record);
     }
 
     /// Takes the waiting records whose schemas are known now, in order; drops those of revoked

@@ -7,6 +7,8 @@
 
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::schema::NamesRef;
+
+use super::avro_shape;
 use apache_avro::schema::{ResolvedSchema, Schema};
 use apache_avro::types::Value;
 
@@ -18,6 +20,9 @@ struct Readers<'s> {
     reader: GenericDatumReader<'s>,
     names: ResolvedSchema<'s>,
     main: &'s Schema,
+    /// Payloads are walked by [`avro_shape::check`] first (a recursive schema, or collections
+    /// of empty items).
+    guarded: bool,
 }
 
 self_cell::self_cell!(
@@ -31,6 +36,9 @@ self_cell::self_cell!(
 /// The most one length field of a record may make the SDK allocate: a corrupt or hostile length
 /// must not take the memory (its default is 512 MiB). Above any record Kafka or Kinesis carries.
 const MAX_ALLOCATION_BYTES: usize = 64 * 1024 * 1024;
+
+/// A decimal's digits after the point; more is not a number anyone writes.
+const MAX_DECIMAL_SCALE: usize = 1_000;
 
 /// Parses the writer schema (`text`) with the schemas it refers to (`references`, by name).
 pub fn compile(text: &str, references: &[(String, String)]) -> Result<AvroSchema, String> {
@@ -57,10 +65,12 @@ pub fn compile(text: &str, references: &[(String, String)]) -> Result<AvroSchema
             .map_err(|e| format!("its named types do not resolve: {e}"))?
             .build()
             .map_err(|e| format!("cannot read with it: {e}"))?;
+        let guarded = avro_shape::needs_check(main, names.get_names());
         Ok::<_, String>(Readers {
             reader,
             names,
             main,
+            guarded,
         })
     })?;
     Ok(AvroSchema(compiled))
@@ -69,6 +79,9 @@ pub fn compile(text: &str, references: &[(String, String)]) -> Result<AvroSchema
 /// Appends the JSON of the Avro datum `payload` to `out`.
 pub fn to_json(schema: &AvroSchema, mut payload: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
     let readers = schema.0.borrow_dependent();
+    if readers.guarded {
+        avro_shape::check(readers.main, readers.names.get_names(), payload)?;
+    }
     let value = readers
         .reader
         .read_value(&mut payload)
@@ -180,12 +193,17 @@ fn write(
                 Schema::Decimal(d) => d.scale,
                 _ => 0,
             };
+            if scale > MAX_DECIMAL_SCALE {
+                return Err(format!(
+                    "its schema's decimal scale {scale} is over {MAX_DECIMAL_SCALE}"
+                ));
+            }
             let bytes = Vec::<u8>::try_from(decimal).unwrap_or_default();
             push_text(out, &decimal_text(&bytes, scale));
         }
         Value::BigDecimal(big) => push_text(out, &big.to_plain_string()),
-        Value::TimeMillis(ms) => push_text(out, &time_of_day(i64::from(*ms) * 1_000_000, 3)),
-        Value::TimeMicros(us) => push_text(out, &time_of_day(us * 1_000, 6)),
+        Value::TimeMillis(ms) => push_text(out, &time_of_day(i128::from(*ms) * 1_000_000, 3)),
+        Value::TimeMicros(us) => push_text(out, &time_of_day(i128::from(*us) * 1_000, 6)),
         Value::TimestampMillis(ms) => {
             push_text(out, &timestamp(i128::from(*ms) * 1_000_000, 3, true))
         }
@@ -300,10 +318,11 @@ pub fn decimal_text(bytes: &[u8], scale: usize) -> String {
     text
 }
 
-/// `HH:MM:SS.fff…` with `digits` fractional digits, from nanoseconds after midnight.
-fn time_of_day(nanos: i64, digits: u32) -> String {
+/// `HH:MM:SS.fff…` with `digits` fractional digits, from nanoseconds after midnight (a value
+/// beyond a day keeps counting hours).
+fn time_of_day(nanos: i128, digits: u32) -> String {
     let seconds = nanos.div_euclid(1_000_000_000);
-    let fraction = nanos.rem_euclid(1_000_000_000) / 10i64.pow(9 - digits);
+    let fraction = nanos.rem_euclid(1_000_000_000) / 10i128.pow(9 - digits);
     format!(
         "{:02}:{:02}:{:02}.{fraction:0width$}",
         seconds / 3600,
@@ -374,6 +393,7 @@ mod tests {
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
         assert_eq!(time_of_day(3_723_004_000_000, 3), "01:02:03.004");
         assert_eq!(time_of_day(3_723_000_005_000, 6), "01:02:03.000005");
+        assert!(!time_of_day(i128::from(i64::MAX) * 1_000, 6).is_empty());
         assert_eq!(
             timestamp(1_704_164_645_678 * 1_000_000, 3, true),
             "2024-01-02T03:04:05.678Z"
@@ -456,5 +476,34 @@ mod tests {
         let mut out = Vec::new();
         let huge = [0xfe, 0xff, 0xff, 0xff, 0x0f];
         assert!(to_json(&schema, &huge, &mut out).is_err());
+    }
+
+    #[test]
+    fn a_recursive_schema_is_walked_first_and_deep_nesting_refused() {
+        let text = r#"{"type":"record","name":"N","fields":[
+            {"name":"v","type":"int"},{"name":"next","type":["null","N"]}]}"#;
+        let schema = compile(text, &[]).unwrap();
+        // Three levels: v=1 next→ v=2 next→ v=3 next=null.
+        let mut out = Vec::new();
+        to_json(&schema, &[0x02, 0x02, 0x04, 0x02, 0x06, 0x00], &mut out).unwrap();
+        assert_eq!(out, br#"{"v":1,"next":{"v":2,"next":{"v":3,"next":null}}}"#);
+        // 100,000 levels in 200 KB: refused, not a stack overflow.
+        let mut deep = Vec::new();
+        for _ in 0..100_000 {
+            deep.extend_from_slice(&[0x00, 0x02]);
+        }
+        deep.extend_from_slice(&[0x00, 0x00]);
+        let err = to_json(&schema, &deep, &mut Vec::new()).unwrap_err();
+        assert!(err.contains("deeper than"), "{err}");
+        // An array of nulls claiming a billion items in a few bytes.
+        let nulls = compile(r#"{"type":"array","items":"null"}"#, &[]).unwrap();
+        let err = to_json(
+            &nulls,
+            &[0x80, 0xa8, 0xd6, 0xb9, 0x07, 0x00],
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+        assert!(err.contains("empty collection items"), "{err}");
+        to_json(&nulls, &[0x06, 0x00], &mut Vec::new()).unwrap();
     }
 }

@@ -98,9 +98,30 @@ impl SchemaCache {
         slots.ready
     }
 
-    /// The fetch ended: the schema cannot be had.
+    /// The fetch ended: the schema cannot be had. Such slots are bounded like schemas: records
+    /// naming ids at random must not grow the cache.
     pub fn gone(&self, schema_ref: SchemaRef, reason: String) {
         let mut slots = self.slots.lock().unwrap();
+        let now = Instant::now();
+        let gone = |slot: &Slot| matches!(slot, Slot::Gone { .. });
+        if slots.map.values().filter(|s| gone(s)).count() >= self.max {
+            slots
+                .map
+                .retain(|_, slot| !matches!(slot, Slot::Gone { until, .. } if *until <= now));
+            let oldest = slots
+                .map
+                .iter()
+                .filter_map(|(r, slot)| match slot {
+                    Slot::Gone { until, .. } => Some((*until, *r)),
+                    _ => None,
+                })
+                .min();
+            if slots.map.values().filter(|s| gone(s)).count() >= self.max
+                && let Some((_, r)) = oldest
+            {
+                slots.map.remove(&r);
+            }
+        }
         slots.map.insert(
             schema_ref,
             Slot::Gone {
@@ -144,5 +165,17 @@ mod tests {
 
         cache.gone(b, "404".into());
         assert!(matches!(cache.lookup(b), (Lookup::Gone(r), false) if &*r == "404"));
+        // Unknown ids are bounded too: the oldest goes.
+        let d = SchemaRef::Confluent(4);
+        cache.lookup(d);
+        cache.gone(d, "404".into());
+        let e = SchemaRef::Confluent(5);
+        cache.lookup(e);
+        cache.gone(e, "404".into());
+        assert!(
+            matches!(cache.lookup(b), (Lookup::Fetching, true)),
+            "b's slot went"
+        );
+        assert!(matches!(cache.lookup(e), (Lookup::Gone(_), false)));
     }
 }

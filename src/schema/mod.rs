@@ -10,6 +10,7 @@
 //! docs/SCHEMAS.md is the user's guide and the JSON mapping.
 
 pub mod avro;
+mod avro_shape;
 pub mod cache;
 pub mod glue;
 pub mod protobuf;
@@ -152,6 +153,8 @@ pub struct Decoder {
 /// What a background fetch needs.
 struct Fetcher {
     registry: Registry,
+    /// How long "not found" is retried before the schema counts as gone.
+    unknown_retry: Duration,
     route: Arc<str>,
     side: Side,
     framing: Framing,
@@ -182,6 +185,7 @@ impl Decoder {
             cache: Arc::new(SchemaCache::new(config.max_cached_schemas)),
             fetcher: Arc::new(Fetcher {
                 registry,
+                unknown_retry: Duration::from_millis(config.unknown_schema_retry_ms),
                 route,
                 side,
                 framing,
@@ -215,10 +219,8 @@ impl Decoder {
         };
         let mut json = Vec::with_capacity(bytes.len() * 2 + 16);
         match schema.decode(&framed.rest, &mut json) {
-            Ok(()) => {
-                self.metrics.decoded.inc();
-                Decoding::Json(json, schema)
-            }
+            // Counted by the caller once the whole record is decoded (a key may still wait).
+            Ok(()) => Decoding::Json(json, schema),
             Err(reason) => self.undecodable(
                 Undecodable::Malformed,
                 format!("does not match its {}: {reason}", framed.schema),
@@ -254,7 +256,12 @@ impl Fetcher {
             let (outcome, problem) = match answer {
                 Ok(fetched) => {
                     self.metrics.fetched(FetchOutcome::Ok);
-                    match Schema::compile(&fetched, self.framing) {
+                    // A compiler panic on a hostile schema must not leave its records waiting.
+                    let compiled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        Schema::compile(&fetched, self.framing)
+                    }))
+                    .unwrap_or_else(|_| Err("compiling it panicked".into()));
+                    match compiled {
                         Ok(compiled) => {
                             let held = cache.ready(schema, Arc::new(compiled));
                             self.metrics.cached.set(held as i64);
@@ -277,6 +284,17 @@ impl Fetcher {
                     }
                     return;
                 }
+                Err(FetchError::NotFound(reason)) if started.elapsed() < self.unknown_retry => {
+                    self.metrics.fetched(FetchOutcome::NotFound);
+                    (
+                        FetchOutcome::NotFound,
+                        format!(
+                            "the registry does not know it ({reason}); asked again until \
+                             decode.{}.unknown_schema_retry_ms has passed",
+                            self.side.name()
+                        ),
+                    )
+                }
                 Err(FetchError::NotFound(reason)) => {
                     self.metrics.fetched(FetchOutcome::NotFound);
                     warn!(route = %self.route, side = self.side.name(), "the {} does not know {schema}: {reason}; its records cannot decode", self.registry.describe());
@@ -286,7 +304,9 @@ impl Fetcher {
                 Err(FetchError::Refused(reason)) => (FetchOutcome::Refused, reason),
                 Err(FetchError::Unavailable(reason)) => (FetchOutcome::Unavailable, reason),
             };
-            self.metrics.fetched(outcome);
+            if outcome != FetchOutcome::NotFound {
+                self.metrics.fetched(outcome);
+            }
             if reported.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
                 warn!(
                     route = %self.route,

@@ -37,6 +37,14 @@ pub struct SideConfig {
     /// Schemas kept in memory (each id or version once); the least recently used goes first.
     #[serde(default = "default_max_cached_schemas")]
     pub max_cached_schemas: usize,
+    /// How long a schema the registry says it does not know is asked for again before its
+    /// records count as undecodable: a registry follower may not have a new schema yet.
+    #[serde(default = "default_unknown_schema_retry_ms")]
+    pub unknown_schema_retry_ms: u64,
+}
+
+fn default_unknown_schema_retry_ms() -> u64 {
+    30_000
 }
 
 pub fn default_max_cached_schemas() -> usize {
@@ -226,6 +234,12 @@ impl SideConfig {
             self.max_cached_schemas,
             1,
             1_000_000,
+        )?;
+        range(
+            &key("unknown_schema_retry_ms"),
+            self.unknown_schema_retry_ms,
+            0,
+            3_600_000,
         )
     }
 }
@@ -241,6 +255,14 @@ impl ConfluentRegistry {
                 );
             }
             Some(url) => match url.parse::<http::Uri>() {
+                Ok(uri) if uri.authority().is_some_and(|a| a.as_str().contains('@')) => {
+                    // Not quoted: the part before `@` is a secret.
+                    return bad(
+                        &key("url"),
+                        "the URL carries credentials (user:password@): they would be logged with \
+                         it; move them to basic_auth (username, password_file)",
+                    );
+                }
                 Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) => {}
                 _ => {
                     return bad(

@@ -248,10 +248,12 @@ fn consume(consumer: &BaseConsumer<SourceContext>, intake: &mut Intake, controls
         if !intake.retry_waiting() {
             break 'rounds;
         }
-        for _ in 0..round {
+        for polls in 0..round {
             // Checked once something was taken: the first poll always runs (it also serves
-            // rebalances and token refreshes while fetching is paused).
-            if intake.round_bytes() > 0
+            // rebalances and token refreshes while fetching is paused), even after records that
+            // waited for their schema were taken.
+            if polls > 0
+                && intake.round_bytes() > 0
                 && (intake.round_bytes() >= room.bytes || intake.share_reached())
             {
                 break;
