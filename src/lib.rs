@@ -30,6 +30,7 @@
 //! - [`json_text`]: embedding JSON text compactly (the envelope, JSON Schema payloads).
 //! - [`aws`]: source credentials, AssumeRole into each route's account, MSK IAM signing, settings.
 //! - [`dead_letter`]: the Kafka topic for records a destination would refuse.
+//! - [`panics`]: a panic ends the process at once with its own exit code (nothing more committed).
 //! - [`telemetry`]: logs, `metrics`, `health`, the `http` endpoint, `topic_labels`, settings.
 
 pub mod app;
@@ -39,6 +40,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod json_text;
 pub mod kafka;
+pub mod panics;
 pub mod pipeline;
 pub mod schema;
 pub mod settings;

@@ -113,6 +113,7 @@ fn main() -> ExitCode {
         }
         Command::Run(_) => {
             doka::telemetry::init(&config.log);
+            doka::panics::install(exit::PANIC);
             // SAFETY: single-threaded still; the runtime starts below.
             unsafe { doka::aws::export_sts_endpoint(&config.aws) };
             let Some(runtime) = runtime() else {

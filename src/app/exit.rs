@@ -18,5 +18,8 @@ pub const CREDENTIALS: u8 = 5;
 pub const KAFKA_UNREACHABLE: u8 = 6;
 /// At start-up, the brokers refused the TLS handshake or the authentication (`kafka.auth`).
 pub const KAFKA_REFUSED: u8 = 7;
+/// A panic (a bug): exited at once, nothing more committed; uncommitted records are sent again
+/// after the restart (src/panics.rs).
+pub const PANIC: u8 = 70;
 /// A second SIGTERM/SIGINT: exited at once; uncommitted records are sent again after restart.
 pub const SIGNALLED_TWICE: u8 = 130;

@@ -23,7 +23,7 @@ use crate::kafka::{self, BrokerAccess, KafkaConfig};
 use crate::pipeline::intake::{DeadLetterWriter, Intake, TopicRoute, TopicRoutes};
 use crate::pipeline::pace::Pace;
 use crate::pipeline::{Budget, Halt};
-use crate::source::{self, SourceExit, SourceParts};
+use crate::source::{self, CommitMetadata, SourceExit, SourceParts};
 use crate::telemetry::health::Health;
 use crate::telemetry::http;
 use crate::telemetry::metrics::{DestinationMetrics, Metrics};
@@ -166,6 +166,10 @@ async fn run_steps(
         metrics: wiring.metrics.clone(),
         health: wiring.health.clone(),
         commit_interval: config.pipeline.commit_interval(),
+        commit_metadata: CommitMetadata {
+            fingerprints: started.fingerprints,
+            max_bytes: (config.pipeline.commit_metadata_max_bytes as usize).into(),
+        },
         drain_timeout: config.pipeline.rebalance_drain_timeout(),
         shutdown_timeout: config.pipeline.shutdown_timeout(),
         stop,

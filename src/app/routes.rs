@@ -32,6 +32,8 @@ use crate::telemetry::metrics::DestinationMetrics;
 pub(super) struct Started {
     pub intakes: Vec<RouteIntake>,
     pub shares: Vec<Arc<Share>>,
+    /// Each route's destination in the commit metadata.
+    pub fingerprints: Vec<Arc<str>>,
     pub lanes: Vec<JoinHandle<()>>,
     /// The next lane's id (ids are unique across routes, for the health state).
     next_lane: usize,
@@ -112,6 +114,12 @@ pub(super) async fn start(
         decoding,
     });
     started.shares.push(share);
+    let destination = route
+        .destination
+        .commit_identity(&route.aws, identity.as_ref());
+    started
+        .fingerprints
+        .push(crate::pipeline::delivered::fingerprint(&destination).into());
     Ok(Ok(()))
 }
 

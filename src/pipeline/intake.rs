@@ -100,10 +100,12 @@ pub struct Intake {
     waiting: Vec<Waiting>,
 }
 
-/// A record ready for its lane, or one that waits for its schema.
+/// A record ready for its lane, one that waits for its schema, or one delivered before.
 enum Prepared {
     Send(String, Bytes),
     Wait,
+    /// The partition's last commit says it was delivered already (see [`Intake::skip_delivered`]).
+    Delivered,
 }
 
 struct Held {
@@ -177,6 +179,10 @@ impl Intake {
             self.park(at, OwnedRecord::of(msg, progress.topic.clone()));
             return true;
         }
+        if progress.was_delivered(msg.offset()) {
+            self.skip_delivered(msg, &progress);
+            return true;
+        }
         let prepared = self.prepare(msg, route);
         if let Ok(Prepared::Wait) = prepared {
             self.waiting.push(Waiting {
@@ -231,6 +237,10 @@ impl Intake {
                 true
             }
             Ok(Prepared::Wait) => unreachable!("a waiting record is parked, not accepted"),
+            Ok(Prepared::Delivered) => {
+                self.skip_delivered(msg, &progress);
+                true
+            }
             Err(withheld) => {
                 // Offsets are registered in fetch order: the held records first.
                 self.hand_over();
@@ -278,7 +288,11 @@ impl Intake {
                     break;
                 };
                 let (route, progress) = (self.waiting[at].route, self.waiting[at].progress.clone());
-                let prepared = self.prepare(&record, route);
+                let prepared = if progress.was_delivered(record.offset()) {
+                    Ok(Prepared::Delivered)
+                } else {
+                    self.prepare(&record, route)
+                };
                 if let Ok(Prepared::Wait) = prepared {
                     self.waiting[at].records.push_front(record);
                     at += 1;
@@ -422,6 +436,21 @@ impl Intake {
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// A record the partition's last commit says was delivered (or dead-lettered) already, by a
+    /// member that crashed before its commit point passed it: registered and acknowledged at
+    /// once, not sent again.
+    fn skip_delivered(&mut self, msg: &impl Fetched, progress: &PartitionProgress) {
+        // Offsets are registered in fetch order: the held records first.
+        self.hand_over();
+        let offset = msg.offset();
+        if progress.register_at(offset, msg.timestamp().millis()) {
+            progress.ack(offset);
+            self.metrics.skipped_as_delivered(msg.topic()).inc();
+        } else {
+            self.metrics.refetched.inc();
         }
     }
 

@@ -70,8 +70,9 @@ impl<S: Sink> Lane<S> {
     }
 
     /// [`Self::run`], and if the lane dies of a bug (a panic), the pipeline halts with the reason
-    /// instead of leaving this lane's keys undelivered while everything else looks alive: exit
-    /// code 4, nothing it held committed, a restart sends it again.
+    /// instead of leaving this lane's keys undelivered while everything else looks alive: nothing
+    /// it held committed, a restart sends it again. Under `doka run` the panic hook
+    /// (src/panics.rs) ends the process first, at once; this is the line behind it.
     pub async fn run_watched(self) {
         use futures::FutureExt;
         let (id, halt) = (self.id, self.halt.clone());
@@ -93,6 +94,7 @@ impl<S: Sink> Lane<S> {
     pub async fn run(mut self) {
         while let Some(batch) = self.batcher.next_batch().await {
             let bytes: u64 = batch.iter().map(|r| r.size() as u64).sum();
+            crate::panics::test_panic("lane");
             let delivered = self.deliver(&batch).await;
             if delivered {
                 acknowledge(&batch, &self.metrics.record_age);

@@ -8,6 +8,7 @@
 
 pub mod batch;
 pub mod decoded;
+pub mod delivered;
 pub mod envelope;
 pub mod freshness;
 pub mod intake;

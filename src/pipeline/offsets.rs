@@ -8,6 +8,8 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::delivered::DeliveredRanges;
+
 /// The delivery state of one partition's records between fetch and commit.
 ///
 /// Offsets are registered in fetch order (strictly increasing, gaps allowed: compaction and
@@ -18,6 +20,9 @@ pub struct Watermark {
     pending: VecDeque<Pending>,
     /// One past the highest registered offset: the commit point when nothing is pending.
     next: Option<i64>,
+    /// Acknowledgements so far: a commit is due when it changed, even if the commit point did
+    /// not move (the records delivered above it go in the commit's metadata).
+    acks: u64,
 }
 
 /// A registered record: its offset, whether it is delivered, and its Kafka timestamp (for the
@@ -59,6 +64,7 @@ impl Watermark {
             if !record.acked {
                 record.acked = true;
                 timestamp = record.timestamp_ms;
+                self.acks += 1;
             }
         }
         while self.pending.front().is_some_and(|p| p.acked) {
@@ -95,6 +101,30 @@ impl Watermark {
     pub fn is_drained(&self) -> bool {
         self.pending.is_empty()
     }
+
+    /// The delivered records above the commit point, as runs of consecutive offsets `[start,
+    /// end)` (a hole in the offsets, left by compaction or a transaction marker, ends a run:
+    /// only offsets that were delivered are named).
+    pub fn delivered_runs(&self) -> Vec<(i64, i64)> {
+        let mut runs: Vec<(i64, i64)> = Vec::new();
+        for p in self.pending.iter().filter(|p| p.acked) {
+            match runs.last_mut() {
+                Some(run) if run.1 == p.offset => run.1 += 1,
+                _ => runs.push((p.offset, p.offset + 1)),
+            }
+        }
+        runs
+    }
+}
+
+/// What a commit of a partition says: the offset and the records delivered above it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitPoint {
+    pub offset: i64,
+    /// Delivered offsets above `offset` (sorted, disjoint).
+    pub delivered: DeliveredRanges,
+    /// The acknowledgements it reflects (see [`PartitionProgress::commit_sent`]).
+    acks: u64,
 }
 
 /// One assigned partition, shared by the consumer thread (register, commit) and the lanes (ack).
@@ -113,10 +143,29 @@ pub struct PartitionProgress {
     /// Set when the partition is revoked or lost: records fetched for this assignment and not
     /// yet handed to a lane are dropped (the next owner reads them from the committed offset).
     revoked: AtomicBool,
+    /// Offsets above the committed one that the last commit (an earlier owner's) says were
+    /// delivered: skipped when fetched, and named again in this owner's commits until the commit
+    /// point passes them.
+    inherited: DeliveredRanges,
+    /// The acknowledgements the last commit sent reflected.
+    sent_acks: Mutex<Option<u64>>,
+    /// Names the route's destination in the commit metadata ([`super::delivered::fingerprint`]).
+    pub fingerprint: Arc<str>,
 }
 
 impl PartitionProgress {
     pub fn new(topic: Arc<str>, partition: i32) -> Arc<Self> {
+        Self::inheriting(topic, partition, "".into(), DeliveredRanges::default())
+    }
+
+    /// A partition of the destination `fingerprint` whose last commit names `inherited` as
+    /// delivered above its offset.
+    pub fn inheriting(
+        topic: Arc<str>,
+        partition: i32,
+        fingerprint: Arc<str>,
+        inherited: DeliveredRanges,
+    ) -> Arc<Self> {
         Arc::new(Self {
             topic,
             partition,
@@ -124,7 +173,15 @@ impl PartitionProgress {
             committed: Mutex::new(None),
             sent: Mutex::new(None),
             revoked: AtomicBool::new(false),
+            inherited,
+            sent_acks: Mutex::new(None),
+            fingerprint,
         })
+    }
+
+    /// Whether the last commit said `offset` was delivered already (by an earlier owner).
+    pub fn was_delivered(&self, offset: i64) -> bool {
+        !self.inherited.is_empty() && self.inherited.contains(offset)
     }
 
     pub fn revoke(&self) {
@@ -196,6 +253,33 @@ impl PartitionProgress {
         let committable = self.committable()?;
         let committed = *self.committed.lock().unwrap();
         (committed != Some(committable)).then_some(committable)
+    }
+
+    /// What to commit now, with the records delivered above it: when the commit point moved
+    /// since the last confirmed commit, or records above it were delivered since the last one
+    /// sent.
+    pub fn commit_point_due(&self) -> Option<CommitPoint> {
+        let watermark = self.watermark.lock().unwrap();
+        let offset = watermark.committable()?;
+        let acks = watermark.acks;
+        let moved = *self.committed.lock().unwrap() != Some(offset);
+        let delivered_since = *self.sent_acks.lock().unwrap() != Some(acks);
+        if !moved && !delivered_since {
+            return None;
+        }
+        let mut runs = watermark.delivered_runs();
+        drop(watermark);
+        runs.extend(self.inherited.above(offset));
+        Some(CommitPoint {
+            offset,
+            delivered: DeliveredRanges::from_ranges(runs),
+            acks,
+        })
+    }
+
+    /// A commit of `point` was sent (its metadata is not sent again until more is delivered).
+    pub fn commit_point_sent(&self, point: &CommitPoint) {
+        *self.sent_acks.lock().unwrap() = Some(point.acks);
     }
 
     /// The highest offset committed, or sent to be committed, under this assignment.
@@ -349,6 +433,42 @@ mod tests {
         w.ack(3);
         assert_eq!(w.oldest_undelivered(), None);
         assert!(w.is_drained());
+    }
+
+    #[test]
+    fn a_commit_point_names_the_runs_delivered_above_it_and_what_it_inherited() {
+        let inherited = DeliveredRanges::from_ranges([(3, 5), (8, 10)]);
+        let p = PartitionProgress::inheriting("t".into(), 0, "fp".into(), inherited);
+        assert!(p.was_delivered(4) && !p.was_delivered(5) && p.was_delivered(9));
+        for o in 0..3 {
+            p.register(o);
+        }
+        p.ack(1);
+        p.ack(2);
+        let point = p.commit_point_due().unwrap();
+        assert_eq!(point.offset, 0);
+        assert_eq!(point.delivered.ranges(), &[(1, 5), (8, 10)]);
+        p.commit_point_sent(&point);
+        p.mark_committed(0);
+        assert_eq!(p.commit_point_due(), None, "nothing new delivered");
+        // 3 and 4 come as inherited (skipped: registered and acknowledged), then 5 is delivered.
+        for o in 3..6 {
+            p.register(o);
+            p.ack(o);
+        }
+        let point = p
+            .commit_point_due()
+            .expect("more delivered above the same offset");
+        assert_eq!(point.offset, 0);
+        assert_eq!(point.delivered.ranges(), &[(1, 6), (8, 10)]);
+        p.ack(0);
+        let point = p.commit_point_due().unwrap();
+        assert_eq!(point.offset, 6);
+        assert_eq!(
+            point.delivered.ranges(),
+            &[(8, 10)],
+            "what is left of the inherited"
+        );
     }
 
     #[test]

@@ -187,6 +187,10 @@ pub struct PipelineConfig {
     pub ordering: Ordering,
     #[serde(default = "defaults::commit_interval_ms")]
     pub commit_interval_ms: u64,
+    /// The longest commit metadata (the records delivered above a committed offset, read by the
+    /// next owner after a crash); 0 turns it off. Kafka's `offset.metadata.max.bytes`.
+    #[serde(default = "defaults::commit_metadata_max_bytes")]
+    pub commit_metadata_max_bytes: u64,
     /// How long a revoked partition's records in flight may take before the rebalance goes on.
     #[serde(default = "defaults::rebalance_drain_timeout_ms")]
     pub rebalance_drain_timeout_ms: u64,
@@ -265,6 +269,9 @@ mod defaults {
     pub fn rebalance_drain_timeout_ms() -> u64 {
         10_000
     }
+    pub fn commit_metadata_max_bytes() -> u64 {
+        crate::pipeline::delivered::DEFAULT_MAX_BYTES as u64
+    }
     pub fn shutdown_timeout_ms() -> u64 {
         30_000
     }
@@ -300,6 +307,7 @@ impl Default for PipelineConfig {
             max_in_flight_bytes: defaults::max_in_flight_bytes(),
             ordering: Ordering::default(),
             commit_interval_ms: defaults::commit_interval_ms(),
+            commit_metadata_max_bytes: defaults::commit_metadata_max_bytes(),
             rebalance_drain_timeout_ms: defaults::rebalance_drain_timeout_ms(),
             shutdown_timeout_ms: defaults::shutdown_timeout_ms(),
         }
@@ -339,6 +347,12 @@ impl PipelineConfig {
             self.commit_interval_ms,
             10,
             600_000,
+        )?;
+        range(
+            "pipeline.commit_metadata_max_bytes",
+            self.commit_metadata_max_bytes,
+            0,
+            1024 * 1024,
         )?;
         range(
             "pipeline.rebalance_drain_timeout_ms",

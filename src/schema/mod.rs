@@ -257,10 +257,11 @@ impl Fetcher {
                 Ok(fetched) => {
                     self.metrics.fetched(FetchOutcome::Ok);
                     // A compiler panic on a hostile schema must not leave its records waiting.
-                    let compiled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        Schema::compile(&fetched, self.framing)
-                    }))
-                    .unwrap_or_else(|_| Err("compiling it panicked".into()));
+                    let compiled =
+                        crate::panics::contained(|| Schema::compile(&fetched, self.framing))
+                            .unwrap_or_else(|panic| {
+                                Err(format!("compiling it panicked ({panic})"))
+                            });
                     match compiled {
                         Ok(compiled) => {
                             let held = cache.ready(schema, Arc::new(compiled));

@@ -178,6 +178,26 @@ impl Destination {
         }
     }
 
+    /// What the commit metadata's fingerprint names (src/pipeline/delivered.rs): the
+    /// destination itself — kind, stream or ARN, region, account. Records delivered to it are
+    /// not sent to it again after a crash; a changed destination gets them all.
+    pub fn commit_identity(&self, aws: &AwsConfig, identity: Option<&RouteIdentity>) -> String {
+        let region = identity.map_or("", |i| i.region.as_str());
+        let account = aws
+            .role_arn
+            .as_deref()
+            .and_then(|arn| arn.split(':').nth(4))
+            .unwrap_or("source");
+        match self {
+            Self::Kinesis(k) => format!(
+                "kinesis\n{}\n{region}\n{account}",
+                k.stream.as_deref().unwrap_or_default()
+            ),
+            Self::Firehose(_) => format!("firehose\n{}\n{region}\n{account}", self.name()),
+            Self::Stdout(_) => "stdout".into(),
+        }
+    }
+
     /// The `doka check` hop that stands for the destination itself.
     pub fn check_hop(&self) -> &'static str {
         match self {

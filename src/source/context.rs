@@ -3,19 +3,20 @@
 //! and the state those callbacks share with the consumer loop.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::client::{ClientContext, OAuthToken};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
 use crate::kafka::BrokerAccess;
+use crate::pipeline::delivered::{self, DeliveredRanges, Unused};
 use crate::pipeline::intake::TopicRoutes;
-use crate::pipeline::offsets::PartitionProgress;
+use crate::pipeline::offsets::{CommitPoint, PartitionProgress};
 use crate::pipeline::{Budget, Halt};
 use crate::telemetry::health::Health;
 use crate::telemetry::metrics::Metrics;
@@ -42,6 +43,8 @@ pub struct SourceContext {
     /// Set when a rebalance completed: the broker refused commits while it was under way, so
     /// commit at once rather than at the next interval (a member that dies now re-sends less).
     pub(super) commit_now: AtomicBool,
+    /// Commit metadata: each route's destination fingerprint and the size limit (0: off).
+    pub(super) metadata: CommitMetadata,
     pub(super) access: BrokerAccess,
     pub(super) metrics: Arc<Metrics>,
     /// Readiness: a member once the group has handed out an assignment (empty ones too).
@@ -118,23 +121,39 @@ impl SourceContext {
         removed
     }
 
+    /// Commits what is due of `partitions`, each with the records delivered above its offset in
+    /// the commit's metadata. Err: the broker refused it (logged here unless a rebalance is the
+    /// reason: the caller decides then).
     pub(super) fn commit(
         &self,
         consumer: &BaseConsumer<Self>,
         partitions: &[Arc<PartitionProgress>],
         mode: CommitMode,
-    ) {
+    ) -> KafkaResult<()> {
         let mut tpl = TopicPartitionList::new();
+        let mut points = Vec::new();
         for p in partitions {
-            if let Some(offset) = p.commit_due() {
-                // Cannot fail for a valid offset.
-                let _ = tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(offset));
+            let Some(point) = p.commit_point_due() else {
+                continue;
+            };
+            let mut entry = tpl.add_partition(&p.topic, p.partition);
+            // Cannot fail for a valid offset.
+            let _ = entry.set_offset(Offset::Offset(point.offset));
+            if let Some(metadata) = self.metadata.encode(p, &point) {
+                entry.set_metadata(metadata);
             }
+            points.push((p, point));
         }
         if tpl.count() == 0 {
-            return;
+            return Ok(());
         }
-        match consumer.commit(&tpl, mode) {
+        let result = consumer.commit(&tpl, mode);
+        if result.is_ok() {
+            for (p, point) in &points {
+                p.commit_point_sent(point);
+            }
+        }
+        match result {
             Ok(()) if matches!(mode, CommitMode::Sync) => mark_committed(partitions, &tpl),
             Ok(()) => {
                 // librdkafka reports asynchronous commits to nobody without a commit callback
@@ -147,7 +166,173 @@ impl SourceContext {
                     }
                 }
             }
-            Err(e) => warn!("committing offsets failed (they will be committed later): {e}"),
+            Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::OffsetMetadataTooLarge) => {
+                // Again without metadata (turned off now): once, as nothing else can be too large.
+                if self.metadata.refused(&e) {
+                    return self.commit(consumer, partitions, mode);
+                }
+                return Err(e);
+            }
+            Err(e) if refused_for_rebalance(&e) => return Err(e),
+            Err(e) => {
+                warn!("committing offsets failed (they will be committed later): {e}");
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// The committed offsets of newly assigned partitions and the delivered records their
+    /// metadata names (empty when there is none, or it cannot be used).
+    fn inherited(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &TopicPartitionList,
+    ) -> HashMap<(String, i32), (i64, Vec<u8>)> {
+        if !self.metadata.enabled() || tpl.count() == 0 {
+            return HashMap::new();
+        }
+        match consumer.committed_offsets(tpl.clone(), COMMITTED_TIMEOUT) {
+            Ok(committed) => committed_metadata(&committed),
+            Err(e) => {
+                warn!(
+                    "cannot read the committed offsets' metadata of the assigned partitions ({e}): \
+                     records delivered above the committed offsets are sent again"
+                );
+                HashMap::new()
+            }
+        }
+    }
+}
+
+/// How long reading the committed offsets at assignment may take (inside the rebalance).
+const COMMITTED_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A commit refused because the group is rebalancing (or this member's generation ended).
+pub(super) fn refused_for_rebalance(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::RebalanceInProgress
+                | RDKafkaErrorCode::IllegalGeneration
+                | RDKafkaErrorCode::UnknownMemberId
+                | RDKafkaErrorCode::FencedInstanceId
+        )
+    )
+}
+
+/// The commit metadata settings: which records above a commit were delivered (src/pipeline/
+/// delivered.rs).
+pub struct CommitMetadata {
+    /// Each route's destination fingerprint, by route index.
+    pub fingerprints: Vec<Arc<str>>,
+    /// The longest metadata to write; 0 turns it off. Set to 0 when the broker refuses it.
+    pub max_bytes: AtomicUsize,
+}
+
+impl CommitMetadata {
+    pub fn enabled(&self) -> bool {
+        self.max_bytes.load(AtomicOrdering::Relaxed) > 0
+    }
+
+    fn encode(&self, p: &PartitionProgress, point: &CommitPoint) -> Option<String> {
+        let max_bytes = self.max_bytes.load(AtomicOrdering::Relaxed);
+        if max_bytes == 0 || point.delivered.is_empty() {
+            return None;
+        }
+        delivered::encode(
+            &p.fingerprint,
+            point.offset,
+            point.delivered.ranges().iter().copied(),
+            max_bytes,
+        )
+    }
+
+    /// The broker keeps less than `pipeline.commit_metadata_max_bytes`: committed without
+    /// metadata from now on.
+    /// True when it was on until now.
+    fn refused(&self, e: &KafkaError) -> bool {
+        let was_on = self.max_bytes.swap(0, AtomicOrdering::Relaxed) > 0;
+        if was_on {
+            warn!(
+                "the broker refused the commit metadata as too large ({e}): committing without \
+                 it from now on (a crash then re-sends every record above a committed offset). \
+                 Set pipeline.commit_metadata_max_bytes to the brokers' offset.metadata.max.bytes"
+            );
+        }
+        was_on
+    }
+}
+
+/// Each partition's committed offset and metadata bytes, read through librdkafka directly:
+/// rdkafka's accessor panics on metadata that is not UTF-8, which any other client may write.
+fn committed_metadata(tpl: &TopicPartitionList) -> HashMap<(String, i32), (i64, Vec<u8>)> {
+    let mut out = HashMap::new();
+    // SAFETY: the list is alive for this call and librdkafka owns its elements; each element's
+    // topic is a C string and its metadata `metadata_size` bytes (or null).
+    unsafe {
+        let list = &*tpl.ptr();
+        if list.elems.is_null() {
+            return out;
+        }
+        for e in std::slice::from_raw_parts(list.elems, list.cnt.max(0) as usize) {
+            if e.err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+                || e.offset < 0
+                || e.topic.is_null()
+            {
+                continue;
+            }
+            let topic = std::ffi::CStr::from_ptr(e.topic)
+                .to_string_lossy()
+                .into_owned();
+            let metadata = if e.metadata.is_null() {
+                Vec::new()
+            } else {
+                std::slice::from_raw_parts(e.metadata.cast::<u8>(), e.metadata_size).to_vec()
+            };
+            out.insert((topic, e.partition), (e.offset, metadata));
+        }
+    }
+    out
+}
+
+impl SourceContext {
+    /// What a partition's last commit says was delivered above `committed`, logged.
+    fn delivered_before(
+        &self,
+        topic: &str,
+        partition: i32,
+        fingerprint: &str,
+        committed: i64,
+        metadata: &[u8],
+    ) -> DeliveredRanges {
+        match delivered::decode(metadata, fingerprint, committed) {
+            Ok(delivered) => {
+                if let Some(&(_, end)) = delivered.ranges().last() {
+                    info!(
+                        topic,
+                        partition,
+                        committed,
+                        records = delivered.count(),
+                        "the last commit says {} records above offset {committed} (up to offset \
+                         {}) were delivered already: they are skipped, not sent again",
+                        delivered.count(),
+                        end - 1
+                    );
+                }
+                delivered
+            }
+            Err(Unused::Absent) => DeliveredRanges::default(),
+            Err(unused) => {
+                info!(
+                    topic,
+                    partition,
+                    committed,
+                    "the last commit's record of delivered offsets is not used ({unused}): \
+                     every record from offset {committed} on is sent"
+                );
+                DeliveredRanges::default()
+            }
         }
     }
 }
@@ -221,9 +406,21 @@ impl ConsumerContext for SourceContext {
                 );
             }
         }
-        self.commit(consumer, &revoked, CommitMode::Sync);
         self.metrics.rebalance("revoked");
-        info!(partitions = %describe(&revoked), "partitions revoked and committed");
+        match self.commit(consumer, &revoked, CommitMode::Sync) {
+            Ok(()) => info!(partitions = %describe(&revoked), "partitions revoked and committed"),
+            Err(e) if refused_for_rebalance(&e) => warn!(
+                partitions = %describe_points(&revoked),
+                "partitions revoked; the broker refused their commit while the group rebalances \
+                 ({e}): not committed. Their new owners send again what was delivered above the \
+                 last commit (a late commit could move a new owner's offset back)"
+            ),
+            Err(e) => warn!(
+                partitions = %describe(&revoked),
+                "partitions revoked, not committed ({e}): their new owners send again what was \
+                 delivered after the last commit"
+            ),
+        }
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -231,6 +428,7 @@ impl ConsumerContext for SourceContext {
             Rebalance::Assign(tpl) => {
                 // In the group now, with partitions or (more members than partitions) without.
                 self.health.joined();
+                let inherited = self.inherited(consumer, tpl);
                 let mut map = self.partitions.lock().unwrap();
                 let mut to_pause = TopicPartitionList::new();
                 for e in tpl.elements() {
@@ -252,9 +450,30 @@ impl ConsumerContext for SourceContext {
                     {
                         to_pause.add_partition(e.topic(), e.partition());
                     }
+                    let fingerprint = self.metadata.fingerprints[route].clone();
+                    let delivered = inherited
+                        .get(&(e.topic().to_owned(), e.partition()))
+                        .map(|(offset, metadata)| {
+                            self.delivered_before(
+                                e.topic(),
+                                e.partition(),
+                                &fingerprint,
+                                *offset,
+                                metadata,
+                            )
+                        })
+                        .unwrap_or_default();
                     map.entry(topic.clone()).or_default().insert(
                         e.partition(),
-                        (PartitionProgress::new(topic, e.partition()), route),
+                        (
+                            PartitionProgress::inheriting(
+                                topic,
+                                e.partition(),
+                                fingerprint,
+                                delivered,
+                            ),
+                            route,
+                        ),
                     );
                 }
                 drop(map);
@@ -284,6 +503,9 @@ impl ConsumerContext for SourceContext {
         match result {
             Ok(()) => mark_committed(&self.all(), offsets),
             Err(e) => {
+                if e.rdkafka_error_code() == Some(RDKafkaErrorCode::OffsetMetadataTooLarge) {
+                    self.metadata.refused(&e);
+                }
                 warn!("asynchronous offset commit failed (retried at the next interval): {e}")
             }
         }
@@ -294,6 +516,19 @@ pub(super) fn describe(partitions: &[Arc<PartitionProgress>]) -> String {
     partitions
         .iter()
         .map(|p| format!("{}[{}]", p.topic, p.partition))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Each partition with its last commit and what was delivered since: `t[0]@120..180`.
+fn describe_points(partitions: &[Arc<PartitionProgress>]) -> String {
+    partitions
+        .iter()
+        .map(|p| {
+            let last = p.last_commit().map_or("-".into(), |o| o.to_string());
+            let now = p.committable().map_or("-".into(), |o| o.to_string());
+            format!("{}[{}]@{last}..{now}", p.topic, p.partition)
+        })
         .collect::<Vec<_>>()
         .join(",")
 }

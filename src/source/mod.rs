@@ -10,7 +10,7 @@ mod gauges;
 mod leave;
 mod pause;
 
-pub use context::SourceContext;
+pub use context::{CommitMetadata, SourceContext};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
@@ -46,6 +46,8 @@ pub struct SourceParts {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub commit_interval: Duration,
+    /// What commits say about the records delivered above the committed offset.
+    pub commit_metadata: CommitMetadata,
     pub drain_timeout: Duration,
     pub shutdown_timeout: Duration,
     /// Cancelled when doka is asked to stop (a signal).
@@ -115,6 +117,7 @@ pub fn run(
         halt: parts.halt.clone(),
         closing: AtomicBool::new(false),
         commit_now: AtomicBool::new(false),
+        metadata: parts.commit_metadata,
         access,
         metrics: parts.metrics,
         health: parts.health.clone(),
@@ -264,6 +267,7 @@ fn consume(consumer: &BaseConsumer<SourceContext>, intake: &mut Intake, controls
             wait = Duration::ZERO;
             match polled {
                 Ok(msg) => {
+                    crate::panics::test_panic("consumer");
                     if !take(&msg, consumer.context(), intake) {
                         break 'rounds;
                     }
@@ -283,7 +287,8 @@ fn consume(consumer: &BaseConsumer<SourceContext>, intake: &mut Intake, controls
         if last_commit.elapsed() >= *commit_interval
             || context.commit_now.swap(false, AtomicOrdering::SeqCst)
         {
-            context.commit(consumer, &context.all(), CommitMode::Async);
+            // A failure is logged there and retried at the next interval.
+            let _ = context.commit(consumer, &context.all(), CommitMode::Async);
             last_commit = Instant::now();
         }
         if last_gauges.elapsed() >= PARTITION_GAUGES_EVERY {
@@ -320,7 +325,15 @@ fn shut_down(
     let context = consumer.context();
     context.closing.store(true, AtomicOrdering::SeqCst);
     context.all_paused.store(true, AtomicOrdering::SeqCst);
-    context.commit(&consumer, &context.all(), CommitMode::Sync);
+    if let Err(e) = context.commit(&consumer, &context.all(), CommitMode::Sync) {
+        // Other failures are logged there.
+        if context::refused_for_rebalance(&e) {
+            warn!(
+                "the last commit was refused while the group rebalances ({e}): the partitions' \
+                 next owners send again what was delivered above their last commit"
+            );
+        }
+    }
     let undelivered = controls.budget.usage().records;
     leave_group(&consumer);
     close(consumer);

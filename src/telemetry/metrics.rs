@@ -74,6 +74,7 @@ pub struct Metrics {
     consumed: IntCounterVec,
     dead_lettered: IntCounterVec,
     skipped: IntCounterVec,
+    skipped_as_delivered: IntCounterVec,
     /// Re-fetched copies of records already on their way (after a rebalance or a seek).
     pub refetched: IntCounter,
     /// Records fetched for partitions already revoked, left to their new owner.
@@ -228,6 +229,13 @@ impl Metrics {
                 &r,
                 "doka_records_skipped_total",
                 "Records an explicit skip policy kept from the stream (offsets committed).",
+                &["topic"],
+            ),
+            skipped_as_delivered: counter(
+                &r,
+                "doka_records_skipped_as_delivered_total",
+                "Records not sent again after a crash: the last commit's metadata says they were \
+                 delivered (or dead-lettered) already.",
                 &["topic"],
             ),
             refetched,
@@ -418,6 +426,11 @@ impl Metrics {
 
     pub fn skipped(&self, topic: &str) -> IntCounter {
         self.skipped.with_label_values(&[self.topics.label(topic)])
+    }
+
+    pub fn skipped_as_delivered(&self, topic: &str) -> IntCounter {
+        self.skipped_as_delivered
+            .with_label_values(&[self.topics.label(topic)])
     }
 
     /// Offsets and lag of an assigned partition; `None` values are not known (yet).

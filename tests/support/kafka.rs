@@ -48,6 +48,16 @@ impl Kafka {
         self.cluster.broker_up(1).expect("broker up");
     }
 
+    /// The next `n` OffsetCommit requests (from any client) are refused with
+    /// REBALANCE_IN_PROGRESS, as a broker does while the group rebalances.
+    pub fn refuse_next_commits(&self, n: usize) {
+        use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+        self.cluster.request_errors(
+            RDKafkaApiKey::OffsetCommit,
+            &vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS; n],
+        );
+    }
+
     pub fn create_topic(&self, topic: &str, partitions: i32) {
         self.cluster
             .create_topic(topic, partitions, 1)
@@ -315,4 +325,33 @@ pub async fn wait_for_topic_committed(
         (now == *ends).then_some(()).ok_or(format!("{now:?}"))
     })
     .await
+}
+
+/// Each partition's committed offset and the metadata committed with it.
+pub fn committed_with_metadata(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> HashMap<i32, (i64, String)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), (o, e.metadata().to_owned()))),
+            _ => None,
+        })
+        .collect()
 }

@@ -44,6 +44,9 @@ pub struct Faults {
     /// In front of STS: web-identity credentials (AssumeRoleWithWebIdentity, the IRSA exchange)
     /// expire this long after they are handed out (the emulator gives an hour).
     pub web_identity_expires_in: Option<Duration>,
+    /// A PutRecords request carrying an entry with this partition key is never forwarded or
+    /// answered (a request in flight at a kill); doka's request timeout ends its wait.
+    pub hold_key: Option<&'static str>,
 }
 
 /// What a role's trust policy lets through, for the STS proxy.
@@ -69,6 +72,45 @@ pub struct Counters {
     pub requests_denied: AtomicU64,
     /// Every distinct `Data` value (base64) that reached the proxy in a PutRecords request.
     pub distinct_data: Mutex<std::collections::HashSet<String>>,
+    /// The message ids ([`super::message_id`]) of entries the stream accepted, in answer order.
+    pub acked_ids: Mutex<Vec<usize>>,
+    /// PutRecords requests held by `Faults::hold_key`, and the message ids in them.
+    pub held_requests: AtomicU64,
+    /// PutRecords requests received and not answered yet (held ones included).
+    pub open_requests: AtomicU64,
+    pub held_ids: Mutex<std::collections::HashSet<usize>>,
+}
+
+impl Counters {
+    /// How many entries the stream accepted so far.
+    pub fn acked(&self) -> usize {
+        self.acked_ids.lock().unwrap().len()
+    }
+}
+
+/// Counts a request as open while it lives.
+struct Open<'a>(&'a AtomicU64);
+
+impl<'a> Open<'a> {
+    fn new(counter: &'a AtomicU64) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Self(counter)
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The message id in a PutRecords entry's data, if it is one of [`super::keyed_messages`].
+fn entry_id(entry: &Value) -> Option<usize> {
+    let data = base64_simd::STANDARD
+        .decode_to_vec(entry["Data"].as_str()?)
+        .ok()?;
+    let text = std::str::from_utf8(&data[..data.iter().position(|&b| b == b';')?]).ok()?;
+    text.strip_prefix("id=")?.parse().ok()
 }
 
 pub struct FaultProxy {
@@ -231,6 +273,7 @@ impl State {
             .put_records_requests
             .fetch_add(1, Ordering::Relaxed)
             + 1;
+        let _open = Open::new(&self.counters.open_requests);
         let faults = *self.faults.lock().unwrap();
         let every = |n: Option<u64>| n.is_some_and(|n| nth.is_multiple_of(n));
         if let Some(kind) = faults.deny_with {
@@ -288,8 +331,24 @@ impl State {
         self.counters
             .entries_rejected
             .fetch_add(n_rejected as u64, Ordering::Relaxed);
+        if let Some(key) = faults.hold_key
+            && entries.iter().any(|e| e["PartitionKey"] == key)
+        {
+            self.counters.held_requests.fetch_add(1, Ordering::SeqCst);
+            self.counters
+                .held_ids
+                .lock()
+                .unwrap()
+                .extend(entries.iter().filter_map(entry_id));
+            std::future::pending::<()>().await;
+        }
         if n_rejected == 0 {
             let (status, body) = self.forward(&parts, body).await;
+            if status == StatusCode::OK
+                && let Ok(answer) = serde_json::from_slice::<Value>(&body)
+            {
+                self.note_acked(&entries, answer["Records"].as_array());
+            }
             return respond(status, body);
         }
 
@@ -308,6 +367,10 @@ impl State {
                 return respond(status, body);
             }
             let answer: Value = serde_json::from_slice(&body).expect("PutRecords answer");
+            self.note_acked(
+                request["Records"].as_array().unwrap(),
+                answer["Records"].as_array(),
+            );
             upstream_results = answer["Records"].as_array().cloned().unwrap_or_default();
         }
         let mut upstream_results = upstream_results.into_iter();
@@ -336,6 +399,19 @@ impl State {
             StatusCode::OK,
             Bytes::from(json!({"FailedRecordCount": failed, "Records": results}).to_string()),
         )
+    }
+
+    /// Notes the ids of the entries the stream's answer accepted.
+    fn note_acked(&self, entries: &[Value], results: Option<&Vec<Value>>) {
+        let Some(results) = results else {
+            return;
+        };
+        let accepted = entries
+            .iter()
+            .zip(results)
+            .filter(|(_, r)| r.get("ErrorCode").is_none_or(Value::is_null))
+            .filter_map(|(e, _)| entry_id(e));
+        self.counters.acked_ids.lock().unwrap().extend(accepted);
     }
 
     async fn forward(
