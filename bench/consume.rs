@@ -57,18 +57,27 @@ fn main() -> anyhow::Result<()> {
             tpl.add_partition(&args.topic, p.id());
         }
         let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
-        let offsets: serde_json::Map<String, serde_json::Value> = committed
-            .elements()
-            .iter()
-            .map(|e| {
-                let offset = match e.offset() {
-                    rdkafka::Offset::Offset(o) => o,
-                    _ => 0,
-                };
-                (e.partition().to_string(), offset.into())
-            })
-            .collect();
-        println!("{}", serde_json::json!({ "committed": offsets }));
+        let mut offsets = serde_json::Map::new();
+        // Per partition: the records above the committed offset its metadata names as delivered
+        // (doka's commit metadata, src/pipeline/delivered.rs).
+        let mut named = serde_json::Map::new();
+        for e in committed.elements() {
+            let offset = match e.offset() {
+                rdkafka::Offset::Offset(o) => o,
+                _ => 0,
+            };
+            let metadata = e.metadata();
+            let fingerprint = metadata.split(':').nth(1).unwrap_or_default();
+            let delivered =
+                doka::pipeline::delivered::decode(metadata.as_bytes(), fingerprint, offset)
+                    .unwrap_or_default();
+            offsets.insert(e.partition().to_string(), offset.into());
+            named.insert(e.partition().to_string(), delivered.count().into());
+        }
+        println!(
+            "{}",
+            serde_json::json!({ "committed": offsets, "named_in_metadata": named })
+        );
         return Ok(());
     }
     consumer.subscribe(&[&args.topic])?;

@@ -33,6 +33,9 @@ struct Args {
     topic: String,
     #[arg(long, default_value_t = 4)]
     partitions: i32,
+    /// The topic exists already (librdkafka's mock broker, which has no CreateTopics).
+    #[arg(long)]
+    topic_exists: bool,
     #[arg(long, default_value_t = 1_000_000)]
     records: u64,
     /// Value size in bytes (at least the sequence prefix).
@@ -147,13 +150,15 @@ fn main() -> anyhow::Result<()> {
         .set("bootstrap.servers", &args.brokers)
         .create()?;
     let topic = NewTopic::new(&args.topic, args.partitions, TopicReplication::Fixed(1));
-    let created = runtime.block_on(admin.create_topics(
-        [&topic],
-        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-    ))?;
-    for result in created {
-        if let Err((name, e)) = result {
-            anyhow::bail!("creating topic {name}: {e}");
+    if !args.topic_exists {
+        let created = runtime.block_on(admin.create_topics(
+            [&topic],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        ))?;
+        for result in created {
+            if let Err((name, e)) = result {
+                anyhow::bail!("creating topic {name}: {e}");
+            }
         }
     }
 

@@ -96,7 +96,8 @@ def build():
     subprocess.run(
         ["cargo", "build", "--release", "--quiet", "--bin", "doka",
          "--example", "bench_kinesis", "--example", "bench_fill",
-         "--example", "bench_one_at_a_time"],
+         "--example", "bench_one_at_a_time", "--example", "bench_consume",
+         "--example", "bench_mock_broker"],
         cwd=ROOT, check=True,
     )
 
@@ -272,7 +273,8 @@ def run_doka(args, procs, work, brokers, topic, ends, endpoint, stats_url, filli
             stats = json.loads(http(stats_url))
             first = stats["first_accept_us"]
             if first is not None and stats["now_us"] - first >= args.kill_after * 1e6:
-                return measure_kill(args, doka, brokers, topic, group, stats_url, total, log_file)
+                kill_context = (brokers, topic, group, ends, config, metrics_url, endpoint)
+                return measure_kill(args, doka, kill_context, stats_url, total, log_file)
         if doka.poll() is not None:
             raise SystemExit(f"doka exited with {doka.returncode}; see {log_file.name}")
         text = http(metrics_url)
@@ -336,34 +338,85 @@ def run_doka(args, procs, work, brokers, topic, ends, endpoint, stats_url, filli
     return result
 
 
-def measure_kill(args, doka, brokers, topic, group, stats_url, total, log_file):
-    """SIGKILL doka at full speed; what a restart would send again is everything delivered above
-    the committed offsets: delivered (distinct, per the endpoint) minus committed."""
+def measure_kill(args, doka, kill_context, stats_url, total, log_file):
+    """SIGKILL doka at full speed, then restart it and let it finish. What a crash re-sends has
+    three parts: records in requests not yet answered at the kill (no idempotent producer in
+    Kinesis), records delivered since the last commit, and records delivered above the committed
+    offset (which the commit metadata names, so the restart skips them). The endpoint counts what
+    arrived twice."""
+    brokers, topic, group, ends, config, metrics_url, endpoint = kill_context
+    in_flight = metric_sum(http(metrics_url), "doka_in_flight_records")
     rate_stats = json.loads(http(stats_url))
     doka.send_signal(signal.SIGKILL)
     doka.wait(30)
     log_file.close()
     time.sleep(0.5)  # answers to requests that were on the wire
     stats = json.loads(http(stats_url))
+    last = committed_of(brokers, topic, group)
+    committed = sum(last["committed"].values())
+    named = sum(last["named_in_metadata"].values())
+    delivered = stats["sum_highest_plus_one"]
+    seconds = (rate_stats["last_accept_us"] - rate_stats["first_accept_us"]) / 1e6
+    rate = rate_stats["sum_highest_plus_one"] / max(seconds, 1e-9)
+    repeats_before = stats["repeats"]
+    log(f"killed: {delivered} delivered, {committed} committed, {named} named in the metadata, "
+        f"{in_flight:.0f} in flight; restarting")
+    restart_log = open(log_file.name + ".restart", "w")
+    restarted = subprocess.Popen([os.path.join(RELEASE, "doka"), "run", "--config", config],
+                                 env=aws_env(endpoint), stdout=restart_log, stderr=subprocess.STDOUT)
+    try:
+        started = time.time()
+        while True:
+            if restarted.poll() is not None:
+                raise SystemExit(f"the restarted doka exited with {restarted.returncode}")
+            text = http_or_none(metrics_url)
+            if text is not None and json.loads(http(stats_url))["sum_highest_plus_one"] >= total:
+                now = committed_of(brokers, topic, group)["committed"]
+                if all(now.get(str(p), -1) >= end for p, end in ends.items()):
+                    skipped = metric_sum(text, "doka_records_skipped_as_delivered_total")
+                    break
+            if time.time() - started > args.timeout:
+                raise SystemExit("the restarted doka did not finish in time")
+            time.sleep(0.25)
+    finally:
+        restarted.send_signal(signal.SIGTERM)
+        restarted.wait(60)
+        restart_log.close()
+    final = json.loads(http(stats_url))
+    resent = final["repeats"] - repeats_before
+    return {
+        "records": total,
+        "killed_after_s": args.kill_after,
+        "records_per_sec_before_kill": rate,
+        "delivered_before_kill": delivered,
+        "committed_before_kill": committed,
+        "delivered_above_commit": max(delivered - committed, 0),
+        "named_in_metadata": named,
+        "delivered_since_last_commit": max(delivered - committed - named, 0),
+        "in_flight_at_kill": in_flight,
+        "skipped_on_restart": skipped,
+        "resent_on_restart": resent,
+        "one_commit_interval_at_rate": rate * args.commit_interval_s,
+        "delivered_distinct": final["sum_highest_plus_one"],
+        "delivery_ok": final["sum_highest_plus_one"] == total,
+    }
+
+
+def committed_of(brokers, topic, group):
+    """The group's committed offsets and what their metadata names (bench_consume)."""
     out = subprocess.run(
         [os.path.join(RELEASE, "examples", "bench_consume"), "--brokers", brokers, "--topic", topic,
          "--committed-of", group],
         capture_output=True, text=True, check=True,
     )
-    committed = sum(json.loads(out.stdout.strip().splitlines()[-1])["committed"].values())
-    delivered = stats["sum_highest_plus_one"]
-    seconds = (rate_stats["last_accept_us"] - rate_stats["first_accept_us"]) / 1e6
-    rate = rate_stats["sum_highest_plus_one"] / max(seconds, 1e-9)
-    return {
-        "records": total,
-        "killed_after_s": args.kill_after,
-        "delivered_before_kill": delivered,
-        "committed_before_kill": committed,
-        "resent_on_restart": max(delivered - committed, 0),
-        "records_per_sec": rate,
-        "one_commit_interval_at_rate": rate * args.commit_interval_s,
-        "delivery_ok": True,
-    }
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def http_or_none(url):
+    try:
+        return http(url)
+    except OSError:
+        return None
 
 
 def start_registry(procs, work, topic, args):
@@ -435,12 +488,21 @@ def main():
     procs = Processes()
     work = tempfile.mkdtemp(prefix="doka-bench-")
     try:
-        kafka_port = free_port()
-        brokers = f"127.0.0.1:{kafka_port}"
-        procs.start("tansu", [tansu_binary(), "broker", "--listener-url", f"tcp://{brokers}",
-                              "--advertised-listener-url", f"tcp://{brokers}", "--silent"],
-                    stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "tansu.log"), "w"))
-        wait_port(kafka_port)
+        topic = f"bench-{int(time.time())}"
+        if args.kill_after:
+            # The restart after the kill needs a broker that re-admits a SIGKILLed member's
+            # partitions quickly: librdkafka's mock cluster (tansu does not for minutes).
+            mock = procs.start("mock-broker", [os.path.join(RELEASE, "examples", "bench_mock_broker"),
+                                               "--topic", topic, "--partitions", str(args.partitions)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            brokers = json.loads(mock.stdout.readline())["bootstrap"]
+        else:
+            kafka_port = free_port()
+            brokers = f"127.0.0.1:{kafka_port}"
+            procs.start("tansu", [tansu_binary(), "broker", "--listener-url", f"tcp://{brokers}",
+                                  "--advertised-listener-url", f"tcp://{brokers}", "--silent"],
+                        stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "tansu.log"), "w"))
+            wait_port(kafka_port)
         endpoint_args = [os.path.join(RELEASE, "examples", "bench_kinesis"), "--listen", "127.0.0.1:0",
                          "--stream", "bench", "--shards", str(args.shards), "--delay-ms", str(args.delay_ms)]
         if args.throttle:
@@ -449,7 +511,6 @@ def main():
         line = endpoint_proc.stdout.readline().strip()
         endpoint = "http://" + line.rsplit(" ", 1)[1]
         stats_url = endpoint + "/stats"
-        topic = f"bench-{int(time.time())}"
         avro_args = []
         if args.avro:
             avro_args = ["--avro-schema-id", str(start_registry(procs, work, topic, args))]
@@ -459,6 +520,8 @@ def main():
                      "--topic", topic, "--partitions", str(args.partitions),
                      "--records", str(args.records), "--size", str(args.size),
                      "--keys", str(args.keys)] + avro_args
+        if args.kill_after:
+            fill_args.append("--topic-exists")
         if args.soak_seconds:
             # A soak: doka runs while the topic fills at a steady rate.
             rate = args.records / args.soak_seconds

@@ -11,6 +11,78 @@ use std::time::Duration;
 
 use support::*;
 
+/// What one kill left: what was in flight, what the stream had accepted, the last commit.
+struct Crash {
+    /// Entries in requests sent and not answered at the kill (the floor: Kinesis has no
+    /// idempotent producer, so these may be in the stream and are sent again).
+    in_flight: u64,
+    /// How many entries the stream had accepted before the kill (a prefix of the proxy's list).
+    acked: usize,
+    commit: LastCommit,
+}
+
+/// What a crash cost, in records.
+struct Report {
+    in_flight: u64,
+    /// Accepted before the kill, above the committed offsets and named in the metadata.
+    named: u64,
+    /// Accepted before the kill and not named by the last commit (offset or metadata).
+    since_commit: u64,
+    /// Accepted before the kill and accepted again by the next run.
+    resent: u64,
+    /// Of those, ones the last commit named as delivered (must be none).
+    resent_named: u64,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "in flight {}, delivered above the committed offset and named in the metadata {}, \
+             delivered since the last commit {}, re-sent {} (of them named {})",
+            self.in_flight, self.named, self.since_commit, self.resent, self.resent_named
+        )
+    }
+}
+
+impl Crash {
+    /// `acked`: every accepted entry's id in order; the next run's are `acked[self.acked..next]`.
+    fn report(&self, acked: &[usize], next: usize, placements: &[Placement]) -> Report {
+        let before: std::collections::HashSet<usize> =
+            acked[..self.acked].iter().copied().collect();
+        let mut report = Report {
+            in_flight: self.in_flight,
+            named: 0,
+            since_commit: 0,
+            resent: 0,
+            resent_named: 0,
+        };
+        for &id in &before {
+            let p = &placements[id];
+            if !covered(&self.commit, p) {
+                report.since_commit += 1;
+            } else if self
+                .commit
+                .get(&p.partition)
+                .is_some_and(|(o, _)| p.offset >= *o)
+            {
+                report.named += 1;
+            }
+        }
+        let again: std::collections::HashSet<usize> = acked[self.acked..next]
+            .iter()
+            .copied()
+            .filter(|id| before.contains(id))
+            .collect();
+        report.resent = again.len() as u64;
+        report.resent_named = again
+            .iter()
+            .filter(|&&id| covered(&self.commit, &placements[id]))
+            .count() as u64;
+        report
+    }
+}
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -34,28 +106,39 @@ async fn sigkill_at_random_moments_loses_nothing() {
         ("DOKA_PIPELINE__LANES", "4"),
         ("DOKA_BATCH__MAX_RECORDS", "250"),
     ];
+    let bootstrap = world.kafka.bootstrap();
     let messages = keyed_messages(0..n, 1000);
     let placements = world.produce(&messages);
 
     let mut killed_at = Vec::new();
     let mut rss_kib = Vec::new();
+    let mut crashes = Vec::new();
     for k in 0..kills {
         let doka = Doka::start(&yaml, &env);
-        let start = proxy.counters.entries_seen.load(Ordering::Relaxed);
+        // Counted in entries the stream accepted: a kill finds some delivered, some in flight.
+        let start = proxy.counters.acked() as u64;
         // Kill after a random share (10%–60%) of a fair slice of the remaining work.
         let slice = (n / (kills + 1)) as u64;
         let target = start + slice / 10 + (rand::random::<u64>() % (slice / 2).max(1));
         let what = format!("run {k} to reach entry {target}");
         let every = Duration::from_millis(20);
         eventually_async(&what, Duration::from_secs(180), every, async || {
-            let seen = proxy.counters.entries_seen.load(Ordering::Relaxed);
-            (seen >= target)
+            (proxy.counters.acked() as u64 >= target)
                 .then_some(())
                 .ok_or_else(|| doka.log_text())
         })
         .await;
+        // Then a random moment more, so that the kill is not tied to an answer just received.
+        tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 400)).await;
         rss_kib.push(peak_rss_kib(doka.pid()));
+        let in_flight = proxy.counters.open_entries.load(Ordering::SeqCst);
         doka.kill();
+        let acked = proxy.counters.acked_ids.lock().unwrap().clone();
+        crashes.push(Crash {
+            in_flight,
+            acked: acked.len(),
+            commit: last_commit(&bootstrap, &world.group, &world.topic, world.partitions),
+        });
         killed_at.push(proxy.counters.entries_seen.load(Ordering::Relaxed));
     }
 
@@ -74,6 +157,28 @@ async fn sigkill_at_random_moments_loses_nothing() {
     let records = world.wait_for_all(n, Duration::from_secs(600)).await;
     doka.stop();
     let duplicates = world.assert_delivered(&records, &placements, Copies::AtLeastOnce);
+    let acked = proxy.counters.acked_ids.lock().unwrap().clone();
+    let mut allowed = 0;
+    for (k, crash) in crashes.iter().enumerate() {
+        let report = crash.report(
+            &acked,
+            crashes.get(k + 1).map_or(acked.len(), |c| c.acked),
+            &placements,
+        );
+        println!("crash {k}: {report}");
+        // The goal: a crash re-sends at most what was in flight at the kill and what was
+        // delivered after the last commit; what the last commit's metadata names, never.
+        assert_eq!(report.resent_named, 0, "crash {k}: {report}");
+        assert!(
+            report.resent <= report.in_flight + report.since_commit,
+            "crash {k}: {report}"
+        );
+        allowed += report.in_flight + report.since_commit;
+    }
+    assert!(
+        duplicates as u64 <= allowed,
+        "{duplicates} copies in the stream, more than in flight and delivered since the commits ({allowed})"
+    );
     println!(
         "crash: sent {n} received {} duplicated {duplicates} lost 0 after {kills} SIGKILLs at entries {killed_at:?}; peak RSS per run {rss_kib:?} KiB",
         records.len()

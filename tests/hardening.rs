@@ -5,11 +5,10 @@
 
 mod support;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use doka::pipeline::delivered::{self, DeliveredRanges};
 use support::prometheus::{http_get, sample_sum};
 use support::*;
 
@@ -18,35 +17,13 @@ const WAIT: Duration = Duration::from_secs(90);
 /// The hanging request stays in flight: no timeout, no retry before the kill.
 const ENV: [(&str, &str); 1] = [("DOKA_KINESIS__REQUEST_TIMEOUT_MS", "300000")];
 
-/// Per partition: the committed offset and the delivered offsets its metadata names above it.
-type LastCommit = HashMap<i32, (i64, DeliveredRanges)>;
-
 fn last_commit(world: &World) -> LastCommit {
-    committed_with_metadata(
+    support::last_commit(
         &world.kafka.bootstrap(),
         &world.group,
         &world.topic,
         world.partitions,
     )
-    .into_iter()
-    .map(|(partition, (offset, metadata))| {
-        // The destination's fingerprint as written: this test reads any doka metadata.
-        let fingerprint = metadata.split(':').nth(1).unwrap_or_default().to_owned();
-        let ranges =
-            delivered::decode(metadata.as_bytes(), &fingerprint, offset).unwrap_or_default();
-        (partition, (offset, ranges))
-    })
-    .collect()
-}
-
-/// The last commit says the record at `placement` was delivered: below the committed offset, or
-/// named in the metadata.
-fn covered(commit: &LastCommit, placement: &Placement) -> bool {
-    commit
-        .get(&placement.partition)
-        .is_some_and(|(offset, ranges)| {
-            placement.offset < *offset || ranges.contains(placement.offset)
-        })
 }
 
 /// What a kill left behind.

@@ -589,6 +589,7 @@ pub fn known_metrics() -> BTreeSet<String> {
     metrics.consumed("t");
     metrics.dead_lettered("t");
     metrics.skipped("t");
+    metrics.skipped_as_delivered("t");
     metrics.partition("t", 0, Some(1), Some(1), Some(0));
     metrics.credentials_renewed(CredentialKind::AssumedRole, "default", Some(1.0));
     metrics.rebalance("assigned");

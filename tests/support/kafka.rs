@@ -355,3 +355,31 @@ pub fn committed_with_metadata(
         })
         .collect()
 }
+
+/// Per partition: the committed offset and the delivered offsets its metadata names above it.
+pub type LastCommit = HashMap<i32, (i64, doka::pipeline::delivered::DeliveredRanges)>;
+
+/// The group's last commit of `topic`, its metadata decoded (any doka's: the destination
+/// fingerprint is taken as written).
+pub fn last_commit(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> LastCommit {
+    committed_with_metadata(bootstrap, group, topic, partitions)
+        .into_iter()
+        .map(|(partition, (offset, metadata))| {
+            let fingerprint = metadata.split(':').nth(1).unwrap_or_default().to_owned();
+            let ranges =
+                doka::pipeline::delivered::decode(metadata.as_bytes(), &fingerprint, offset)
+                    .unwrap_or_default();
+            (partition, (offset, ranges))
+        })
+        .collect()
+}
+
+/// The last commit says the record at `placement` was delivered: below the committed offset, or
+/// named in the metadata.
+pub fn covered(commit: &LastCommit, placement: &Placement) -> bool {
+    commit
+        .get(&placement.partition)
+        .is_some_and(|(offset, ranges)| {
+            placement.offset < *offset || ranges.contains(placement.offset)
+        })
+}

@@ -76,8 +76,10 @@ pub struct Counters {
     pub acked_ids: Mutex<Vec<usize>>,
     /// PutRecords requests held by `Faults::hold_key`, and the message ids in them.
     pub held_requests: AtomicU64,
-    /// PutRecords requests received and not answered yet (held ones included).
+    /// PutRecords requests received and not answered yet (held ones included), and the entries
+    /// in them: what is in flight.
     pub open_requests: AtomicU64,
+    pub open_entries: AtomicU64,
     pub held_ids: Mutex<std::collections::HashSet<usize>>,
 }
 
@@ -88,19 +90,33 @@ impl Counters {
     }
 }
 
-/// Counts a request as open while it lives.
-struct Open<'a>(&'a AtomicU64);
+/// Counts a request and its entries as open while it lives.
+struct Open<'a> {
+    counters: &'a Counters,
+    entries: u64,
+}
 
 impl<'a> Open<'a> {
-    fn new(counter: &'a AtomicU64) -> Self {
-        counter.fetch_add(1, Ordering::SeqCst);
-        Self(counter)
+    fn new(counters: &'a Counters) -> Self {
+        counters.open_requests.fetch_add(1, Ordering::SeqCst);
+        Self {
+            counters,
+            entries: 0,
+        }
+    }
+
+    fn entries(&mut self, n: u64) {
+        self.entries += n;
+        self.counters.open_entries.fetch_add(n, Ordering::SeqCst);
     }
 }
 
 impl Drop for Open<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.counters.open_requests.fetch_sub(1, Ordering::SeqCst);
+        self.counters
+            .open_entries
+            .fetch_sub(self.entries, Ordering::SeqCst);
     }
 }
 
@@ -273,7 +289,7 @@ impl State {
             .put_records_requests
             .fetch_add(1, Ordering::Relaxed)
             + 1;
-        let _open = Open::new(&self.counters.open_requests);
+        let mut open = Open::new(&self.counters);
         let faults = *self.faults.lock().unwrap();
         let every = |n: Option<u64>| n.is_some_and(|n| nth.is_multiple_of(n));
         if let Some(kind) = faults.deny_with {
@@ -320,6 +336,7 @@ impl State {
         self.counters
             .entries_seen
             .fetch_add(entries.len() as u64, Ordering::Relaxed);
+        open.entries(entries.len() as u64);
         self.counters
             .largest_request_bytes
             .fetch_max(request_bytes(&entries), Ordering::Relaxed);
