@@ -3,6 +3,9 @@
 
 use serde::de::IgnoredAny;
 
+#[cfg(test)]
+pub(crate) mod proptests;
+
 /// The deepest nesting of arrays and objects embedded as JSON; deeper values are written as
 /// strings. With the envelope's own levels (at most 3, for a header value) the whole object stays
 /// within the default limits of common readers (serde_json 127, Jackson 1000, Python 1000).

@@ -164,6 +164,9 @@ fn push_base64(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::json_text::MAX_JSON_DEPTH;

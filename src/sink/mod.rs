@@ -8,6 +8,8 @@
 mod destination;
 pub mod firehose;
 pub mod kinesis;
+#[cfg(test)]
+mod proptests;
 pub mod stdout;
 
 use std::future::Future;

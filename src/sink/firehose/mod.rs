@@ -15,6 +15,8 @@ use aws_sdk_firehose::types::Record;
 
 pub mod check;
 pub mod client;
+#[cfg(test)]
+mod proptests;
 mod settings;
 
 pub use settings::{FirehoseConfig, MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_RECORD_BYTES};

@@ -150,6 +150,9 @@ pub fn pack(items: &[Entry<'_>], max_bytes: usize) -> Vec<Vec<usize>> {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

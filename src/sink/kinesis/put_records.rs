@@ -354,6 +354,9 @@ impl CachedCredentials {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
