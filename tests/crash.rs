@@ -155,6 +155,11 @@ async fn sigkill_at_random_moments_loses_nothing() {
     })
     .await;
     let records = world.wait_for_all(n, Duration::from_secs(600)).await;
+    // Every record is in the stream, maybe from an earlier run: the final run is done when it
+    // has committed every partition to its end (what it re-sends may still be on its way).
+    world
+        .wait_for_committed(&end_offsets(&placements), Duration::from_secs(600))
+        .await;
     doka.stop();
     let duplicates = world.assert_delivered(&records, &placements, Copies::AtLeastOnce);
     let acked = proxy.counters.acked_ids.lock().unwrap().clone();
