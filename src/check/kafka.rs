@@ -9,7 +9,9 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::Walk;
 use crate::config::{Config, Route};
-use crate::kafka::{self, AuthMode, BrokerAccess, BrokerAccessContext, KafkaConfig, StartFrom};
+use crate::kafka::{
+    self, AuthMode, BrokerAccess, BrokerAccessContext, FirstContact, KafkaConfig, StartFrom,
+};
 
 /// Brokers reachable → TLS → authentication → topics → group coordinator and lag.
 pub(super) async fn chain(walk: &mut Walk<'_>, config: &Config, base: &aws_types::SdkConfig) {
@@ -269,20 +271,17 @@ fn probe_kafka(
     let consumer: BaseConsumer<BrokerAccessContext> = cc
         .create_with_context(BrokerAccessContext(access))
         .map_err(|e| ProbeError::Other(kafka::describe_create_error(&kafka.auth, &e).0))?;
-    consumer.context().0.await_first_token(|t| {
-        let _ = consumer.poll(t);
-    });
-    let metadata = match consumer.fetch_metadata(None, timeout) {
-        Ok(m) => m,
-        Err(e) => {
-            let explained = consumer.context().0.explain_failure(|t| {
-                let _ = consumer.poll(t);
-            });
-            return Err(match explained {
-                Some(failure) => ProbeError::Refused(failure),
-                None => ProbeError::NoAnswer(e.to_string()),
-            });
-        }
+    let contact = consumer.context().0.first_contact(
+        timeout,
+        |wait| consumer.fetch_metadata(None, wait),
+        |wait| {
+            let _ = consumer.poll(wait);
+        },
+    );
+    let metadata = match contact {
+        FirstContact::Answered(m) => m,
+        FirstContact::Refused(failure) => return Err(ProbeError::Refused(failure)),
+        FirstContact::NoAnswer(e) => return Err(ProbeError::NoAnswer(e.to_string())),
     };
     let brokers = metadata
         .brokers()

@@ -11,13 +11,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use rdkafka::client::{ClientContext, OAuthToken};
-use rdkafka::config::ClientConfig;
-use rdkafka::error::KafkaError;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::types::RDKafkaErrorCode;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::aws::msk_iam::MskTokenSigner;
+mod repeats;
 mod settings;
+
+use repeats::Repeats;
 
 use crate::telemetry::metrics::{CredentialKind, Metrics};
 pub use settings::{
@@ -140,12 +143,34 @@ pub struct BrokerAccess {
     /// When a failure was last explained in the log: librdkafka reconnects (and fails) again
     /// and again, its own lines already say so each time.
     explained_at: Mutex<Option<Instant>>,
+    /// Set while [`BrokerAccess::first_contact`] waits: a failure no retry mends ends it and is
+    /// reported by its caller, first, with the broker names.
+    starting: AtomicBool,
+    /// librdkafka's own error and warning lines already logged.
+    repeats: Mutex<Repeats>,
     runtime: tokio::runtime::Handle,
     metrics: Option<Arc<Metrics>>,
 }
 
 /// How often the same kind of connection failure is explained in the log.
 const EXPLAIN_EVERY: Duration = Duration::from_secs(30);
+
+/// How long the first request to the brokers waits for one it can use before the events
+/// librdkafka queued meanwhile are served: a refusal no retry mends ends start-up after about
+/// this long instead of `kafka.connect_timeout_ms`.
+const FIRST_CONTACT_STEP: Duration = Duration::from_millis(500);
+
+/// How librdkafka words its error event for a token doka could not sign (`oauth_token`).
+const TOKEN_NOT_ACQUIRED: &str = "Failed to acquire SASL OAUTHBEARER token";
+
+/// What came of the first request to the brokers.
+pub enum FirstContact<T> {
+    Answered(T),
+    /// The brokers refused doka, or no MSK IAM token could be signed.
+    Refused(ConnectFailure),
+    /// No broker answered in time.
+    NoAnswer(KafkaError),
+}
 
 /// Signs MSK IAM tokens on behalf of librdkafka's synchronous refresh callback.
 struct IamTokens {
@@ -165,6 +190,10 @@ pub struct ConnectFailure {
     pub reason: String,
     /// Which settings to check.
     pub fix: String,
+    /// No retry mends it: the brokers refused the SASL credentials, or a certificate failed
+    /// verification (the broker's in doka's eyes, or doka's in the broker's). Start-up ends at
+    /// once rather than after `kafka.connect_timeout_ms`.
+    pub lasting: bool,
 }
 
 impl std::fmt::Display for ConnectFailure {
@@ -193,6 +222,8 @@ impl BrokerAccess {
             iam,
             failure: Mutex::new(None),
             explained_at: Mutex::new(None),
+            starting: AtomicBool::new(false),
+            repeats: Mutex::default(),
             runtime,
             metrics,
         }
@@ -203,11 +234,73 @@ impl BrokerAccess {
         self.failure.lock().unwrap().clone()
     }
 
+    /// The first request to the brokers at start-up: `request(wait)` (a metadata request) within
+    /// `timeout` (`kafka.connect_timeout_ms`). `poll` is the client's own poll, which serves
+    /// librdkafka's events (consumers deliver no messages before they subscribe).
+    ///
+    /// librdkafka's request waits its whole `wait` for a broker it can use while it retries
+    /// handshakes that fail, and only a poll hears why they fail. So the wait goes in steps with
+    /// polls between them, and ends as soon as the brokers refused doka in a way no retry mends
+    /// ([`ConnectFailure::lasting`]). Once a broker took the request, it gets the time left.
+    pub fn first_contact<T>(
+        &self,
+        timeout: Duration,
+        mut request: impl FnMut(Duration) -> KafkaResult<T>,
+        mut poll: impl FnMut(Duration),
+    ) -> FirstContact<T> {
+        self.starting.store(true, AtomicOrdering::SeqCst);
+        self.await_first_token(&mut poll);
+        let deadline = Instant::now() + timeout;
+        let mut step = FIRST_CONTACT_STEP;
+        let contact = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match request(left.min(step)) {
+                Ok(answer) => break FirstContact::Answered(answer),
+                Err(e) if left <= step => {
+                    break match self.explain_failure(&mut poll) {
+                        Some(failure) => FirstContact::Refused(failure),
+                        None => FirstContact::NoAnswer(e),
+                    };
+                }
+                // Timed out waiting for the answer, not for a usable broker (that fails as a
+                // transport failure): a broker took the request, the next one waits it out.
+                Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::OperationTimedOut) => {
+                    step = timeout;
+                }
+                Err(_) => {}
+            }
+            if let Some(failure) = self.serve_events(Duration::from_millis(100), &mut poll) {
+                break FirstContact::Refused(failure);
+            }
+        };
+        self.starting.store(false, AtomicOrdering::SeqCst);
+        contact
+    }
+
+    /// Serves librdkafka's events for `wait` (a poll returns early at each error event), or
+    /// until a failure no retry mends is known.
+    fn serve_events(
+        &self,
+        wait: Duration,
+        poll: &mut impl FnMut(Duration),
+    ) -> Option<ConnectFailure> {
+        let until = Instant::now() + wait;
+        loop {
+            if let Some(failure) = self.failure().filter(|f| f.lasting) {
+                return Some(failure);
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            poll(left);
+        }
+    }
+
     /// With OAUTHBEARER nothing connects until a poll has served the first token request, so a
-    /// metadata request made before that times out as if the brokers were down. `poll` is the
-    /// client's own poll (consumers deliver no messages before they subscribe). Returns at once
+    /// metadata request made before that times out as if the brokers were down. Returns at once
     /// for other modes.
-    pub fn await_first_token(&self, mut poll: impl FnMut(Duration)) {
+    fn await_first_token(&self, poll: &mut impl FnMut(Duration)) {
         let Some(iam) = &self.iam else { return };
         let deadline = Instant::now() + TOKEN_SIGN_TIMEOUT + Duration::from_secs(1);
         while !iam.served.load(AtomicOrdering::SeqCst) && Instant::now() < deadline {
@@ -254,6 +347,8 @@ impl BrokerAccess {
                           AWS_WEB_IDENTITY_TOKEN_FILE; its EKS Pod Identity association; or \
                           another provider of the default chain)"
                         .into(),
+                    // Credentials may come (a token file mounted late): librdkafka asks again.
+                    lasting: false,
                 });
                 return Err("cannot sign an MSK IAM token; see doka's log".into());
             }
@@ -283,10 +378,16 @@ impl BrokerAccess {
     }
 
     /// librdkafka's error events: authentication and TLS failures are explained with the
-    /// settings to check and kept for start-up; the rest is logged as before.
+    /// settings to check and kept for start-up; the rest is logged once while it lasts.
     pub fn on_error(&self, error: KafkaError, reason: &str) {
         let code = error.rdkafka_error_code();
         let failure = match code {
+            // librdkafka's echo of a token doka could not sign: `oauth_token` told and kept that
+            // failure, and librdkafka asks again. Not a refusal by the brokers.
+            Some(RDKafkaErrorCode::Authentication) if reason.starts_with(TOKEN_NOT_ACQUIRED) => {
+                debug!("librdkafka: {error}: {reason}");
+                return;
+            }
             Some(RDKafkaErrorCode::Authentication) => Some(ConnectFailure {
                 step: match self.mode {
                     AuthMode::Scram => "SASL/SCRAM authentication",
@@ -295,6 +396,8 @@ impl BrokerAccess {
                 },
                 reason: reason.to_owned(),
                 fix: self.auth_fix(),
+                // The brokers checked the credentials: the same ones are refused again.
+                lasting: true,
             }),
             // A refused client certificate arrives as a TLS alert on the first read: a transport
             // error in librdkafka's eyes, a TLS failure in the user's.
@@ -309,20 +412,59 @@ impl BrokerAccess {
 
         match failure {
             Some(failure) => {
+                // While the first contact waits, its caller reports a lasting failure at once
+                // (with the broker names): that is its explanation.
+                let reported_at_start =
+                    failure.lasting && self.starting.load(AtomicOrdering::SeqCst);
                 let mut explained_at = self.explained_at.lock().unwrap();
                 let repeated = self.failure().is_some_and(|last| last.step == failure.step)
                     && explained_at.is_some_and(|t| t.elapsed() < EXPLAIN_EVERY);
                 if !repeated {
-                    error!("Kafka {failure}");
+                    if !reported_at_start {
+                        error!("Kafka {failure}");
+                    }
                     *explained_at = Some(Instant::now());
                 }
                 self.note(failure);
             }
-            None if code == Some(RDKafkaErrorCode::AllBrokersDown) => {
-                warn!("librdkafka: {error}: {reason}")
+            None => {
+                let line = format!("{error}: {reason}");
+                if !self.first_time(&line) {
+                    debug!("librdkafka: {line}");
+                } else if code == Some(RDKafkaErrorCode::AllBrokersDown) {
+                    warn!("librdkafka: {line}");
+                } else {
+                    error!("librdkafka: {line}");
+                }
             }
-            None => error!("librdkafka: {error}: {reason}"),
         }
+    }
+
+    /// librdkafka's own log lines, served by polls like its error events. Errors and warnings
+    /// are logged once while they keep coming. A broker's failure ("FAIL" at error level) comes
+    /// again word for word as an error event, which [`BrokerAccess::on_error`] explains or logs:
+    /// it goes to debug here, so that doka's explanation comes first.
+    pub fn on_log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        use RDKafkaLogLevel::{Alert, Critical, Debug, Emerg, Error, Info, Notice, Warning};
+        let line = format!("{facility} {message}");
+        match level {
+            Emerg | Alert | Critical | Error if facility != "FAIL" && self.first_time(&line) => {
+                error!(target: "librdkafka", "librdkafka: {line}")
+            }
+            Warning if self.first_time(&line) => warn!(target: "librdkafka", "librdkafka: {line}"),
+            Notice | Info => info!(target: "librdkafka", "librdkafka: {line}"),
+            Emerg | Alert | Critical | Error | Warning | Debug => {
+                debug!(target: "librdkafka", "librdkafka: {line}")
+            }
+        }
+    }
+
+    /// Whether one of librdkafka's lines is said for the first time while the trouble lasts.
+    fn first_time(&self, line: &str) -> bool {
+        self.repeats
+            .lock()
+            .unwrap()
+            .first_time(line, Instant::now())
     }
 
     fn tls_failure(&self, reason: &str) -> ConnectFailure {
@@ -334,12 +476,16 @@ impl BrokerAccess {
                   and for mutual TLS kafka.auth.tls.cert_file and key_file (a certificate the \
                   cluster's CA signed)"
                 .into(),
+            // A certificate that failed verification (OpenSSL's "certificate verify failed", a
+            // broker's alert "certificate required" or "unknown ca") fails again on a retry;
+            // other TLS failures (a reset mid-handshake) may pass.
+            lasting: reason.contains("certificate") || reason.contains("unknown ca"),
         }
     }
 
     /// After a failed request: serves the error events librdkafka queued meanwhile (they
     /// explain the failure) and returns the failure they told, if any.
-    pub fn explain_failure(&self, mut poll: impl FnMut(Duration)) -> Option<ConnectFailure> {
+    fn explain_failure(&self, poll: &mut impl FnMut(Duration)) -> Option<ConnectFailure> {
         for _ in 0..5 {
             if self.failure().is_some() {
                 break;
@@ -381,6 +527,10 @@ impl ClientContext for BrokerAccessContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         self.0.on_error(error, reason);
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.0.on_log(level, facility, message);
     }
 }
 
@@ -472,6 +622,130 @@ mod tests {
         // From inside the runtime, as a producer dropped in async code polls: no panic.
         let again = runtime.block_on(async { connection.oauth_token().is_err() });
         assert!(again);
+        // librdkafka's echo of it is no refusal by the brokers: start-up keeps waiting for a
+        // token, and tells the signing failure.
+        connection.on_error(
+            KafkaError::Global(RDKafkaErrorCode::Authentication),
+            "Failed to acquire SASL OAUTHBEARER token: cannot sign an MSK IAM token; see doka's log",
+        );
+        let failure = connection.failure().unwrap();
+        assert_eq!(failure.step, TOKEN_SIGNING);
+        assert!(!failure.lasting);
+    }
+
+    fn access(mode: AuthMode, runtime: &tokio::runtime::Runtime) -> BrokerAccess {
+        let auth = KafkaAuth {
+            mode,
+            ..Default::default()
+        };
+        BrokerAccess::new(&auth, None, runtime.handle().clone(), None)
+    }
+
+    const CA_REFUSED: &str = "ssl://b-1:9094/bootstrap: SSL handshake failed: error:0A000086:SSL \
+        routines::certificate verify failed: broker certificate could not be verified, verify that \
+        ssl.ca.location is correctly configured (after 2ms in state SSL_HANDSHAKE)";
+
+    #[test]
+    fn refusals_no_retry_mends_are_told_apart_from_those_that_may_pass() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let cases = [
+            (AuthMode::Tls, RDKafkaErrorCode::SSL, CA_REFUSED, true),
+            (
+                AuthMode::Tls,
+                RDKafkaErrorCode::BrokerTransportFailure,
+                "ssl://b-1:9094/bootstrap: Receive failed: error:0A00045C:SSL routines::tlsv13 \
+                 alert certificate required: SSL alert number 116",
+                true,
+            ),
+            (
+                AuthMode::Scram,
+                RDKafkaErrorCode::Authentication,
+                "sasl_ssl://b-1:9096/bootstrap: SASL authentication error: Authentication \
+                 failed: bad proof for user doka",
+                true,
+            ),
+            (
+                AuthMode::Tls,
+                RDKafkaErrorCode::SSL,
+                "ssl://b-1:9094/bootstrap: SSL handshake failed: error:0A00010B:SSL \
+                 routines::wrong version number",
+                false,
+            ),
+        ];
+        for (mode, code, reason, lasting) in cases {
+            let access = access(mode, &runtime);
+            access.on_error(KafkaError::Global(code), reason);
+            let failure = access.failure().expect("kept for start-up");
+            assert_eq!(failure.lasting, lasting, "{reason}");
+        }
+        let access = access(AuthMode::Tls, &runtime);
+        let down =
+            "ssl://b-1:9094/bootstrap: Connect to ipv4#10.0.0.1:9094 failed: Connection refused";
+        access.on_error(
+            KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure),
+            down,
+        );
+        assert_eq!(access.failure(), None, "an outage, not a refusal");
+    }
+
+    /// librdkafka's metadata request as start-up sees it: no broker usable within `wait`.
+    fn no_usable_broker(wait: Duration) -> KafkaResult<()> {
+        std::thread::sleep(wait);
+        Err(KafkaError::MetadataFetch(
+            RDKafkaErrorCode::BrokerTransportFailure,
+        ))
+    }
+
+    #[test]
+    fn a_certificate_that_fails_verification_ends_the_first_contact_at_once() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let access = access(AuthMode::Tls, &runtime);
+        let started = Instant::now();
+        // The refusal comes with the first poll, as librdkafka's error event.
+        let contact = access.first_contact(Duration::from_secs(30), no_usable_broker, |_| {
+            access.on_error(KafkaError::Global(RDKafkaErrorCode::SSL), CA_REFUSED)
+        });
+        assert!(matches!(contact, FirstContact::Refused(f) if f.lasting));
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(!access.starting.load(AtomicOrdering::SeqCst));
+    }
+
+    #[test]
+    fn unreachable_brokers_are_waited_for_the_whole_timeout() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let access = access(AuthMode::Tls, &runtime);
+        let started = Instant::now();
+        let contact = access.first_contact(Duration::from_millis(1500), no_usable_broker, |_| {});
+        assert!(matches!(contact, FirstContact::NoAnswer(_)));
+        assert!(started.elapsed() >= Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn a_broker_that_took_the_request_gets_the_time_left() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let access = access(AuthMode::Plaintext, &runtime);
+        let waits = Mutex::new(Vec::new());
+        let contact = access.first_contact(
+            Duration::from_secs(30),
+            |wait| {
+                waits.lock().unwrap().push(wait);
+                match waits.lock().unwrap().len() {
+                    1 => Err(KafkaError::MetadataFetch(
+                        RDKafkaErrorCode::OperationTimedOut,
+                    )),
+                    _ => Ok("metadata"),
+                }
+            },
+            |_| {},
+        );
+        assert!(matches!(contact, FirstContact::Answered("metadata")));
+        let waits = waits.into_inner().unwrap();
+        assert_eq!(waits[0], FIRST_CONTACT_STEP);
+        assert!(waits[1] > Duration::from_secs(29), "{waits:?}");
     }
 
     #[test]

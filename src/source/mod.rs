@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use tracing::{error, info, warn};
 
-use crate::kafka::{self, BrokerAccess, ConnectFailure, KafkaConfig};
+use crate::kafka::{self, BrokerAccess, ConnectFailure, FirstContact, KafkaConfig};
 use crate::pipeline::intake::{Intake, TopicRoutes};
 use crate::pipeline::{Budget, Halt, Share};
 use crate::telemetry::health::Health;
@@ -138,10 +138,6 @@ pub fn run(
             anyhow::Error::new(kafka::describe_create_error(&kafka.auth, &e))
                 .context("cannot create the Kafka consumer")
         })?;
-    consumer.context().access.await_first_token(|timeout| {
-        // Nothing is subscribed yet: a poll serves events, it returns no records.
-        let _ = consumer.poll(timeout);
-    });
     let topics: Vec<&str> = subscription.iter().map(String::as_str).collect();
     if let Some(exit) = first_look(&consumer, kafka, &topics) {
         return Ok(exit);
@@ -169,8 +165,16 @@ fn first_look(
     topics: &[&str],
 ) -> Option<SourceExit> {
     let connect_timeout = Duration::from_millis(kafka.connect_timeout_ms);
-    match consumer.fetch_metadata(None, connect_timeout) {
-        Ok(metadata) => {
+    let contact = consumer.context().access.first_contact(
+        connect_timeout,
+        |wait| consumer.fetch_metadata(None, wait),
+        // Nothing is subscribed yet: a poll serves events, it returns no records.
+        |wait| {
+            let _ = consumer.poll(wait);
+        },
+    );
+    match contact {
+        FirstContact::Answered(metadata) => {
             // Patterns (`^…`) match whatever exists; named topics are looked up.
             for topic in topics.iter().filter(|t| !t.starts_with('^')) {
                 let found = metadata
@@ -197,14 +201,11 @@ fn first_look(
             }
             None
         }
-        Err(e) => {
-            let explained = consumer.context().access.explain_failure(|timeout| {
-                let _ = consumer.poll(timeout);
-            });
-            if let Some(failure) = explained {
-                report_refused(kafka, &failure);
-                return Some(SourceExit::AuthFailed);
-            }
+        FirstContact::Refused(failure) => {
+            report_refused(kafka, &failure);
+            Some(SourceExit::AuthFailed)
+        }
+        FirstContact::NoAnswer(e) => {
             error!(
                 "cannot reach the Kafka brokers {} within kafka.connect_timeout_ms ({} ms): {e}. Check \
                  kafka.brokers, the network path (DNS, security groups) and kafka.auth.mode ({}; \

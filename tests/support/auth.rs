@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::*;
 
@@ -206,14 +206,11 @@ impl AuthWorld {
         log
     }
 
-    /// Starts doka and expects it to give up at start-up with `code`; returns the log.
+    /// Starts doka and expects it to give up at start-up with `code` at once
+    /// ([`refused_at_once`]); returns the log.
     pub async fn refused(&self, code: i32, env: &[(&str, &str)]) -> String {
         self.produce(&keyed_messages(0..20, 4));
-        let mut env = env.to_vec();
-        env.push(("DOKA_KAFKA__CONNECT_TIMEOUT_MS", "5000"));
-        let doka = Doka::start(&self.yaml(), &env);
-        let (status, log) = doka.wait_exit(Duration::from_secs(60));
-        assert_eq!(status.code(), Some(code), "{log}");
+        let log = refused_at_once(&self.yaml(), code, env);
         assert!(
             read_stream(&self.b, &self.stream).await.is_empty(),
             "nothing may be delivered"
@@ -225,4 +222,68 @@ impl AuthWorld {
     pub async fn finish(self) {
         delete_stream(&self.b, &self.stream).await;
     }
+}
+
+/// How soon doka must give up on brokers that refuse it, with a connect timeout of 30 s that
+/// librdkafka would spend retrying the handshake. Loose, for a loaded 2-core machine: doka takes
+/// about a second.
+pub const REFUSED_WITHIN: Duration = Duration::from_secs(10);
+
+/// Runs doka with the default connect timeout (30 s, said explicitly) and expects exit `code`
+/// within [`REFUSED_WITHIN`], measured. For a refusal (code 7), the clear line comes first among
+/// the errors, naming the brokers, and no error or warning is said twice. Returns the log.
+pub fn refused_at_once(yaml: &str, code: i32, env: &[(&str, &str)]) -> String {
+    let mut env = env.to_vec();
+    env.push(("DOKA_KAFKA__CONNECT_TIMEOUT_MS", "30000"));
+    let started = Instant::now();
+    let doka = Doka::start(yaml, &env);
+    let (status, log) = doka.wait_exit(Duration::from_secs(60));
+    let elapsed = started.elapsed();
+    eprintln!("doka exited with {status} after {elapsed:?}");
+    assert_eq!(status.code(), Some(code), "{log}");
+    assert!(
+        elapsed < REFUSED_WITHIN,
+        "doka gave up after {elapsed:?}, not at once:\n{log}"
+    );
+    if code == 7 {
+        let said = errors_and_warnings(&log);
+        let first = said.iter().find(|(level, _)| level == "ERROR");
+        assert!(
+            first.is_some_and(|(_, line)| line.contains("refused doka (kafka.auth.mode")),
+            "the first error is not doka's explanation:\n{log}"
+        );
+        let mut seen = std::collections::HashSet::new();
+        for (_, line) in &said {
+            assert!(seen.insert(line), "said twice: {line}\n{log}");
+        }
+    }
+    log
+}
+
+/// The first error line of a log, without its colours and timestamp.
+pub fn first_error(log: &str) -> String {
+    errors_and_warnings(log)
+        .into_iter()
+        .find(|(level, _)| level == "ERROR")
+        .unwrap_or_else(|| panic!("no error in:\n{log}"))
+        .1
+}
+
+/// The log's ERROR and WARN lines as (level, text): colours and timestamps dropped, and the tail
+/// librdkafka appends to a broker's failure, "(after 2ms in state CONNECT)", which differs from
+/// one attempt to the next.
+fn errors_and_warnings(log: &str) -> Vec<(String, String)> {
+    let colours = regex::Regex::new("\x1b\\[[0-9;]*m").unwrap();
+    let timing =
+        regex::Regex::new(r" \(after \d+ms in state \w+(, \d+ identical error\(s\) suppressed)?\)")
+            .unwrap();
+    log.lines()
+        .filter_map(|line| {
+            let plain = colours.replace_all(line, "");
+            let (_, rest) = plain.split_once("Z ")?;
+            let (level, text) = rest.trim_start().split_once(' ')?;
+            let text = timing.replace_all(text, "").into_owned();
+            (level == "ERROR" || level == "WARN").then(|| (level.to_owned(), text))
+        })
+        .collect()
 }
