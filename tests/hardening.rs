@@ -210,6 +210,92 @@ async fn a_changed_destination_gets_every_record_above_the_commit() {
     world.finish().await;
 }
 
+/// Replaces the group's committed metadata with `damage(metadata)`, keeping the offsets: joins
+/// the group as a member (the broker takes commits from members only), commits, leaves.
+fn rewrite_metadata(world: &World, damage: impl Fn(&str) -> String) {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    let commits = committed_with_metadata(
+        &world.kafka.bootstrap(),
+        &world.group,
+        &world.topic,
+        world.partitions,
+    );
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", world.kafka.bootstrap())
+        .set("group.id", &world.group)
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&world.topic]).unwrap();
+    // The killed member's session expires first (6 s), then the group assigns this one.
+    eventually(
+        "the group to assign the topic to the test's member",
+        WAIT,
+        || {
+            let _ = consumer.poll(Duration::from_millis(100));
+            let assigned = consumer.assignment().unwrap().count();
+            (assigned == world.partitions as usize).then_some(())
+        },
+    );
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for (partition, (offset, metadata)) in &commits {
+        let mut entry = tpl.add_partition(&world.topic, *partition);
+        entry.set_offset(rdkafka::Offset::Offset(*offset)).unwrap();
+        entry.set_metadata(damage(metadata));
+    }
+    consumer.commit(&tpl, CommitMode::Sync).unwrap();
+    consumer.unsubscribe();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_metadata_sends_every_record_above_the_commit_again() {
+    let world = World::new(2, 2).await;
+    let hold = proxy::Faults {
+        hold_key: Some("key-3"),
+        ..Default::default()
+    };
+    let proxy = proxy::FaultProxy::start(&world.ep.kinesis, hold).await;
+    let yaml = world.yaml(Some(&proxy.url));
+    let n = 1_000;
+    let placements = world.produce(&keyed_messages(0..n, 20));
+    let crashed = crash_with_a_hanging_request(&world, &proxy, &yaml, &placements).await;
+    assert!(crashed.above > 0);
+    proxy.set_faults(proxy::Faults::default());
+    // Cut short in the middle of its runs (as a tool that truncates metadata would).
+    rewrite_metadata(&world, |m| {
+        if m.is_empty() {
+            String::new()
+        } else {
+            m[..m.len() - 3].to_owned()
+        }
+    });
+    let before = proxy.counters.acked();
+    let mut doka = Doka::start(&yaml, &ENV);
+    let port = doka.endpoint_port();
+    world
+        .wait_for_committed(&end_offsets(&placements), WAIT)
+        .await;
+    let metrics = http_get(port, "/metrics").unwrap().1;
+    let log = doka.stop();
+    // Everything above the committed offsets was sent again, what was delivered included.
+    let acked = proxy.counters.acked_ids.lock().unwrap()[before..].to_vec();
+    let resent: HashSet<usize> = acked
+        .iter()
+        .copied()
+        .filter(|id| crashed.acked.contains(id))
+        .collect();
+    assert_eq!(resent.len(), crashed.above, "{log}");
+    assert_eq!(
+        sample_sum(&metrics, "doka_records_skipped_as_delivered_total", &[]),
+        0.0
+    );
+    assert!(log.contains("its metadata is unreadable"), "{log}");
+    let records = world.wait_for_all(n, WAIT).await;
+    world.assert_delivered(&records, &placements, Copies::AtLeastOnce);
+    world.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_refused_during_a_rebalance_is_reported_and_left_to_the_new_owner() {
     let world = World::new(4, 2).await;

@@ -9,12 +9,14 @@
 //! the committed one are done; the next owner reads it at assignment and skips exactly those
 //! (Confluent's Parallel Consumer does the same).
 //!
-//! The string is `doka1:<destination>:<committed offset>:<codec>:<runs>`:
+//! The string is `doka1:<destination>:<committed offset>:<run count>:<codec>:<runs>`:
 //! - `<destination>`: 16 hex digits naming the route's destination ([`fingerprint`]). Metadata
 //!   written for another destination means nothing here: changing a route's destination sends
 //!   everything above the committed offset again, as without metadata.
 //! - `<committed offset>`: the offset the runs are counted from. A committed offset moved by a
 //!   tool (or by anyone but the writer) no longer matches: nothing is skipped.
+//! - `<run count>`: how many runs follow. Metadata cut short (a tool that truncates it) no longer
+//!   matches it and is not used.
 //! - `<codec>`: `r` (the runs as they are) or `z` (zlib-compressed, when that is shorter).
 //! - `<runs>`: URL-safe base64 (no padding) of LEB128 varints, two per run of delivered offsets:
 //!   the gap from the end of the previous run (the first from `committed + 1`) and the run's
@@ -112,16 +114,22 @@ pub fn encode(
     max_bytes: usize,
 ) -> Option<String> {
     let header = format!("{FORMAT}:{fingerprint}:{committed}:");
-    // Room for the codec letter and its colon.
-    let room = max_bytes.checked_sub(header.len() + 2)?;
     let (raw, ends) = varints(committed, delivered);
     if raw.is_empty() {
         return None;
     }
+    // Room for the run count (at most as many digits as all runs have), the codec letter and
+    // their colons.
+    let count_digits = ends.len().to_string().len();
+    let room = max_bytes.checked_sub(header.len() + count_digits + 3)?;
     // The raw runs that fit: base64 takes 4 characters for every 3 bytes.
     let raw_fit = ends.partition_point(|&end| base64_len(end) <= room);
     if raw_fit == ends.len() {
-        return Some(format!("{header}r:{}", BASE64.encode_to_string(&raw)));
+        let runs = ends.len();
+        return Some(format!(
+            "{header}{runs}:r:{}",
+            BASE64.encode_to_string(&raw)
+        ));
     }
     // Compressed, the most runs that fit (binary search: more runs never compress shorter).
     let fits = |runs: usize| {
@@ -144,9 +152,11 @@ pub fn encode(
         }
     }
     match packed {
-        Some(p) if best > raw_fit => Some(format!("{header}z:{}", BASE64.encode_to_string(&p))),
+        Some(p) if best > raw_fit => {
+            Some(format!("{header}{best}:z:{}", BASE64.encode_to_string(&p)))
+        }
         _ if raw_fit > 0 => Some(format!(
-            "{header}r:{}",
+            "{header}{raw_fit}:r:{}",
             BASE64.encode_to_string(&raw[..ends[raw_fit - 1]])
         )),
         _ => None,
@@ -194,7 +204,7 @@ pub fn decode(
         return Err(Unused::Absent);
     }
     let text = std::str::from_utf8(metadata).map_err(|_| Unused::Foreign)?;
-    let mut fields = text.splitn(5, ':');
+    let mut fields = text.splitn(6, ':');
     let format = fields.next().unwrap_or_default();
     if format != FORMAT {
         let looks_like_doka = format.starts_with("doka")
@@ -206,9 +216,13 @@ pub fn decode(
             Unused::Foreign
         });
     }
-    let (Some(destination), Some(offset), Some(codec), Some(runs)) =
-        (fields.next(), fields.next(), fields.next(), fields.next())
-    else {
+    let (Some(destination), Some(offset), Some(count), Some(codec), Some(runs)) = (
+        fields.next(),
+        fields.next(),
+        fields.next(),
+        fields.next(),
+        fields.next(),
+    ) else {
         return Err(Unused::Unreadable("fields missing"));
     };
     if destination != fingerprint {
@@ -220,6 +234,9 @@ pub fn decode(
     if written_for != committed {
         return Err(Unused::OtherOffset(written_for));
     }
+    let count: usize = count
+        .parse()
+        .map_err(|_| Unused::Unreadable("the run count is not a number"))?;
     let bytes = BASE64
         .decode_to_vec(runs)
         .map_err(|_| Unused::Unreadable("not base64"))?;
@@ -228,7 +245,11 @@ pub fn decode(
         "z" => inflate(&bytes).ok_or(Unused::Unreadable("not zlib"))?,
         _ => return Err(Unused::Unreadable("unknown codec")),
     };
-    runs_of(committed, &raw).ok_or(Unused::Unreadable("truncated or out of range"))
+    let ranges = runs_of(committed, &raw).ok_or(Unused::Unreadable("truncated or out of range"))?;
+    if ranges.len() != count {
+        return Err(Unused::Unreadable("cut short: fewer runs than it says"));
+    }
+    Ok(DeliveredRanges::from_ranges(ranges))
 }
 
 /// The varints of `delivered` counted from `committed`, and where each run's varints end.
@@ -252,7 +273,8 @@ fn varints(
     (raw, ends)
 }
 
-fn runs_of(committed: i64, mut raw: &[u8]) -> Option<DeliveredRanges> {
+/// The runs, as written (each starts after the previous one ends).
+fn runs_of(committed: i64, mut raw: &[u8]) -> Option<Vec<(i64, i64)>> {
     let mut ranges = Vec::new();
     let mut previous_end = committed.checked_add(1)?;
     while !raw.is_empty() {
@@ -263,7 +285,7 @@ fn runs_of(committed: i64, mut raw: &[u8]) -> Option<DeliveredRanges> {
         ranges.push((start, end));
         previous_end = end;
     }
-    Some(DeliveredRanges::from_ranges(ranges))
+    Some(ranges)
 }
 
 fn push_varint(out: &mut Vec<u8>, mut value: u64) {

@@ -34,7 +34,10 @@ fn ranges_merge_and_answer_membership() {
 fn a_commit_round_trips_its_runs() {
     let delivered = [(101, 105), (107, 108), (1_000_000, 1_000_500)];
     let text = encode(FP, 100, delivered, DEFAULT_MAX_BYTES).unwrap();
-    assert!(text.starts_with("doka1:0123456789abcdef:100:r:"), "{text}");
+    assert!(
+        text.starts_with("doka1:0123456789abcdef:100:3:r:"),
+        "{text}"
+    );
     let back = decode(text.as_bytes(), FP, 100).unwrap();
     assert_eq!(back.ranges(), &delivered);
 }
@@ -66,19 +69,33 @@ fn metadata_for_anything_else_skips_nothing() {
     assert_eq!(decode(b"some tool's note", FP, 100), Err(Unused::Foreign));
     assert_eq!(decode(&[0xff, 0xfe], FP, 100), Err(Unused::Foreign));
     assert!(matches!(
-        decode(format!("doka1:{FP}:100:r:").as_bytes(), FP, 100),
+        decode(format!("doka1:{FP}:100:0:r:").as_bytes(), FP, 100),
         Ok(r) if r.is_empty()
     ));
+    // Cut short after a whole run: the count tells.
+    let two = encode(FP, 100, [(101, 105), (107, 108)], DEFAULT_MAX_BYTES).unwrap();
+    let one = encode(FP, 100, [(101, 105)], DEFAULT_MAX_BYTES).unwrap();
+    let cut = format!(
+        "{}{}",
+        &two[..two.find(":r:").unwrap()],
+        &one[one.find(":r:").unwrap()..]
+    );
+    assert_eq!(
+        decode(cut.as_bytes(), FP, 100),
+        Err(Unused::Unreadable("cut short: fewer runs than it says"))
+    );
     for broken in [
         format!("doka1:{FP}:100"),
-        format!("doka1:{FP}:x:r:AA"),
-        format!("doka1:{FP}:100:q:AA"),
-        format!("doka1:{FP}:100:r:!!"),
-        format!("doka1:{FP}:100:z:AAAA"),
+        format!("doka1:{FP}:100:1:r"),
+        format!("doka1:{FP}:x:1:r:AA"),
+        format!("doka1:{FP}:100:x:r:AA"),
+        format!("doka1:{FP}:100:1:q:AA"),
+        format!("doka1:{FP}:100:1:r:!!"),
+        format!("doka1:{FP}:100:1:z:AAAA"),
         // A gap varint with no length after it.
-        format!("doka1:{FP}:100:r:{}", BASE64.encode_to_string([0x01])),
+        format!("doka1:{FP}:100:1:r:{}", BASE64.encode_to_string([0x01])),
         // A varint that never ends.
-        format!("doka1:{FP}:100:r:{}", BASE64.encode_to_string([0x80; 12])),
+        format!("doka1:{FP}:100:1:r:{}", BASE64.encode_to_string([0x80; 12])),
     ] {
         assert!(
             matches!(
@@ -184,7 +201,8 @@ proptest! {
         }
     }
 
-    /// A cut or changed metadata string never names an offset that was not delivered.
+    /// A cut or changed metadata string never names an offset that was not delivered; a cut one
+    /// names nothing.
     #[test]
     fn damaged_metadata_never_claims_more(
         (committed, runs) in runs_strategy(),
@@ -199,6 +217,8 @@ proptest! {
         let cut_text = &text.as_bytes()[..cut.index(text.len())];
         if let Ok(back) = decode(cut_text, FP, committed) {
             prop_assert!(offsets(&back).is_subset(&given));
+            // Only a cut inside the last base64 group's padding bits can still read whole.
+            prop_assert_eq!(back, decode(text.as_bytes(), FP, committed).unwrap());
         }
         // A changed byte may make other valid runs (nothing can tell): it must not panic.
         let mut changed = text.into_bytes();
@@ -211,7 +231,7 @@ proptest! {
     #[test]
     fn any_bytes_decode_without_panicking(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
         let _ = decode(&bytes, FP, 7);
-        let mut prefixed = format!("doka1:{FP}:7:r:").into_bytes();
+        let mut prefixed = format!("doka1:{FP}:7:3:r:").into_bytes();
         prefixed.extend_from_slice(&bytes);
         let _ = decode(&prefixed, FP, 7);
     }
