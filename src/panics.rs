@@ -36,7 +36,11 @@ pub fn install(code: u8) {
         );
         // Also where a panic always goes, in case the log is what panicked.
         default(info);
-        std::process::exit(i32::from(code));
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        // `_exit`, not `exit`: atexit handlers (OpenSSL's among them) must not run while
+        // librdkafka's threads still use what they tear down.
+        // SAFETY: ends the process; nothing runs after it.
+        unsafe { libc::_exit(i32::from(code)) }
     }));
 }
 

@@ -17,7 +17,8 @@
 //!   tool (or by anyone but the writer) no longer matches: nothing is skipped.
 //! - `<run count>`: how many runs follow. Metadata cut short (a tool that truncates it) no longer
 //!   matches it and is not used.
-//! - `<codec>`: `r` (the runs as they are) or `z` (zlib-compressed, when that is shorter).
+//! - `<codec>`: `r` (the runs as they are) or `z` (zlib-compressed, when the runs do not all fit
+//!   otherwise).
 //! - `<runs>`: URL-safe base64 (no padding) of LEB128 varints, two per run of delivered offsets:
 //!   the gap from the end of the previous run (the first from `committed + 1`) and the run's
 //!   length minus one.
@@ -28,6 +29,9 @@
 
 use std::fmt;
 use std::io::{Read, Write};
+
+use flate2::Compression;
+use flate2::write::ZlibEncoder;
 
 use base64_simd::URL_SAFE_NO_PAD as BASE64;
 use md5::{Digest, Md5};
@@ -45,7 +49,13 @@ pub const DEFAULT_MAX_BYTES: usize = 4096;
 const MAX_RAW_BYTES: usize = 256 * 1024;
 
 /// The compression ratio [`encode`] tries for at most.
-const MAX_RATIO: usize = 16;
+pub const MAX_RATIO: usize = 16;
+
+/// Runs between the flushes that measure the compressed size.
+const CHUNK: usize = 32;
+
+/// What finishing a flushed zlib stream adds: an empty final block and the Adler-32.
+const ZLIB_END: usize = 8;
 
 /// What a decoded metadata string may expand to (a zlib bomb is refused, not inflated).
 const MAX_DECODED_BYTES: u64 = 4 * 1024 * 1024;
@@ -131,30 +141,30 @@ pub fn encode(
             BASE64.encode_to_string(&raw)
         ));
     }
-    // Compressed, the most runs that fit (binary search: more runs never compress shorter).
-    let fits = |runs: usize| {
-        let packed = deflate(&raw[..ends[runs - 1]]);
-        (base64_len(packed.len()) <= room).then_some(packed)
-    };
-    // Varints of small gaps and lengths compress well, but not past this ratio in practice: the
-    // search stops there, so a commit compresses a few KB at most, a dozen times.
+    // Compressed: one pass, flushed every CHUNK runs, finds how many runs fit; that prefix is
+    // then compressed once more, finished. Varints of small gaps and lengths compress well but
+    // not past MAX_RATIO in practice, so at most room × MAX_RATIO bytes are looked at.
     let most = ends.partition_point(|&end| end <= room * MAX_RATIO);
-    let (mut best, mut packed) = (raw_fit, None);
-    let (mut low, mut high) = (raw_fit + 1, most.max(raw_fit + 1).min(ends.len()));
-    while low <= high {
-        let mid = low + (high - low) / 2;
-        match fits(mid) {
-            Some(p) => {
-                (best, packed) = (mid, Some(p));
-                low = mid + 1;
-            }
-            None => high = mid - 1,
+    let mut stream = ZlibEncoder::new(Vec::new(), Compression::fast());
+    let (mut fitting, mut written) = (0, 0);
+    let mut next = CHUNK.min(most);
+    while next > fitting {
+        // Writing to a Vec cannot fail.
+        let _ = stream.write_all(&raw[written..ends[next - 1]]);
+        let _ = stream.flush();
+        written = ends[next - 1];
+        if base64_len(stream.get_ref().len() + ZLIB_END) > room {
+            break;
         }
+        fitting = next;
+        next = (next + CHUNK).min(most);
     }
+    let packed = (fitting > raw_fit)
+        .then(|| deflate(&raw[..ends[fitting - 1]]))
+        .filter(|p| base64_len(p.len()) <= room);
+    let best = fitting;
     match packed {
-        Some(p) if best > raw_fit => {
-            Some(format!("{header}{best}:z:{}", BASE64.encode_to_string(&p)))
-        }
+        Some(p) => Some(format!("{header}{best}:z:{}", BASE64.encode_to_string(&p))),
         _ if raw_fit > 0 => Some(format!(
             "{header}{raw_fit}:r:{}",
             BASE64.encode_to_string(&raw[..ends[raw_fit - 1]])
@@ -301,7 +311,11 @@ fn read_varint(bytes: &mut &[u8]) -> Option<u64> {
     for shift in (0..64).step_by(7) {
         let (&byte, rest) = bytes.split_first()?;
         *bytes = rest;
-        value |= u64::from(byte & 0x7f).checked_shl(shift)?;
+        // The tenth byte holds the 64th bit only: more is damage, not a bigger number.
+        if shift == 63 && byte > 1 {
+            return None;
+        }
+        value |= u64::from(byte & 0x7f) << shift;
         if byte & 0x80 == 0 {
             return Some(value);
         }
@@ -314,7 +328,7 @@ fn base64_len(bytes: usize) -> usize {
 }
 
 fn deflate(raw: &[u8]) -> Vec<u8> {
-    let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut encoder = ZlibEncoder::new(Vec::new(), Compression::fast());
     // Writing to a Vec cannot fail.
     let _ = encoder.write_all(raw);
     encoder.finish().unwrap_or_default()

@@ -114,6 +114,8 @@ struct Held {
     record: Record,
     /// The Kafka timestamp, registered with the offset (for the freshness metrics).
     timestamp_ms: Option<i64>,
+    /// Delivered before (by the partition's last owner): registered and acknowledged, not sent.
+    delivered: bool,
 }
 
 impl Intake {
@@ -180,7 +182,7 @@ impl Intake {
             return true;
         }
         if progress.was_delivered(msg.offset()) {
-            self.skip_delivered(msg, &progress);
+            self.skip_delivered(msg, progress, route);
             return true;
         }
         let prepared = self.prepare(msg, route);
@@ -233,12 +235,13 @@ impl Intake {
                     lane,
                     record,
                     timestamp_ms: msg.timestamp().millis(),
+                    delivered: false,
                 });
                 true
             }
             Ok(Prepared::Wait) => unreachable!("a waiting record is parked, not accepted"),
             Ok(Prepared::Delivered) => {
-                self.skip_delivered(msg, &progress);
+                self.skip_delivered(msg, progress, route);
                 true
             }
             Err(withheld) => {
@@ -442,16 +445,28 @@ impl Intake {
     /// A record the partition's last commit says was delivered (or dead-lettered) already, by a
     /// member that crashed before its commit point passed it: registered and acknowledged at
     /// once, not sent again.
-    fn skip_delivered(&mut self, msg: &impl Fetched, progress: &PartitionProgress) {
-        // Offsets are registered in fetch order: the held records first.
-        self.hand_over();
-        let offset = msg.offset();
-        if progress.register_at(offset, msg.timestamp().millis()) {
-            progress.ack(offset);
-            self.metrics.skipped_as_delivered(msg.topic()).inc();
-        } else {
-            self.metrics.refetched.inc();
-        }
+    ///
+    /// Held like a record for a lane (offsets are registered in fetch order, with the held
+    /// records) and acknowledged when handed over; it takes no room in the route's share.
+    fn skip_delivered(
+        &mut self,
+        msg: &impl Fetched,
+        progress: Arc<PartitionProgress>,
+        route: usize,
+    ) {
+        self.held.push(Held {
+            route,
+            lane: 0,
+            record: Record {
+                partition_key: String::new(),
+                explicit_hash_key: None,
+                data: Bytes::new(),
+                progress,
+                offset: msg.offset(),
+            },
+            timestamp_ms: msg.timestamp().millis(),
+            delivered: true,
+        });
     }
 
     /// Carries out the fallback of a withheld record. False when doka must stop.
@@ -561,6 +576,11 @@ impl Intake {
                     continue;
                 }
                 consumed += 1;
+                if h.delivered {
+                    progress.ack(h.record.offset);
+                    self.metrics.skipped_as_delivered(&progress.topic).inc();
+                    continue;
+                }
                 let t = &mut taken[h.route];
                 t.0 += 1;
                 t.1 += h.record.size() as u64;

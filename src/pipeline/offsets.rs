@@ -105,11 +105,14 @@ impl Watermark {
     /// The delivered records above the commit point, as runs of consecutive offsets `[start,
     /// end)` (a hole in the offsets, left by compaction or a transaction marker, ends a run:
     /// only offsets that were delivered are named).
-    pub fn delivered_runs(&self) -> Vec<(i64, i64)> {
+    /// At most `limit` runs, the lowest: no metadata holds more.
+    pub fn delivered_runs(&self, limit: usize) -> Vec<(i64, i64)> {
         let mut runs: Vec<(i64, i64)> = Vec::new();
         for p in self.pending.iter().filter(|p| p.acked) {
+            let full = runs.len() == limit;
             match runs.last_mut() {
                 Some(run) if run.1 == p.offset => run.1 += 1,
+                _ if full => break,
                 _ => runs.push((p.offset, p.offset + 1)),
             }
         }
@@ -123,7 +126,7 @@ pub struct CommitPoint {
     pub offset: i64,
     /// Delivered offsets above `offset` (sorted, disjoint).
     pub delivered: DeliveredRanges,
-    /// The acknowledgements it reflects (see [`PartitionProgress::commit_sent`]).
+    /// The acknowledgements it reflects (see [`PartitionProgress::commit_point_sent`]).
     acks: u64,
 }
 
@@ -255,21 +258,21 @@ impl PartitionProgress {
         (committed != Some(committable)).then_some(committable)
     }
 
-    /// What to commit now, with the records delivered above it: when the commit point moved
-    /// since the last confirmed commit, or records above it were delivered since the last one
-    /// sent.
-    pub fn commit_point_due(&self) -> Option<CommitPoint> {
+    /// What to commit now, with (at most `max_runs` runs of) the records delivered above it:
+    /// when the commit point moved since the last confirmed commit, or — with metadata on
+    /// (`max_runs` > 0) — records above it were delivered since the last one sent.
+    pub fn commit_point_due(&self, max_runs: usize) -> Option<CommitPoint> {
         let watermark = self.watermark.lock().unwrap();
         let offset = watermark.committable()?;
         let acks = watermark.acks;
         let moved = *self.committed.lock().unwrap() != Some(offset);
-        let delivered_since = *self.sent_acks.lock().unwrap() != Some(acks);
+        let delivered_since = max_runs > 0 && *self.sent_acks.lock().unwrap() != Some(acks);
         if !moved && !delivered_since {
             return None;
         }
-        let mut runs = watermark.delivered_runs();
+        let mut runs = watermark.delivered_runs(max_runs);
         drop(watermark);
-        runs.extend(self.inherited.above(offset));
+        runs.extend(self.inherited.above(offset).take(max_runs));
         Some(CommitPoint {
             offset,
             delivered: DeliveredRanges::from_ranges(runs),
@@ -280,6 +283,11 @@ impl PartitionProgress {
     /// A commit of `point` was sent (its metadata is not sent again until more is delivered).
     pub fn commit_point_sent(&self, point: &CommitPoint) {
         *self.sent_acks.lock().unwrap() = Some(point.acks);
+    }
+
+    /// An asynchronous commit failed: the next one sends the metadata again, changed or not.
+    pub fn commit_failed(&self) {
+        *self.sent_acks.lock().unwrap() = None;
     }
 
     /// The highest offset committed, or sent to be committed, under this assignment.
@@ -445,24 +453,24 @@ mod tests {
         }
         p.ack(1);
         p.ack(2);
-        let point = p.commit_point_due().unwrap();
+        let point = p.commit_point_due(100).unwrap();
         assert_eq!(point.offset, 0);
         assert_eq!(point.delivered.ranges(), &[(1, 5), (8, 10)]);
         p.commit_point_sent(&point);
         p.mark_committed(0);
-        assert_eq!(p.commit_point_due(), None, "nothing new delivered");
+        assert_eq!(p.commit_point_due(100), None, "nothing new delivered");
         // 3 and 4 come as inherited (skipped: registered and acknowledged), then 5 is delivered.
         for o in 3..6 {
             p.register(o);
             p.ack(o);
         }
         let point = p
-            .commit_point_due()
+            .commit_point_due(100)
             .expect("more delivered above the same offset");
         assert_eq!(point.offset, 0);
         assert_eq!(point.delivered.ranges(), &[(1, 6), (8, 10)]);
         p.ack(0);
-        let point = p.commit_point_due().unwrap();
+        let point = p.commit_point_due(100).unwrap();
         assert_eq!(point.offset, 6);
         assert_eq!(
             point.delivered.ranges(),

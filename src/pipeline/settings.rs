@@ -350,12 +350,15 @@ impl PipelineConfig {
             10,
             600_000,
         )?;
-        range(
-            "pipeline.commit_metadata_max_bytes",
-            self.commit_metadata_max_bytes,
-            0,
-            1024 * 1024,
-        )?;
+        if self.commit_metadata_max_bytes != 0 {
+            // Below 64 not even the metadata's header fits.
+            range(
+                "pipeline.commit_metadata_max_bytes",
+                self.commit_metadata_max_bytes,
+                64,
+                1024 * 1024,
+            )?;
+        }
         range(
             "pipeline.rebalance_drain_timeout_ms",
             self.rebalance_drain_timeout_ms,

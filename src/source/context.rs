@@ -133,8 +133,9 @@ impl SourceContext {
     ) -> KafkaResult<()> {
         let mut tpl = TopicPartitionList::new();
         let mut points = Vec::new();
+        let max_runs = self.metadata.max_runs();
         for p in partitions {
-            let Some(point) = p.commit_point_due() else {
+            let Some(point) = p.commit_point_due(max_runs) else {
                 continue;
             };
             let mut entry = tpl.add_partition(&p.topic, p.partition);
@@ -236,6 +237,12 @@ impl CommitMetadata {
         self.max_bytes.load(AtomicOrdering::Relaxed) > 0
     }
 
+    /// The most runs a commit's metadata can hold (each takes two bytes at least, compressed up
+    /// to `MAX_RATIO`); 0 when it is off.
+    fn max_runs(&self) -> usize {
+        self.max_bytes.load(AtomicOrdering::Relaxed) * delivered::MAX_RATIO / 2
+    }
+
     fn encode(&self, p: &PartitionProgress, point: &CommitPoint) -> Option<String> {
         let max_bytes = self.max_bytes.load(AtomicOrdering::Relaxed);
         if max_bytes == 0 || point.delivered.is_empty() {
@@ -324,8 +331,18 @@ impl SourceContext {
                 delivered
             }
             Err(Unused::Absent) => DeliveredRanges::default(),
-            Err(unused) => {
+            Err(unused @ Unused::OtherDestination) => {
                 info!(
+                    topic,
+                    partition,
+                    committed,
+                    "the last commit's record of delivered offsets is not used ({unused}): \
+                     every record from offset {committed} on is sent"
+                );
+                DeliveredRanges::default()
+            }
+            Err(unused) => {
+                warn!(
                     topic,
                     partition,
                     committed,
@@ -510,6 +527,16 @@ impl ConsumerContext for SourceContext {
             Err(e) => {
                 if e.rdkafka_error_code() == Some(RDKafkaErrorCode::OffsetMetadataTooLarge) {
                     self.metadata.refused(&e);
+                }
+                // Their metadata is sent again with the next commit, changed or not.
+                let all = self.all();
+                for entry in offsets.elements() {
+                    if let Some(p) = all
+                        .iter()
+                        .find(|p| p.partition == entry.partition() && &*p.topic == entry.topic())
+                    {
+                        p.commit_failed();
+                    }
                 }
                 warn!("asynchronous offset commit failed (retried at the next interval): {e}")
             }
