@@ -53,14 +53,7 @@ async fn crash_with_a_hanging_request(
         let held = proxy.counters.held_requests.load(Ordering::SeqCst);
         // Every request but the held ones answered: nothing else in flight at the kill.
         let open = proxy.counters.open_requests.load(Ordering::SeqCst);
-        let acked: HashSet<usize> = proxy
-            .counters
-            .acked_ids
-            .lock()
-            .unwrap()
-            .iter()
-            .copied()
-            .collect();
+        let acked = proxy.counters.acked_set();
         let metrics = http_get(port, "/metrics")
             .map(|(_, m)| m)
             .unwrap_or_default();
@@ -82,14 +75,7 @@ async fn crash_with_a_hanging_request(
     })
     .await;
     doka.kill();
-    let acked: HashSet<usize> = proxy
-        .counters
-        .acked_ids
-        .lock()
-        .unwrap()
-        .iter()
-        .copied()
-        .collect();
+    let acked = proxy.counters.acked_set();
     let commit = last_commit(world);
     let above = acked
         .iter()
@@ -154,8 +140,11 @@ async fn a_new_owner_skips_exactly_what_the_killed_member_delivered_above_its_co
     world.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_changed_destination_gets_every_record_above_the_commit() {
+/// `n` records over 2 partitions, a member killed while a request hangs
+/// ([`crash_with_a_hanging_request`]); the proxy passes everything again afterwards.
+async fn crashed_while_a_request_hangs(
+    n: usize,
+) -> (World, proxy::FaultProxy, String, Vec<Placement>, Crashed) {
     let world = World::new(2, 2).await;
     let hold = proxy::Faults {
         hold_key: Some("key-3"),
@@ -163,11 +152,20 @@ async fn a_changed_destination_gets_every_record_above_the_commit() {
     };
     let proxy = proxy::FaultProxy::start(&world.ep.kinesis, hold).await;
     let yaml = world.yaml(Some(&proxy.url));
-    let n = 1_000;
     let placements = world.produce(&keyed_messages(0..n, 20));
     let crashed = crash_with_a_hanging_request(&world, &proxy, &yaml, &placements).await;
-    assert!(crashed.above > 0);
+    assert!(
+        crashed.above > 0,
+        "records delivered above the committed offsets"
+    );
     proxy.set_faults(proxy::Faults::default());
+    (world, proxy, yaml, placements, crashed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_destination_gets_every_record_above_the_commit() {
+    let n = 1_000;
+    let (world, _proxy, yaml, placements, crashed) = crashed_while_a_request_hangs(n).await;
 
     // The route now writes to another stream: the metadata names records delivered to the old
     // one, so none of them may be skipped.
@@ -251,18 +249,8 @@ fn rewrite_metadata(world: &World, damage: impl Fn(&str) -> String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_metadata_sends_every_record_above_the_commit_again() {
-    let world = World::new(2, 2).await;
-    let hold = proxy::Faults {
-        hold_key: Some("key-3"),
-        ..Default::default()
-    };
-    let proxy = proxy::FaultProxy::start(&world.ep.kinesis, hold).await;
-    let yaml = world.yaml(Some(&proxy.url));
     let n = 1_000;
-    let placements = world.produce(&keyed_messages(0..n, 20));
-    let crashed = crash_with_a_hanging_request(&world, &proxy, &yaml, &placements).await;
-    assert!(crashed.above > 0);
-    proxy.set_faults(proxy::Faults::default());
+    let (world, proxy, yaml, placements, crashed) = crashed_while_a_request_hangs(n).await;
     // Cut short in the middle of its runs (as a tool that truncates metadata would).
     rewrite_metadata(&world, |m| {
         if m.is_empty() {

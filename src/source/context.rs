@@ -331,24 +331,17 @@ impl SourceContext {
                 delivered
             }
             Err(Unused::Absent) => DeliveredRanges::default(),
-            Err(unused @ Unused::OtherDestination) => {
-                info!(
-                    topic,
-                    partition,
-                    committed,
-                    "the last commit's record of delivered offsets is not used ({unused}): \
-                     every record from offset {committed} on is sent"
-                );
-                DeliveredRanges::default()
-            }
             Err(unused) => {
-                warn!(
-                    topic,
-                    partition,
-                    committed,
-                    "the last commit's record of delivered offsets is not used ({unused}): \
-                     every record from offset {committed} on is sent"
+                let why = format!(
+                    "the last commit's record of delivered offsets is not used ({unused}): every \
+                     record from offset {committed} on is sent"
                 );
+                // A changed destination is a choice; anything else is worth a look.
+                if unused == Unused::OtherDestination {
+                    info!(topic, partition, committed, "{why}");
+                } else {
+                    warn!(topic, partition, committed, "{why}");
+                }
                 DeliveredRanges::default()
             }
         }

@@ -284,29 +284,9 @@ pub fn committed_with(
     topic: &str,
     partitions: i32,
 ) -> HashMap<i32, i64> {
-    let mut config = ClientConfig::new();
-    for (k, v) in properties {
-        config.set(*k, v);
-    }
-    let consumer: BaseConsumer = config
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
-    }
-    let committed = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .expect("committed offsets");
-    committed
-        .elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(o) => Some((e.partition(), o)),
-            _ => None,
-        })
+    committed_with_metadata_with(bootstrap, properties, group, topic, partitions)
+        .into_iter()
+        .map(|(partition, (offset, _))| (partition, offset))
         .collect()
 }
 
@@ -334,7 +314,22 @@ pub fn committed_with_metadata(
     topic: &str,
     partitions: i32,
 ) -> HashMap<i32, (i64, String)> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    committed_with_metadata_with(bootstrap, &[], group, topic, partitions)
+}
+
+/// [`committed_with_metadata`] with extra client properties (TLS, SASL).
+fn committed_with_metadata_with(
+    bootstrap: &str,
+    properties: &[(&str, String)],
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> HashMap<i32, (i64, String)> {
+    let mut config = ClientConfig::new();
+    for (k, v) in properties {
+        config.set(*k, v);
+    }
+    let consumer: BaseConsumer = config
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
         .create()

@@ -88,6 +88,11 @@ impl Counters {
     pub fn acked(&self) -> usize {
         self.acked_ids.lock().unwrap().len()
     }
+
+    /// The ids of the entries the stream accepted so far.
+    pub fn acked_set(&self) -> std::collections::HashSet<usize> {
+        self.acked_ids.lock().unwrap().iter().copied().collect()
+    }
 }
 
 /// Counts a request and its entries as open while it lives.
